@@ -1,0 +1,255 @@
+"""Config loading, validation, the cell grid, cell ids and training-job grouping.
+
+This module is the single source of truth for *which cells exist* and *what they are called*.
+The Snakefile, the DVC stage generator, the benchmarks and the tests all call
+:func:`expand_cells` / :func:`group_jobs`; nothing else enumerates the grid.
+
+A *cell* is one training run: one value for every grid axis of an experiment. Its id is
+human-readable and depends only on the cell's own resolved settings::
+
+    add_p31_f0.6_ss0_lr0.003_wd0.3_a1_s0-1a2b3c4d
+
+The readable part names the grid-axis values; the 8-hex-digit suffix is a hash of *every*
+setting that can change the cell's result (model sizes, max_steps, thresholds, ...), so any
+change to a cell gives it a new id and leaves all other cells' ids (and cached results) alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "workflow" / "schemas"
+
+
+class ConfigError(ValueError):
+    """An invalid config value; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """What the grid machinery needs to know about an experiment kind."""
+
+    axes: tuple[str, ...]          # grid axes, in id order
+    abbrev: dict[str, str]         # axis -> id prefix ("" = value only)
+    not_in_hash: tuple[str, ...]   # settings that cannot change a cell's result
+    batchable: tuple[str, ...] = ()  # axes that may be trained together in one process
+
+
+KINDS: dict[str, KindSpec] = {
+    "modular": KindSpec(
+        axes=("op", "p", "train_frac", "split_seed", "lr", "weight_decay", "init_scale", "seed"),
+        abbrev={"op": "", "p": "p", "train_frac": "f", "split_seed": "ss", "lr": "lr",
+                "weight_decay": "wd", "init_scale": "a", "seed": "s"},
+        not_in_hash=("description", "batch_over", "max_cells_per_job", "threads",
+                     "checkpoint_seconds", "figure_cells_max", "eval_batch_size", "immediate_delay"),
+        batchable=("lr", "weight_decay", "init_scale", "seed"),
+    ),
+}
+
+# Axes of a dataset: cells with equal values share one generated dataset file.
+DATASET_AXES = {"modular": ("op", "p", "train_frac", "split_seed")}
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _default_setting_validator():
+    base = jsonschema.Draft202012Validator
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": set_defaults})
+
+
+_VALIDATOR = _default_setting_validator()
+
+
+def _load_schema(name: str) -> dict:
+    with open(SCHEMA_DIR / name) as fh:
+        return yaml.safe_load(fh)
+
+
+def _key_path(prefix: str, error: jsonschema.ValidationError) -> str:
+    parts = [prefix] if prefix else []
+    for p in error.absolute_path:
+        parts.append(f"[{p}]" if isinstance(p, int) else str(p))
+    return ".".join(parts).replace(".[", "[")
+
+
+def _validate(instance: dict, schema: dict, prefix: str) -> None:
+    errors = sorted(_VALIDATOR(schema).iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = min(errors, key=lambda e: -len(list(e.absolute_path)))
+        # oneOf errors are unhelpful at the top; report the deepest concrete context
+        detail = err
+        if err.context:
+            detail = max(err.context, key=lambda e: len(list(e.absolute_path)))
+        key = _key_path(prefix, detail if detail.absolute_path else err)
+        raise ConfigError(f"invalid config key '{key}' = {json.dumps(detail.instance)}: {detail.message}")
+
+
+def _is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, int(n ** 0.5) + 1))
+
+
+def validate_config(config: dict) -> dict:
+    """Validate a config dict in place (filling defaults) and return it.
+
+    Raises :class:`ConfigError` naming the first invalid key, e.g.
+    ``invalid config key 'experiments.mlp.weight_decay[1]' = -1: -1 is less than the minimum of 0``.
+    """
+    _validate(config, _load_schema("config.schema.yaml"), "")
+    for name, exp in config["experiments"].items():
+        prefix = f"experiments.{name}"
+        kind = exp["kind"]
+        _validate(exp, _load_schema(f"{kind}_experiment.schema.yaml"), prefix)
+        spec = KINDS[kind]
+        for axis in exp.get("batch_over", []):
+            if axis not in spec.batchable:
+                raise ConfigError(f"invalid config key '{prefix}.batch_over': axis '{axis}' cannot be batched")
+        if kind == "modular":
+            ops = _as_list(exp["op"])
+            for p in _as_list(exp["p"]):
+                if "div" in ops and not _is_prime(p):
+                    raise ConfigError(f"invalid config key '{prefix}.p' = {p}: op 'div' needs a prime p")
+    return config
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config file and validate it (see :func:`validate_config`)."""
+    with open(path) as fh:
+        config = yaml.safe_load(fh)
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: a config must be a mapping with an 'experiments' key")
+    return validate_config(config)
+
+
+# ----------------------------------------------------------------------------- cells
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def format_value(value: Any) -> str:
+    """Compact, filename-safe rendering of an axis value (0.001 -> '0.001', 1.0 -> '1')."""
+    if isinstance(value, float):
+        text = f"{value:g}"
+    else:
+        text = str(value)
+    return text.replace("/", "-").replace(" ", "")
+
+
+def stable_hash(obj: Any, length: int = 8) -> str:
+    """Hex digest of a JSON-serialisable object, independent of dict order."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run. ``settings`` holds every resolved value (axes as scalars)."""
+
+    experiment: str
+    kind: str
+    id: str
+    settings: dict = field(hash=False, compare=False)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.settings[key]
+
+    @property
+    def dataset_id(self) -> str:
+        return dataset_id(self.kind, self.settings)
+
+
+def dataset_id(kind: str, settings: dict) -> str:
+    """Id of the dataset a cell trains on; shared by all cells with equal dataset axes."""
+    spec = KINDS[kind]
+    return "_".join(f"{spec.abbrev[a]}{format_value(settings[a])}" for a in DATASET_AXES[kind])
+
+
+def cell_id(kind: str, settings: dict) -> str:
+    spec = KINDS[kind]
+    readable = "_".join(f"{spec.abbrev[a]}{format_value(settings[a])}" for a in spec.axes)
+    hashed = {k: v for k, v in settings.items() if k not in spec.not_in_hash}
+    return f"{readable}-{stable_hash(hashed)}"
+
+
+def expand_cells(config: dict, experiment: str | None = None) -> list[Cell]:
+    """All cells of the (validated) config, or of one experiment, in a stable order."""
+    cells = []
+    for name, exp in config["experiments"].items():
+        if experiment is not None and name != experiment:
+            continue
+        spec = KINDS[exp["kind"]]
+        values = [_as_list(exp[a]) for a in spec.axes]
+        for combo in itertools.product(*values):
+            settings = copy.deepcopy(exp)
+            settings.update(dict(zip(spec.axes, combo)))
+            cells.append(Cell(name, exp["kind"], cell_id(exp["kind"], settings), settings))
+    ids = [c.id for c in cells]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[0]
+        raise ConfigError(f"duplicate cell '{dup}': a grid axis lists the same value twice")
+    return cells
+
+
+@dataclass(frozen=True)
+class Job:
+    """A set of cells trained together in one process (same dataset and model shape)."""
+
+    experiment: str
+    id: str
+    cells: tuple[Cell, ...]
+
+
+def group_jobs(cells: list[Cell]) -> list[Job]:
+    """Group cells into training jobs.
+
+    Rule: cells of one experiment that agree on every grid axis *not* listed in the
+    experiment's ``batch_over`` form a group; a group larger than ``max_cells_per_job`` is split,
+    in cell-id order, into consecutive chunks. A job's id is the readable values of the shared
+    axes plus a hash of its member cell ids, so a job's cached outputs stay valid exactly as long
+    as its set of cells is unchanged.
+    """
+    groups: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        spec = KINDS[cell.kind]
+        batch_over = set(cell["batch_over"])
+        key = (cell.experiment,) + tuple(
+            (a, format_value(cell[a])) for a in spec.axes if a not in batch_over)
+        groups.setdefault(key, []).append(cell)
+    jobs = []
+    for key, members in groups.items():
+        members = sorted(members, key=lambda c: c.id)
+        size = members[0]["max_cells_per_job"]
+        spec = KINDS[members[0].kind]
+        readable = "_".join(f"{spec.abbrev[a]}{v}" for a, v in key[1:]) or "all"
+        for start in range(0, len(members), size):
+            chunk = tuple(members[start:start + size])
+            jid = f"{readable}-{stable_hash([c.id for c in chunk])}"
+            jobs.append(Job(key[0], jid, chunk))
+    return jobs
+
+
+def cell_index(config: dict) -> tuple[dict[str, Cell], dict[str, Job], dict[str, str]]:
+    """Lookup tables: cell id -> Cell, job id -> Job, cell id -> job id."""
+    cells = expand_cells(config)
+    jobs = group_jobs(cells)
+    by_cell = {c.id: c for c in cells}
+    by_job = {j.id: j for j in jobs}
+    job_of = {c.id: j.id for j in jobs for c in j.cells}
+    return by_cell, by_job, job_of

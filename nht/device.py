@@ -1,0 +1,59 @@
+"""The single place where the compute device, dtype, threads and determinism are decided."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+DTYPE = torch.float32
+
+
+def resolve_device(preference: str = "auto") -> torch.device:
+    """Map a config value (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``) to a torch device.
+
+    ``auto`` picks CUDA when it is available and the CPU otherwise. Asking for CUDA on a
+    machine without it is an error rather than a silent fallback.
+    """
+    env = os.environ.get("NHT_DEVICE")
+    if env:
+        preference = env
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if preference.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{preference}' requested but CUDA is not available on this machine")
+    return torch.device(preference)
+
+
+def configure(threads: int | None = None, deterministic: bool = True, tf32: bool = False) -> None:
+    """Set torch's CPU threads and determinism flags for this process.
+
+    On the CPU, training is bitwise deterministic for a given seed and thread count. On CUDA
+    ``deterministic`` asks cuBLAS/cuDNN for deterministic kernels; ``tf32`` allows TF32 matmuls
+    (faster on Ampere and later, lower precision), off by default.
+    """
+    if threads:
+        torch.set_num_threads(int(threads))
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch global generators (used for model initialisation)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def describe(device: torch.device) -> dict:
+    """Provenance record of the device and library versions, stored with every result."""
+    info = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
