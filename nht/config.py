@@ -9,9 +9,10 @@ human-readable and depends only on the cell's own resolved settings::
 
     add_p31_f0.6_ss0_lr0.003_wd0.3_a1_s0-1a2b3c4d
 
-The readable part names the grid-axis values; the 8-hex-digit suffix is a hash of *every*
-setting that can change the cell's result (model sizes, max_steps, thresholds, ...), so any
-change to a cell gives it a new id and leaves all other cells' ids (and cached results) alone.
+The readable part names the grid-axis values; the 8-hex-digit suffix is a hash of the
+experiment name and of *every* setting that can change the cell's result (model sizes,
+max_steps, thresholds, ...), so any change to a cell gives it a new id and leaves all other
+cells' ids (and cached results) alone. Ids are unique across experiments.
 """
 
 from __future__ import annotations
@@ -49,14 +50,22 @@ KINDS: dict[str, KindSpec] = {
         axes=("op", "p", "train_frac", "split_seed", "lr", "weight_decay", "init_scale", "seed"),
         abbrev={"op": "", "p": "p", "train_frac": "f", "split_seed": "ss", "lr": "lr",
                 "weight_decay": "wd", "init_scale": "a", "seed": "s"},
-        not_in_hash=("description", "batch_over", "max_cells_per_job", "threads",
-                     "checkpoint_seconds", "figure_cells_max", "eval_batch_size", "immediate_delay"),
+        not_in_hash=("description", "batch_over", "max_cells_per_job", "threads", "mem_mb", "runtime_min",
+                     "gpus", "checkpoint_seconds", "figure_cells_max", "eval_batch_size", "immediate_delay"),
         batchable=("lr", "weight_decay", "init_scale", "seed"),
+    ),
+    "image": KindSpec(
+        axes=("rho", "border", "lr", "weight_decay", "seed"),
+        abbrev={"rho": "r", "border": "b", "lr": "lr", "weight_decay": "wd", "seed": "s"},
+        not_in_hash=("description", "batch_over", "max_cells_per_job", "threads", "gpus", "mem_mb",
+                     "runtime_min", "checkpoint_seconds", "eval_batch_size", "reference_rho",
+                     "reference_weight_decay"),
+        batchable=(),
     ),
 }
 
 # Axes of a dataset: cells with equal values share one generated dataset file.
-DATASET_AXES = {"modular": ("op", "p", "train_frac", "split_seed")}
+DATASET_AXES = {"modular": ("op", "p", "train_frac", "split_seed"), "image": ("rho", "border", "seed")}
 
 
 # ----------------------------------------------------------------------------- validation
@@ -181,11 +190,12 @@ def dataset_id(kind: str, settings: dict) -> str:
     return "_".join(f"{spec.abbrev[a]}{format_value(settings[a])}" for a in DATASET_AXES[kind])
 
 
-def cell_id(kind: str, settings: dict) -> str:
+def cell_id(experiment: str, kind: str, settings: dict) -> str:
+    """Readable axis values + hash of the experiment name and every result-relevant setting."""
     spec = KINDS[kind]
     readable = "_".join(f"{spec.abbrev[a]}{format_value(settings[a])}" for a in spec.axes)
     hashed = {k: v for k, v in settings.items() if k not in spec.not_in_hash}
-    return f"{readable}-{stable_hash(hashed)}"
+    return f"{readable}-{stable_hash([experiment, hashed])}"
 
 
 def expand_cells(config: dict, experiment: str | None = None) -> list[Cell]:
@@ -199,7 +209,7 @@ def expand_cells(config: dict, experiment: str | None = None) -> list[Cell]:
         for combo in itertools.product(*values):
             settings = copy.deepcopy(exp)
             settings.update(dict(zip(spec.axes, combo)))
-            cells.append(Cell(name, exp["kind"], cell_id(exp["kind"], settings), settings))
+            cells.append(Cell(name, exp["kind"], cell_id(name, exp["kind"], settings), settings))
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[0]

@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import stats as _st
 
-__all__ = ["ols_fit", "bootstrap_fit", "log_fit", "exp_decay_fit", "spearman",
+__all__ = ["ols_fit", "bootstrap_fit", "bootstrap_draws", "log_fit", "exp_decay_fit", "spearman",
            "wilson_interval", "bootstrap_median", "finite_or_none"]
 
 
@@ -91,6 +91,15 @@ def _quantile_ci(values: np.ndarray, alpha: float) -> list | None:
     return [float(lo), float(hi)]
 
 
+def bootstrap_draws(x, y, n_boot: int = 1000, seed: int = 0):
+    """The raw bootstrap draws behind :func:`bootstrap_fit`: arrays ``(k, b, r2)`` of length
+    ``n_boot`` (NaN where a resample had constant ``x``). Same seed, same draws."""
+    x, y = _as_xy(x, y)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(int(n_boot), x.size))
+    return _fit_arrays(x[idx], y[idx])
+
+
 def bootstrap_fit(x: Iterable[float], y: Iterable[float], n_boot: int = 1000, seed: int = 0,
                   alpha: float = 0.05) -> dict:
     """:func:`ols_fit` plus percentile-bootstrap ``(1 - alpha)`` intervals over resampled rows.
@@ -105,9 +114,7 @@ def bootstrap_fit(x: Iterable[float], y: Iterable[float], n_boot: int = 1000, se
     n = x.size
     if n < 3 or out["k"] is None or n_boot < 1:
         return out
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(int(n_boot), n))
-    k, b, r2 = _fit_arrays(x[idx], y[idx])
+    k, b, r2 = bootstrap_draws(x, y, n_boot=n_boot, seed=seed)
     valid = np.isfinite(k)
     out["n_boot_valid"] = int(valid.sum())
     out["k_ci"] = _quantile_ci(k[valid], alpha)

@@ -1,0 +1,27 @@
+# nht: the Norm-Hierarchy Transition pipeline.
+#   fetch/generate data -> train (one job = a batch of cells) -> extract norms per cell
+#   -> fit the delay law per experiment -> figures -> results/summary.json
+# All logic lives in the nht package; rules only call `python -m nht <stage>`.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# The default config.yaml is used unless another full config is given with --configfile
+# (presets under workflow/presets/ are complete configs, not additions to the default).
+if "experiments" not in config:
+
+    configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/modular.smk"
+include: "workflow/rules/summary.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        SUMMARY,

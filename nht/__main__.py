@@ -1,0 +1,5 @@
+import sys
+
+from nht.cli import main
+
+sys.exit(main())

@@ -1,0 +1,130 @@
+"""Figures for modular experiments (PNG for the report, PDF for papers).
+
+* ``curves``: train/test accuracy and V = ||theta||^2 over steps (log x) per cell, T_mem and T_gen
+  marked.
+* ``delay_law``: measured delay vs the NHT prediction T_pred, and vs the 1/(eta lambda) baseline,
+  each with its least-squares line and R^2.
+* ``regimes``: regime of every cell over (lambda, alpha) and (lambda, eta).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from nht.norms import REGIMES  # noqa: E402
+
+REGIME_COLORS = {"no_fit": "#7f7f7f", "shortcut_persists": "#d62728", "delayed": "#2ca02c",
+                 "immediate": "#1f77b4", "diverged": "#000000"}
+FIGURES = ("curves", "delay_law", "regimes")
+
+
+def save(fig, out_dir: str | Path, name: str) -> list[str]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "pdf"):
+        path = out_dir / f"{name}.{ext}"
+        fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else {})
+        paths.append(str(path))
+    plt.close(fig)
+    return paths
+
+
+def _label(rec: pd.Series) -> str:
+    return f"λ={rec['weight_decay']:g} η={rec['lr']:g} α={rec['init_scale']:g} s={rec['seed']}"
+
+
+def plot_curves(cells: pd.DataFrame, histories: dict[str, pd.DataFrame], out_dir, max_cells: int = 48) -> list[str]:
+    chosen = cells.sort_values(["weight_decay", "lr", "init_scale", "seed"]).head(max_cells)
+    n = max(len(chosen), 1)
+    cols = min(6, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, (_, rec) in zip(axes.flat, chosen.iterrows()):
+        h = histories[rec["cell"]]
+        x = h["step"].to_numpy() + 1
+        ax.plot(x, h["train_acc"], color="#1f77b4", lw=1, label="train acc")
+        ax.plot(x, h["test_acc"], color="#ff7f0e", lw=1, label="test acc")
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax2 = ax.twinx()
+        ax2.plot(x, h["V"], color="#2ca02c", lw=1, label="V=‖θ‖²")
+        ax2.set_yscale("log")
+        ax2.tick_params(labelsize=6)
+        for t, style in ((rec.get("T_mem"), ":"), (rec.get("T_gen"), "--")):
+            if t is not None and not pd.isna(t):
+                ax.axvline(t + 1, color="k", ls=style, lw=0.8)
+        ax.set_title(f"{_label(rec)}\n{rec['regime']}", fontsize=7)
+        ax.tick_params(labelsize=6)
+    axes.flat[0].legend(fontsize=6, loc="lower right")
+    fig.suptitle("accuracy (left) and V = ‖θ‖² (right, green) vs step+1; dotted T_mem, dashed T_gen", fontsize=9)
+    fig.tight_layout()
+    return save(fig, out_dir, "curves")
+
+
+def plot_delay_law(cells: pd.DataFrame, fit: dict, out_dir) -> list[str]:
+    ok = cells[cells["regime"].isin(["delayed", "immediate"]) & cells["T_pred"].notna()]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    panels = (("T_pred", fit["delay_law"], "T_pred = ln(V_mem/V_final)/(2ηλ) [steps]"),
+              ("inv_eta_lambda", fit["baseline_inverse_eta_lambda"], "1/(ηλ) [steps]"))
+    for ax, (col, f, xlabel) in zip(axes, panels):
+        x = ok["T_pred"] if col == "T_pred" else 1.0 / (ok["lr"] * ok["weight_decay"])
+        ax.scatter(x, ok["delay"], c=[REGIME_COLORS[r] for r in ok["regime"]], s=18)
+        if len(x) and not math.isnan(f["k"]):
+            xs = np.linspace(0, float(np.max(x)) * 1.05, 50)
+            ax.plot(xs, f["k"] * xs + f["b"], "k-", lw=1,
+                    label=f"delay = {f['k']:.3g}·x + {f['b']:.3g}\nR² = {f['r2']:.3f}, n = {f['n']}")
+            if col == "T_pred":
+                ax.plot(xs, xs, color="#999", ls="--", lw=0.8, label="theory: delay = T_pred")
+            ax.legend(fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("measured delay T_gen − T_mem [steps]")
+    axes[0].set_title("NHT delay law")
+    axes[1].set_title("baseline: no norm information")
+    fig.tight_layout()
+    return save(fig, out_dir, "delay_law")
+
+
+def _regime_panel(ax, cells: pd.DataFrame, xcol: str, ycol: str) -> None:
+    xs, ys = sorted(cells[xcol].unique()), sorted(cells[ycol].unique())
+    for (xv, yv), grp in cells.groupby([xcol, ycol]):
+        counts = grp["regime"].value_counts()
+        ax.scatter(xs.index(xv), ys.index(yv), s=500, marker="s", color=REGIME_COLORS[counts.index[0]])
+        if len(grp) > 1:
+            ax.text(xs.index(xv), ys.index(yv), "/".join(str(c) for c in counts.values), ha="center",
+                    va="center", fontsize=7, color="white")
+    ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
+    ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+    ax.set_xlabel({"weight_decay": "λ (weight decay)"}.get(xcol, xcol))
+    ax.set_ylabel({"init_scale": "α (init scale)", "lr": "η (learning rate)"}.get(ycol, ycol))
+    ax.margins(0.2)
+
+
+def plot_regimes(cells: pd.DataFrame, out_dir) -> list[str]:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    _regime_panel(axes[0], cells, "weight_decay", "init_scale")
+    _regime_panel(axes[1], cells, "weight_decay", "lr")
+    handles = [plt.Line2D([], [], marker="s", ls="", color=REGIME_COLORS[r], label=r) for r in REGIMES]
+    fig.legend(handles=handles, loc="upper center", ncol=len(REGIMES), fontsize=8)
+    fig.suptitle("majority regime per grid point (numbers: counts when cells share a point)", y=0.02, fontsize=8)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.92))
+    return save(fig, out_dir, "regimes")
+
+
+def make_figures(cells: pd.DataFrame, histories: dict[str, pd.DataFrame], fit: dict, out_dir,
+                 max_cells: int = 48) -> list[str]:
+    """Write every modular figure into ``out_dir``; returns the written paths."""
+    paths = plot_curves(cells, histories, out_dir, max_cells)
+    paths += plot_delay_law(cells, fit, out_dir)
+    paths += plot_regimes(cells, out_dir)
+    return paths

@@ -1,0 +1,229 @@
+"""Train one image cell: per-epoch accuracies on the four test sets, shortcut reliance, group
+accuracies and the squared parameter norms V; resumable after SIGKILL, NaN -> status ``diverged``.
+
+Outputs in the cell directory::
+
+    history.csv   one row per epoch (epoch 0 = initialisation): lr, loss, train_acc (running mean over
+                  the epoch's minibatches), clean_acc, aligned_acc, conflicting_acc, shortcut_only_acc,
+                  reliance (share of conflicting images classified as the border's class),
+                  group_acc:y<y>_a<a> and worst_group_acc (datasets with a spurious attribute),
+                  V = ||theta||^2 (squared L2 norm), V_no_norm, V_layer:<name>, wall_s
+    norms.json    V_init, V_peak, epoch_peak, V_final, decay_pct, regime, transition_epoch, final
+                  accuracies, the decay budget lambda * sum(lr), status, provenance
+    checkpoint.pt resumable state, written every ``checkpoint_seconds`` at an epoch end; deleted on success
+
+Resuming from the checkpoint gives the same metrics as an uninterrupted run: the minibatch order of
+epoch e is drawn from a generator seeded by (seed, e), and the model/optimizer state is restored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from nht import device as devmod
+from nht.images.data import load_npz
+from nht.images.models import build_model, n_params
+from nht.images.norms import squared_norms, summarize_history
+
+TEST_SETS = ("clean", "aligned", "conflicting", "shortcut_only")
+
+
+def code_version() -> str | None:
+    """``git rev-parse HEAD`` of the working tree, or None outside a git checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, timeout=10, cwd=Path(__file__).resolve().parent).stdout.strip()
+    except Exception:
+        return None
+
+
+def group_accuracies(pred: np.ndarray, y: np.ndarray, a: np.ndarray) -> tuple[dict[str, float], float]:
+    """Accuracy of every non-empty group (label y, spurious attribute a) and the worst of them."""
+    accs = {}
+    for yy in np.unique(y):
+        for aa in np.unique(a):
+            m = (y == yy) & (a == aa)
+            if m.any():
+                accs[f"group_acc:y{int(yy)}_a{int(aa)}"] = float((pred[m] == y[m]).mean())
+    return accs, min(accs.values())
+
+
+def _normalise(xb: torch.Tensor) -> torch.Tensor:
+    return (xb.to(devmod.DTYPE) / 255.0 - 0.5) / 0.5
+
+
+@torch.no_grad()
+def predict(model, x: torch.Tensor, batch: int) -> torch.Tensor:
+    model.eval()
+    out = [model(_normalise(x[i:i + batch])).argmax(1) for i in range(0, len(x), batch)]
+    model.train()
+    return torch.cat(out)
+
+
+def _lr_at(step: int, total: int, base: float, schedule: str) -> float:
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    return base
+
+
+def _make_optimizer(model, s: dict):
+    opt = s["optimizer"]
+    if opt["name"] == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"],
+                                 betas=tuple(opt["betas"]), eps=opt["eps"])
+    return torch.optim.SGD(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"],
+                           momentum=opt["momentum"])
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, device: str = "auto",
+               threads: int | None = None, deterministic: bool = True, tf32: bool = False,
+               cell_id: str = "", stop_after_epoch: int | None = None) -> dict:
+    """Train one cell (``settings`` = the cell's resolved config values) and write its outputs.
+
+    ``stop_after_epoch`` (tests only) simulates a kill: it writes a checkpoint after that epoch and
+    returns without final outputs.
+    """
+    s = settings
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    dev = devmod.resolve_device(device)
+    devmod.configure(threads or s.get("threads"), deterministic, tf32)
+    devmod.seed_everything(int(s["seed"]))
+
+    d = load_npz(data_path)
+    n_classes = int(len(d["classes"]))
+    x_train = torch.from_numpy(d["x_train"]).to(dev)
+    y_train = torch.from_numpy(d["y_train"]).to(dev)
+    tests = {k: torch.from_numpy(d[f"x_{k}"]).to(dev) for k in TEST_SETS}
+    y_test = d["y_test"]
+    c_conf = d["c_conflicting"]
+    a_test = d.get("a_test")
+
+    model = build_model(s["model"], n_classes).to(dev)
+    opt = _make_optimizer(model, s)
+    n = len(y_train)
+    bs = n if s["batch_size"] == "full" else min(int(s["batch_size"]), n)
+    steps_per_epoch = math.ceil(n / bs)
+    epochs = int(s["epochs"])
+    total_steps = epochs * steps_per_epoch
+    schedule = s["lr_schedule"]
+    eval_batch = int(s["eval_batch_size"])
+
+    rows, start_epoch, step, sum_lr, elapsed = [], 1, 0, 0.0, 0.0
+    status = "running"
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        if state.get("cell_id") == cell_id:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            rows, start_epoch, step = state["rows"], state["epoch"] + 1, state["step"]
+            sum_lr, elapsed = state["sum_lr"], state["elapsed"]
+
+    def evaluate(epoch: int, loss: float, train_acc: float) -> dict:
+        row = {"epoch": epoch, "step": step, "lr": _lr_at(step, total_steps, s["lr"], schedule),
+               "loss": loss, "train_acc": train_acc}
+        preds = {k: predict(model, tests[k], eval_batch).cpu().numpy() for k in TEST_SETS}
+        for k in TEST_SETS:
+            row[f"{k}_acc"] = float((preds[k] == y_test).mean())
+        row["reliance"] = float((preds["conflicting"] == c_conf).mean())
+        if a_test is not None:
+            accs, worst = group_accuracies(preds["clean"], y_test, a_test)
+            row.update(accs)
+            row["worst_group_acc"] = worst
+        row.update(squared_norms(model))
+        return row
+
+    t0 = time.monotonic()
+    last_ckpt = t0
+    if not rows:
+        rows.append(evaluate(0, float("nan"), float("nan")) | {"wall_s": 0.0})
+    model.train()
+    for epoch in range(start_epoch, epochs + 1):
+        gen = torch.Generator().manual_seed(int(s["seed"]) * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=gen).to(dev)
+        loss_sum, correct, seen, diverged = 0.0, 0, 0, False
+        for i in range(0, n, bs):
+            idx = perm[i:i + bs]
+            lr = _lr_at(step, total_steps, s["lr"], schedule)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            logits = model(_normalise(x_train[idx]))
+            loss = F.cross_entropy(logits, y_train[idx])
+            if not torch.isfinite(loss):
+                diverged = True
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            sum_lr += lr
+            loss_sum += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == y_train[idx]).sum())
+            seen += len(idx)
+        if diverged or not all(math.isfinite(float(p.detach().sum())) for p in model.parameters()):
+            status = "diverged"
+            rows.append({"epoch": epoch, "step": step, "loss": float("nan"), "V": float("nan"),
+                         "wall_s": elapsed + time.monotonic() - t0})
+            break
+        rows.append(evaluate(epoch, loss_sum / seen, correct / seen)
+                    | {"wall_s": elapsed + time.monotonic() - t0})
+        now = time.monotonic()
+        stop_now = stop_after_epoch is not None and epoch >= stop_after_epoch
+        if stop_now or (epoch < epochs and now - last_ckpt >= float(s["checkpoint_seconds"])):
+            state = {"cell_id": cell_id, "model": model.state_dict(), "opt": opt.state_dict(),
+                     "rows": rows, "epoch": epoch, "step": step, "sum_lr": sum_lr,
+                     "elapsed": elapsed + now - t0}
+            tmp = ckpt_path.with_name("checkpoint.pt.tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, ckpt_path)
+            last_ckpt = now
+        if stop_now:
+            return {"status": "stopped", "epoch": epoch}
+    if status == "running":
+        status = "ok"
+
+    hist = pd.DataFrame(rows)
+    cols = [c for c in hist.columns if not c.startswith("V_layer:")] + \
+           [c for c in hist.columns if c.startswith("V_layer:")]
+    hist = hist[cols]
+    summary = summarize_history(hist, s, status)
+    summary.update({
+        "cell": cell_id, "experiment": s.get("experiment"),
+        "rho": s["rho"], "border": s["border"], "lr": s["lr"], "weight_decay": s["weight_decay"],
+        "seed": s["seed"], "n_params": n_params(model), "n_train": n, "n_test": int(len(y_test)),
+        "steps": step, "sum_lr": sum_lr, "decay_budget": s["weight_decay"] * sum_lr,
+        "wall_s": float(rows[-1].get("wall_s", 0.0)),
+        "provenance": {**devmod.describe(dev), "code_version": code_version()},
+        "settings": s,
+    })
+    hist.to_csv(out / "history.csv.tmp", index=False)
+    os.replace(out / "history.csv.tmp", out / "history.csv")
+    _atomic_write(out / "norms.json", json.dumps(summary, indent=1, default=_json_default))
+    if ckpt_path.exists():
+        ckpt_path.unlink()
+    return summary
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    return str(o)

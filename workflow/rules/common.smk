@@ -1,0 +1,40 @@
+# Shared state of the workflow: the validated config, the cell grid and the training jobs.
+# nht.config is the single source of truth for cells, cell ids and job grouping.
+import json
+import sys
+
+from snakemake.exceptions import WorkflowError
+
+from nht import paths as P
+from nht.config import ConfigError, cell_index, dataset_id, validate_config
+
+try:
+    validate_config(config)
+except ConfigError as err:
+    raise WorkflowError(str(err))
+
+PY = sys.executable
+R = config["results_dir"]
+D = config["data_dir"]
+CELLS, JOBS, JOB_OF = cell_index(config)
+SUMMARY = P.fill(P.SUMMARY, config)
+
+
+wildcard_constraints:
+    experiment="[A-Za-z0-9][A-Za-z0-9_-]*",
+    job="[^/]+",
+    cell="[^/]+",
+    dataset="[^/]+",
+
+
+def experiments_of_kind(kind):
+    """Names of the configured experiments of one kind ('modular', 'image')."""
+    return [name for name, exp in config["experiments"].items() if exp["kind"] == kind]
+
+
+def cells_of(experiment):
+    return [c for c in CELLS.values() if c.experiment == experiment]
+
+
+def jobs_of(experiment):
+    return [j for j in JOBS.values() if j.experiment == experiment]

@@ -1,0 +1,158 @@
+# Modular-arithmetic experiments: data -> train (per job) -> norms (per cell) -> fit, figures,
+# experiment summary (per experiment).
+
+MODULAR_DATASETS = {
+    c.dataset_id: {k: c[k] for k in ("op", "p", "train_frac", "split_seed")}
+    for c in CELLS.values()
+    if c.kind == "modular"
+}
+
+
+def job_spec(job_id):
+    job = JOBS[job_id]
+    return {
+        "experiment": job.experiment,
+        "job": job.id,
+        "cells": [{"id": c.id, "settings": c.settings} for c in job.cells],
+    }
+
+
+def job_setting(key):
+    return lambda wildcards: JOBS[wildcards.job].cells[0][key]
+
+
+rule make_modular_data:
+    output:
+        f"{D}/modular/{{dataset}}.npz",
+    params:
+        ds=lambda w: MODULAR_DATASETS[w.dataset],
+    log:
+        "logs/make_modular_data/{dataset}.log",
+    benchmark:
+        "benchmarks/rules/make_modular_data/{dataset}.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    shell:
+        "{PY} -m nht make-data --op {params.ds[op]} --p {params.ds[p]}"
+        " --train-frac {params.ds[train_frac]} --split-seed {params.ds[split_seed]}"
+        " --out {output} > {log} 2>&1"
+
+
+rule train_modular:
+    input:
+        dataset=lambda w: f"{D}/modular/{JOBS[w.job].cells[0].dataset_id}.npz",
+    output:
+        history=f"{R}/{{experiment}}/jobs/{{job}}/history.csv",
+        meta=f"{R}/{{experiment}}/jobs/{{job}}/meta.json",
+    params:
+        job=lambda w: json.dumps(job_spec(w.job)),
+        checkpoint=lambda w: P.fill(P.JOB_CHECKPOINT, config, experiment=w.experiment, job=w.job),
+        device=config["device"],
+        flags=("" if config["deterministic"] else " --nondeterministic")
+        + (" --tf32" if config["tf32"] else ""),
+    log:
+        "logs/train_modular/{experiment}/{job}.log",
+    benchmark:
+        "benchmarks/rules/train_modular/{experiment}/{job}.tsv"
+    threads: job_setting("threads")
+    resources:
+        mem_mb=job_setting("mem_mb"),
+        runtime=job_setting("runtime_min"),
+        gpu=job_setting("gpus"),
+    shell:
+        "{PY} -m nht train --job {params.job:q} --dataset {input.dataset}"
+        " --history {output.history} --meta {output.meta} --checkpoint {params.checkpoint}"
+        " --device {params.device} --threads {threads}{params.flags} > {log} 2>&1"
+
+
+rule extract_norms:
+    input:
+        history=lambda w: f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/history.csv",
+        meta=lambda w: f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/meta.json",
+    output:
+        history=f"{R}/{{experiment}}/cells/{{cell}}/history.csv",
+        norms=f"{R}/{{experiment}}/cells/{{cell}}/norms.json",
+    params:
+        settings=lambda w: json.dumps(CELLS[w.cell].settings),
+    log:
+        "logs/extract_norms/{experiment}/{cell}.log",
+    benchmark:
+        "benchmarks/rules/extract_norms/{experiment}/{cell}.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    shell:
+        "{PY} -m nht norms --job-history {input.history} --job-meta {input.meta} --cell {wildcards.cell}"
+        " --settings {params.settings:q} --out-history {output.history} --out-norms {output.norms}"
+        " > {log} 2>&1"
+
+
+rule fit_modular:
+    input:
+        norms=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in cells_of(w.experiment)],
+    output:
+        fit=f"{R}/{{experiment}}/fit.json",
+        table=f"{R}/{{experiment}}/cells.csv",
+    log:
+        "logs/fit_modular/{experiment}.log",
+    benchmark:
+        "benchmarks/rules/fit_modular/{experiment}.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "{PY} -m nht fit --norms {input.norms} --out-fit {output.fit} --out-table {output.table} > {log} 2>&1"
+
+
+MODULAR_FIGURES = [f"{name}.{ext}" for name in ("curves", "delay_law", "regimes") for ext in ("png", "pdf")]
+
+
+rule figures_modular:
+    input:
+        table=f"{R}/{{experiment}}/cells.csv",
+        fit=f"{R}/{{experiment}}/fit.json",
+        histories=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/history.csv" for c in cells_of(w.experiment)],
+    output:
+        [f"{R}/{{experiment}}/figures/{name}" for name in MODULAR_FIGURES],
+    params:
+        out_dir=f"{R}/{{experiment}}/figures",
+        max_cells=lambda w: config["experiments"][w.experiment]["figure_cells_max"],
+    log:
+        "logs/figures_modular/{experiment}.log",
+    benchmark:
+        "benchmarks/rules/figures_modular/{experiment}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "{PY} -m nht figures --cells-table {input.table} --histories {input.histories} --fit {input.fit}"
+        " --out-dir {params.out_dir} --max-cells {params.max_cells} > {log} 2>&1"
+
+
+rule experiment_summary_modular:
+    input:
+        fit=f"{R}/{{experiment}}/fit.json",
+        figures=[f"{R}/{{experiment}}/figures/{name}" for name in MODULAR_FIGURES],
+        metas=lambda w: [f"{R}/{w.experiment}/jobs/{j.id}/meta.json" for j in jobs_of(w.experiment)],
+    output:
+        f"{R}/{{experiment}}/experiment_summary.json",
+    wildcard_constraints:
+        experiment="|".join(experiments_of_kind("modular")) or "^$",
+    params:
+        settings=lambda w: json.dumps(config["experiments"][w.experiment]),
+    log:
+        "logs/experiment_summary_modular/{experiment}.log",
+    benchmark:
+        "benchmarks/rules/experiment_summary_modular/{experiment}.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    shell:
+        "{PY} -m nht experiment-summary --experiment {wildcards.experiment} --settings {params.settings:q}"
+        " --fit {input.fit} --figures {input.figures} --job-metas {input.metas} --out {output} > {log} 2>&1"

@@ -1,0 +1,20 @@
+# The final aggregate: every experiment's summary (of any kind) merged into results/summary.json.
+
+
+rule summary:
+    input:
+        [f"{R}/{name}/experiment_summary.json" for name in config["experiments"]],
+    output:
+        SUMMARY,
+    params:
+        paths=lambda w, input: json.dumps(dict(zip(config["experiments"], input))),
+    log:
+        "logs/summary/summary.log",
+    benchmark:
+        "benchmarks/rules/summary/summary.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    shell:
+        "{PY} -m nht summary --experiment-summaries {params.paths:q} --out {output} > {log} 2>&1"
