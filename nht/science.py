@@ -39,15 +39,26 @@ stop_step``) the share whose prediction also lies beyond ``stop_step`` is report
 estimate with peers' ``V_gen`` (the norm at which the peers generalised) is reported beside it.
 
 **Clean-norm separation S.** Per cell: shortcut reliance ``phi_t = 1 - test_acc_t``; window =
-evaluation rows from the step of the maximum of ``V`` (first occurrence) to the end of training;
-``S_cell = Spearman(ln V_t, phi_t)`` over that window (``None`` with fewer than 5 rows or a
-constant series). ``S_cell = 1`` when the norm's decline and the abandonment of the shortcut are
-perfectly co-monotone, ``~0`` when unrelated. Experiment ``S`` = median of ``S_cell`` over cells
-that made the transition (regime ``delayed`` or ``immediate``), with a bootstrap interval; verdict
-``holds`` if ``S >= 0.8`` else ``fails`` (``not_enough_data`` below 3 cells). Note: once test
-accuracy saturates, ``phi`` is flat while ``V`` may keep falling; the resulting ties lower S, so
-the stop rule (``stop_margin`` after ``T_gen``) bounds that tail. A cell is *untrusted* (its timing
-prediction should not be relied on) when ``S_cell`` is undefined or below 0.8.
+evaluation rows from the step of the maximum of ``V`` (first occurrence) to the end of training.
+Rows with ``phi_t > 0.5`` are *shortcut-reliant*, the others *structured*. ``S_cell`` is the
+rank-biserial correlation of ``ln V`` between the two groups::
+
+    S_cell = P(ln V_reliant > ln V_structured) - P(ln V_reliant < ln V_structured)  (= 2 AUC - 1)
+
+over all (reliant, structured) pairs of rows in the window. ``S_cell = 1`` when every
+shortcut-reliant state has a higher norm than every structured state (the norm separates them
+cleanly), ``~0`` when the norm carries no information about reliance, ``< 0`` when reversed.
+``None`` (with a reason) below 5 rows or with fewer than 2 rows on either side. Experiment
+``S`` = median of ``S_cell`` over cells that made the transition (regime ``delayed`` or
+``immediate``), with a bootstrap interval; verdict ``holds`` if ``S >= 0.8`` else ``fails``
+(``not_enough_data`` below 3 cells). A cell is *untrusted* (its timing prediction should not be
+relied on) when ``S_cell`` is undefined or below 0.8.
+
+Why not the Spearman correlation of ``ln V_t`` with ``phi_t`` (the form first suggested in issue
+3)? Grokking transitions are step-like, so ``phi`` is nearly binary, and a Spearman correlation
+with a binary variable cannot exceed ``sqrt(3 q (1 - q)) <= 0.87`` (``q`` = share of reliant
+rows) even for a perfect separation: the verdict would measure the window's composition, not the
+separation. It is still reported per cell and per experiment as ``S_spearman``.
 
 **P1 input, norm ordering.** Over ``delayed`` cells: share with ``V_mem > V_final`` (the law's
 ``V_sc > V_st``), with a Wilson 95 % interval; the share with ``V_mem > V_gen`` is given beside.
@@ -77,6 +88,7 @@ from nht import stats
 
 S_THRESHOLD = 0.8
 S_MIN_POINTS = 5
+PHI_SPLIT = 0.5
 READOUT_NAMES = ("out.weight", "head.weight")
 TRANSITION_REGIMES = ("delayed", "immediate")
 REGIME_RANK = {"shortcut_persists": 0, "delayed": 1, "immediate": 1, "no_fit": 2}
@@ -389,24 +401,43 @@ def prospective_prediction(cells: pd.DataFrame, histories: dict[str, pd.DataFram
 
 # ----------------------------------------------------------------------------- S
 
-def clean_norm_separation_cell(history: pd.DataFrame) -> dict:
-    """``S_cell`` = Spearman(ln V_t, 1 - test_acc_t) from the first maximum of V to the end.
+def clean_norm_separation_cell(history: pd.DataFrame, phi_split: float = PHI_SPLIT) -> dict:
+    """Per-cell clean-norm separation over the window from the first maximum of V to the end.
 
-    Returns ``{S, n_points, peak_step}``; ``S`` is ``None`` with fewer than
-    :data:`S_MIN_POINTS` rows in the window or a constant series.
+    ``phi_t = 1 - test_acc_t``. ``S`` = rank-biserial correlation of ``ln V`` between
+    shortcut-reliant rows (``phi > phi_split``) and the other rows: ``P(ln V_reliant >
+    ln V_other) - P(<)``. ``S_spearman`` = Spearman(ln V_t, phi_t) over the same rows (the
+    issue's suggested form, reported beside; it cannot exceed ~0.87 for a step-like transition).
+    Returns ``{S, S_spearman, n_points, n_reliant, n_other, peak_step, reason}``; ``S`` is ``None``
+    (with a ``reason``) when the window has fewer than :data:`S_MIN_POINTS` rows or fewer than 2
+    rows on either side of ``phi_split``.
     """
+    out = {"S": None, "S_spearman": None, "n_points": 0, "n_reliant": 0, "n_other": 0,
+           "peak_step": None, "reason": None}
     h = _hist_sorted(history)
-    if len(h) == 0:
-        return {"S": None, "n_points": 0, "peak_step": None}
     v = h["V"].to_numpy(float)
+    if len(h) == 0 or not np.isfinite(v).any():
+        out["reason"] = "no history"
+        return out
     peak = int(np.nanargmax(v))
     win = h.iloc[peak:]
     vv = win["V"].to_numpy(float)
     phi = 1.0 - win["test_acc"].to_numpy(float)
     ok = np.isfinite(vv) & (vv > 0) & np.isfinite(phi)
-    n = int(ok.sum())
-    s = stats.spearman(np.log(vv[ok]), phi[ok]) if n >= S_MIN_POINTS else None
-    return {"S": s, "n_points": n, "peak_step": float(h["step"].iloc[peak])}
+    lv, phi = np.log(vv[ok]), phi[ok]
+    reliant = phi > phi_split
+    out.update({"n_points": int(ok.sum()), "n_reliant": int(reliant.sum()),
+                "n_other": int((~reliant).sum()), "peak_step": float(h["step"].iloc[peak])})
+    if out["n_points"] < S_MIN_POINTS:
+        out["reason"] = f"fewer than {S_MIN_POINTS} evaluations after the norm peak"
+        return out
+    out["S_spearman"] = stats.spearman(lv, phi)
+    if out["n_reliant"] < 2 or out["n_other"] < 2:
+        out["reason"] = ("no structured phase after the norm peak" if out["n_other"] < 2
+                         else "no shortcut phase after the norm peak")
+        return out
+    out["S"] = stats.rank_biserial(lv[reliant], lv[~reliant])
+    return out
 
 
 def clean_norm_separation(cells: pd.DataFrame, histories: dict[str, pd.DataFrame],
@@ -414,8 +445,9 @@ def clean_norm_separation(cells: pd.DataFrame, histories: dict[str, pd.DataFrame
                           threshold: float = S_THRESHOLD) -> dict:
     """Experiment-level S (median of ``S_cell`` over transition cells) with verdict.
 
-    Returns ``{S, S_ci, n, threshold, verdict, S_including_shortcut_persists, per_cell,
-    untrusted_cells}``; ``per_cell[id] = {S, n_points, peak_step, regime}``;
+    Returns ``{S, S_ci, n, threshold, verdict, S_all_memorised, S_spearman, S_spearman_ci,
+    n_spearman, estimator, per_cell, untrusted_cells}``; ``per_cell[id]`` is
+    :func:`clean_norm_separation_cell`'s dict plus ``regime``;
     ``untrusted_cells`` lists ``{cell, S, reason}`` for memorising cells with S undefined or below
     the threshold.
     """
@@ -428,21 +460,25 @@ def clean_norm_separation(cells: pd.DataFrame, histories: dict[str, pd.DataFrame
         res["regime"] = rec.get("regime")
         per_cell[cid] = res
         if res["S"] is None:
-            untrusted.append({"cell": cid, "S": None, "reason": "S undefined (short or constant "
-                                                                  "window after the norm peak)"})
+            untrusted.append({"cell": cid, "S": None, "reason": f"S undefined: {res['reason']}"})
         elif res["S"] < threshold:
             untrusted.append({"cell": cid, "S": res["S"], "reason": f"S < {threshold}"})
     trans = [c["S"] for c in per_cell.values() if c["regime"] in TRANSITION_REGIMES]
+    trans_sp = [c["S_spearman"] for c in per_cell.values() if c["regime"] in TRANSITION_REGIMES]
     allm = [c["S"] for c in per_cell.values()]
     med = stats.bootstrap_median(trans, n_boot=n_boot, seed=seed)
+    med_sp = stats.bootstrap_median(trans_sp, n_boot=n_boot, seed=seed)
     if med["n"] < 3:
         verdict = "not_enough_data"
     else:
         verdict = "holds" if med["median"] >= threshold else "fails"
     return {"S": med["median"], "S_ci": med["ci"], "n": med["n"], "threshold": threshold,
             "verdict": verdict,
-            "S_including_shortcut_persists": stats.bootstrap_median(allm, n_boot=0)["median"],
-            "estimator": "median over delayed/immediate cells of Spearman(ln V_t, 1 - test_acc_t) "
+            "S_all_memorised": stats.bootstrap_median(allm, n_boot=0)["median"],
+            "S_spearman": med_sp["median"], "S_spearman_ci": med_sp["ci"],
+            "n_spearman": med_sp["n"],
+            "estimator": "median over delayed/immediate cells of the rank-biserial correlation of "
+                         "ln V_t between rows with phi_t = 1 - test_acc_t > 0.5 and the other rows, "
                          "from the norm peak to the end of training",
             "per_cell": per_cell, "untrusted_cells": untrusted}
 
@@ -711,7 +747,7 @@ def _plot_clean_separation(sep: dict, figure_dir: str):
     s = sep["S"]
     ax.set_title(f"clean-norm separation S per cell\nexperiment S = "
                  + (f"{s:.2f}" if s is not None else "n/a") + f" → {sep['verdict']}", fontsize=9)
-    ax.set_xlabel("S = Spearman(ln V_t, 1 − test acc) after the norm peak")
+    ax.set_xlabel("S = P(ln V reliant > ln V structured) − P(<), after the norm peak")
     ax.legend(fontsize=7)
     return _save(fig, figure_dir, "clean_separation")
 

@@ -18,6 +18,7 @@ Everything here is a pure function of its arguments (random draws come from an e
 * :func:`exp_decay_fit` -- fit ``ln V_t = a - gamma t`` (returns the decay rate ``gamma``).
 * :func:`spearman` -- Spearman rank correlation (average ranks for ties; ``None`` if either
   input is constant or fewer than 3 pairs).
+* :func:`rank_biserial` -- ``P(h > l) - P(h < l)`` between two samples (``2 AUC - 1``).
 * :func:`wilson_interval` -- 95 % Wilson score interval for a binomial share.
 * :func:`bootstrap_median` -- median with a percentile bootstrap interval.
 """
@@ -30,7 +31,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import stats as _st
 
-__all__ = ["ols_fit", "bootstrap_fit", "bootstrap_draws", "log_fit", "exp_decay_fit", "spearman",
+__all__ = ["ols_fit", "bootstrap_fit", "bootstrap_draws", "log_fit", "exp_decay_fit", "spearman", "rank_biserial",
            "wilson_interval", "bootstrap_median", "finite_or_none"]
 
 
@@ -158,6 +159,20 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     if x.size < 3 or np.all(x == x[0]) or np.all(y == y[0]):
         return None
     return finite_or_none(_st.spearmanr(x, y).statistic)
+
+
+def rank_biserial(high: Sequence[float], low: Sequence[float]) -> float | None:
+    """Rank-biserial correlation ``P(h > l) - P(h < l)`` over all pairs of a value ``h`` from
+    ``high`` and ``l`` from ``low`` (ties count half each way; equals ``2 AUC - 1``, i.e.
+    ``2 U / (n_h n_l) - 1`` with the Mann-Whitney U of ``high``). 1 when every ``high`` value
+    exceeds every ``low`` value, about 0 when the two samples are exchangeable; ``None`` if a
+    sample is empty."""
+    h = np.asarray([v for v in high if finite_or_none(v) is not None], dtype=float)
+    lo = np.asarray([v for v in low if finite_or_none(v) is not None], dtype=float)
+    if h.size == 0 or lo.size == 0:
+        return None
+    diff = h[:, None] - lo[None, :]
+    return float(((diff > 0).sum() - (diff < 0).sum()) / diff.size)
 
 
 def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> list | None:

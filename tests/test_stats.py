@@ -101,3 +101,13 @@ def test_spearman_and_wilson_and_median():
     m = stats.bootstrap_median([1, 2, 3, 4, 100, float("nan")], n_boot=500)
     assert m["median"] == 3 and m["n"] == 5 and m["ci"][0] <= 3 <= m["ci"][1]
     assert stats.finite_or_none(float("nan")) is None and stats.finite_or_none("x") is None
+
+
+def test_rank_biserial_matches_mann_whitney():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(1, 1, 30), rng.normal(0, 1, 25)
+    u = st.mannwhitneyu(a, b).statistic
+    assert stats.rank_biserial(a, b) == pytest.approx(2 * u / (30 * 25) - 1)
+    assert stats.rank_biserial([3, 4], [1, 2]) == 1.0
+    assert stats.rank_biserial([1, 2], [1, 2]) == 0.0
+    assert stats.rank_biserial([], [1.0]) is None
