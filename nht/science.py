@@ -401,10 +401,13 @@ def prospective_prediction(cells: pd.DataFrame, histories: dict[str, pd.DataFram
 
 # ----------------------------------------------------------------------------- S
 
-def clean_norm_separation_cell(history: pd.DataFrame, phi_split: float = PHI_SPLIT) -> dict:
+def clean_norm_separation_cell(history: pd.DataFrame, phi_split: float = PHI_SPLIT,
+                               phi_column: str | None = None, v_column: str = "V") -> dict:
     """Per-cell clean-norm separation over the window from the first maximum of V to the end.
 
-    ``phi_t = 1 - test_acc_t``. ``S`` = rank-biserial correlation of ``ln V`` between
+    ``phi_t = 1 - test_acc_t`` (modular), or the column ``phi_column`` when given (image
+    experiments: ``reliance``, the share of conflicting-cue images classified by the cue; time
+    column ``epoch`` is accepted in place of ``step``). ``S`` = rank-biserial correlation of ``ln V`` between
     shortcut-reliant rows (``phi > phi_split``) and the other rows: ``P(ln V_reliant >
     ln V_other) - P(<)``. ``S_spearman`` = Spearman(ln V_t, phi_t) over the same rows (the
     issue's suggested form, reported beside; it cannot exceed ~0.87 for a step-like transition).
@@ -414,15 +417,18 @@ def clean_norm_separation_cell(history: pd.DataFrame, phi_split: float = PHI_SPL
     """
     out = {"S": None, "S_spearman": None, "n_points": 0, "n_reliant": 0, "n_other": 0,
            "peak_step": None, "reason": None}
+    if "step" not in history.columns and "epoch" in history.columns:
+        history = history.rename(columns={"epoch": "step"})
     h = _hist_sorted(history)
-    v = h["V"].to_numpy(float)
+    v = h[v_column].to_numpy(float)
     if len(h) == 0 or not np.isfinite(v).any():
         out["reason"] = "no history"
         return out
     peak = int(np.nanargmax(v))
     win = h.iloc[peak:]
-    vv = win["V"].to_numpy(float)
-    phi = 1.0 - win["test_acc"].to_numpy(float)
+    vv = win[v_column].to_numpy(float)
+    phi = (win[phi_column].to_numpy(float) if phi_column
+           else 1.0 - win["test_acc"].to_numpy(float))
     ok = np.isfinite(vv) & (vv > 0) & np.isfinite(phi)
     lv, phi = np.log(vv[ok]), phi[ok]
     reliant = phi > phi_split

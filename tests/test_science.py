@@ -274,3 +274,10 @@ def test_analyse_modular_with_no_transition_still_returns(tmp_path):
     json.dumps(out, allow_nan=False)
     assert out["delay_law"]["k"] is None and out["delay_law"]["n"] == 0
     assert out["clean_norm_separation"]["verdict"] == "not_enough_data"
+
+
+def test_S_accepts_an_image_style_history():
+    clean = _transition(True)
+    img = pd.DataFrame({"epoch": clean["step"] / 10, "V": clean["V"],
+                        "reliance": 1 - clean["test_acc"]})
+    assert science.clean_norm_separation_cell(img, phi_column="reliance")["S"] == pytest.approx(1.0)
