@@ -609,7 +609,8 @@ def _save(fig, figure_dir: str, stem: str) -> list[str]:
     fig.tight_layout()
     for ext in ("png", "pdf"):
         path = os.path.join(figure_dir, f"{stem}.{ext}")
-        fig.savefig(path, dpi=110)
+        # no creation date in the PDF, so reruns on unchanged data give identical files
+        fig.savefig(path, dpi=110, metadata={"CreationDate": None} if ext == "pdf" else None)
         paths.append(path)
     return paths
 

@@ -141,7 +141,7 @@ def _modular(s: dict) -> dict:
     card = {}
     card["P1_norm_ordering"] = _share_entry(
         s.get("norm_ordering"), "share", th["P1_norm_ordering"],
-        "share of delayed cells with V_mem > V_final (V = ||theta||^2)")
+        "share of delayed cells with V_mem > V_final (V = squared norm)")
 
     ro = s.get("regime_ordering")
     d2 = ("concordance of regimes with lambda within slices equal in all other settings "
