@@ -383,3 +383,67 @@ def scorecard_markdown(summary: dict) -> str:
                          f"{_fmt(e['threshold'])} | {e['verdict'].replace('_', ' ')} | "
                          f"{e.get('ci_verdict') or '–'} | {_fmt(e.get('n'))} | {definition} |")
     return "\n".join(lines) + "\n"
+
+
+def _inline_html(text: str) -> str:
+    import html as _html
+    text = _html.escape(text, quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def markdown_to_html(markdown: str, title: str = "NHT scorecard") -> str:
+    """A self-contained HTML page of :func:`scorecard_markdown`'s output (headings, paragraphs,
+    bullet lists and pipe tables only -- the constructs that function writes)."""
+    import html as _html
+    body, table, items = [], [], []
+
+    def flush():
+        if table:
+            rows = [r for r in table if not re.fullmatch(r"\|?(\s*-+\s*\|)+\s*", r)]
+            cells = [[c.strip() for c in r.strip().strip("|").split(" | ")] for r in rows]
+            out = ["<table>", "<tr>" + "".join(f"<th>{_inline_html(c)}</th>" for c in cells[0])
+                   + "</tr>"]
+            out += ["<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>"
+                    for r in cells[1:]]
+            body.append("\n".join(out + ["</table>"]))
+            table.clear()
+        if items:
+            body.append("<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in items) + "</ul>")
+            items.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        if line.startswith("- "):
+            items.append(line[2:])
+            continue
+        flush()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{_inline_html(line[level:].strip())}</h{level}>")
+        elif line.strip():
+            body.append(f"<p>{_inline_html(line)}</p>")
+    flush()
+    style = ("body{font-family:sans-serif;font-size:13px;margin:1em}"
+             "table{border-collapse:collapse;margin:0.5em 0}"
+             "td,th{border:1px solid #bbb;padding:3px 6px;text-align:left;vertical-align:top}"
+             "th{background:#eee}")
+    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{_html.escape(title)}"
+            f"</title><style>{style}</style></head><body>\n" + "\n".join(body)
+            + "\n</body></html>\n")
+
+
+def scorecard_html(summary: dict) -> str:
+    """:func:`scorecard_markdown` as a self-contained HTML page (for the Snakemake report)."""
+    return markdown_to_html(scorecard_markdown(summary))
+
+
+def attach_scorecards(summary: dict) -> dict:
+    """Add ``scorecard`` (:func:`build_scorecard`) to every modular/image experiment of a merged
+    summary (``{"experiments": {...}}``), in place; returns the summary."""
+    for exp in summary.get("experiments", {}).values():
+        if isinstance(exp, dict) and exp.get("kind") in ("modular", "image"):
+            exp["scorecard"] = build_scorecard(exp, exp["kind"])
+    return summary

@@ -159,3 +159,20 @@ def test_markdown_shows_measured_beside_paper_and_differences():
     assert "`cifar_cpu` vs paper CIFAR-10" in md
     assert "broken" not in md
     assert sc.scorecard_markdown(summary["experiments"]) == md
+
+
+def test_html_rendering_has_the_tables():
+    mod = modular_summary(r2=0.15)
+    page = sc.scorecard_html({"experiments": {"mlp <x>": mod}})
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    assert page.count("<table>") == 3          # measured, paper, detail
+    assert "<td>P6 delay scaling</td>" in page and "<strong>fails</strong>" in page
+    assert "mlp &lt;x&gt;" in page and "<x>" not in page
+    assert "<li><code>mlp &lt;x&gt;</code> vs paper modular arithmetic" in page
+
+
+def test_attach_scorecards_in_place():
+    s = {"experiments": {"m": modular_summary(), "x": {"kind": "other"}}}
+    assert sc.attach_scorecards(s) is s
+    assert list(s["experiments"]["m"]["scorecard"]) == list(sc.PREDICTIONS)
+    assert "scorecard" not in s["experiments"]["x"]
