@@ -16,7 +16,13 @@ import torch.nn.functional as F
 
 
 class GrokkingMLP(nn.Module):
-    """Two embeddings -> concat -> one hidden ReLU layer -> readout (``out``)."""
+    """Two embeddings -> concat -> one hidden ReLU layer -> readout (``out``).
+
+    The hidden pre-activation ``W [E_a[a]; E_b[b]] + c`` is computed as
+    ``(E_a W_a^T)[a] + (E_b W_b^T)[b] + c``: the same function and gradients, but the matrix
+    products run over the p vocabulary rows instead of every example (about 3x fewer FLOPs per
+    full-batch step at p = 31).
+    """
 
     def __init__(self, p: int, embed_dim: int = 32, hidden: int = 128):
         super().__init__()
@@ -26,16 +32,18 @@ class GrokkingMLP(nn.Module):
         self.out = nn.Linear(hidden, p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([self.embed_a(x[..., 0]), self.embed_b(x[..., 1])], dim=-1)
-        return self.out(F.relu(self.hidden(h)))
+        w_a, w_b = self.hidden.weight.split(self.embed_a.embedding_dim, dim=1)
+        table_a = self.embed_a.weight @ w_a.T          # (p, hidden): every a's contribution
+        table_b = self.embed_b.weight @ w_b.T
+        pre = table_a[x[..., 0]] + table_b[x[..., 1]] + self.hidden.bias
+        return self.out(F.relu(pre))
 
 
-class LastPositionAttention(nn.Module):
-    """Multi-head self-attention that returns only the last position's output.
+class Attention(nn.Module):
+    """Parameters of multi-head self-attention (fused q/k/v projection and output projection).
 
-    With a single layer read out at the last position, the outputs at earlier positions feed
-    nothing, so they are not computed: keys and values come from every position, the query from
-    the last one. Mathematically identical to full attention followed by ``[:, -1]``.
+    The computation lives in :meth:`OneLayerTransformer.forward`, which needs only the last
+    position's output.
     """
 
     def __init__(self, d_model: int, n_heads: int):
@@ -45,25 +53,16 @@ class LastPositionAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        H, D = self.n_heads, C // self.n_heads
-        w_q, w_kv = self.qkv.weight.split([C, 2 * C], dim=0)
-        b_q, b_kv = self.qkv.bias.split([C, 2 * C], dim=0)
-        q = F.linear(x[:, -1], w_q, b_q).view(B, H, 1, D)
-        k, v = F.linear(x, w_kv, b_kv).split(C, dim=-1)
-        k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (k, v))
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(D)           # (B, H, 1, T)
-        y = (att.softmax(dim=-1) @ v).reshape(B, C)              # last position only
-        return self.proj(y)
-
 
 class OneLayerTransformer(nn.Module):
     """The companion code's 1-layer transformer: tokens [a, b], pre-LN block (attention + GELU
     FFN), final LayerNorm, readout (``head``) at the last position.
 
-    Only the last position's residual stream is computed after attention (nothing reads the
-    others), which gives the same function and gradients as computing all positions.
+    Two exact shortcuts make it cheap (same function and gradients as the textbook version):
+    nothing reads the other position after attention, so only the last position's residual
+    stream is computed; and everything before attention depends only on (position, token), so
+    LayerNorm and the q/k/v projections are computed once per vocabulary entry (2 x p rows)
+    and gathered, instead of once per example.
     """
 
     def __init__(self, p: int, d_model: int = 128, n_heads: int = 4, d_ff: int = 512):
@@ -71,7 +70,7 @@ class OneLayerTransformer(nn.Module):
         self.tok = nn.Embedding(p, d_model)
         self.pos = nn.Parameter(torch.randn(2, d_model) * 0.02)
         self.ln1 = nn.LayerNorm(d_model)
-        self.attn = LastPositionAttention(d_model, n_heads)
+        self.attn = Attention(d_model, n_heads)
         self.ln2 = nn.LayerNorm(d_model)
         self.ff_in = nn.Linear(d_model, d_ff)
         self.ff_out = nn.Linear(d_ff, d_model)
@@ -79,8 +78,17 @@ class OneLayerTransformer(nn.Module):
         self.head = nn.Linear(d_model, p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.tok(x) + self.pos                     # (B, 2, d_model)
-        h = h[:, -1] + self.attn(self.ln1(h))          # residual stream at the last position
+        B, C, H = x.shape[0], self.tok.embedding_dim, self.attn.n_heads
+        D = C // H
+        emb = self.tok.weight.unsqueeze(0) + self.pos.unsqueeze(1)     # (2, p, C): position x token
+        qkv = self.attn.qkv(self.ln1(emb))                             # (2, p, 3C)
+        a, b = x[:, 0], x[:, 1]
+        q = qkv[1, :, :C][b].view(B, H, 1, D)                          # query: last position only
+        k = torch.stack([qkv[0, :, C:2 * C][a], qkv[1, :, C:2 * C][b]], dim=1)   # (B, 2, C)
+        v = torch.stack([qkv[0, :, 2 * C:][a], qkv[1, :, 2 * C:][b]], dim=1)
+        k, v = (t.view(B, 2, H, D).transpose(1, 2) for t in (k, v))    # (B, H, 2, D)
+        att = ((q @ k.transpose(-2, -1)) / math.sqrt(D)).softmax(dim=-1)
+        h = emb[1][b] + self.attn.proj((att @ v).reshape(B, C))        # residual, last position
         h = h + self.ff_out(F.gelu(self.ff_in(self.ln2(h))))
         return self.head(self.ln_f(h))
 

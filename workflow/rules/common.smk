@@ -1,6 +1,7 @@
 # Shared state of the workflow: the validated config, the cell grid and the training jobs.
 # nht.config is the single source of truth for cells, cell ids and job grouping.
 import json
+import os
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -13,7 +14,14 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err))
 
+envvars:
+    "PATH",
+
+
 PY = sys.executable
+# Rules call `python -m nht ...`: the Python that runs snakemake (e.g. .venv) comes first on the
+# jobs' PATH, unless a rule's conda environment is activated (--sdm conda).
+os.environ["PATH"] = os.path.dirname(PY) + os.pathsep + os.environ.get("PATH", "")
 R = config["results_dir"]
 D = config["data_dir"]
 CELLS, JOBS, JOB_OF = cell_index(config)
@@ -38,3 +46,23 @@ def cells_of(experiment):
 
 def jobs_of(experiment):
     return [j for j in JOBS.values() if j.experiment == experiment]
+
+
+MODULAR_DATASETS = {
+    c.dataset_id: {k: c[k] for k in ("op", "p", "train_frac", "split_seed")}
+    for c in CELLS.values()
+    if c.kind == "modular"
+}
+
+
+def job_spec(job_id):
+    job = JOBS[job_id]
+    return {
+        "experiment": job.experiment,
+        "job": job.id,
+        "cells": [{"id": c.id, "settings": c.settings} for c in job.cells],
+    }
+
+
+def job_setting(key):
+    return lambda wildcards: JOBS[wildcards.job].cells[0][key]

@@ -1,31 +1,13 @@
 # Modular-arithmetic experiments: data -> train (per job) -> norms (per cell) -> fit, figures,
 # experiment summary (per experiment).
 
-MODULAR_DATASETS = {
-    c.dataset_id: {k: c[k] for k in ("op", "p", "train_frac", "split_seed")}
-    for c in CELLS.values()
-    if c.kind == "modular"
-}
-
-
-def job_spec(job_id):
-    job = JOBS[job_id]
-    return {
-        "experiment": job.experiment,
-        "job": job.id,
-        "cells": [{"id": c.id, "settings": c.settings} for c in job.cells],
-    }
-
-
-def job_setting(key):
-    return lambda wildcards: JOBS[wildcards.job].cells[0][key]
-
-
 rule make_modular_data:
     output:
         f"{D}/modular/{{dataset}}.npz",
     params:
         ds=lambda w: MODULAR_DATASETS[w.dataset],
+    conda:
+        "../envs/nht.yaml"
     log:
         "logs/make_modular_data/{dataset}.log",
     benchmark:
@@ -35,7 +17,7 @@ rule make_modular_data:
         mem_mb=500,
         runtime=5,
     shell:
-        "{PY} -m nht make-data --op {params.ds[op]} --p {params.ds[p]}"
+        "python -m nht make-data --op {params.ds[op]} --p {params.ds[p]}"
         " --train-frac {params.ds[train_frac]} --split-seed {params.ds[split_seed]}"
         " --out {output} > {log} 2>&1"
 
@@ -52,6 +34,8 @@ rule train_modular:
         device=config["device"],
         flags=("" if config["deterministic"] else " --nondeterministic")
         + (" --tf32" if config["tf32"] else ""),
+    conda:
+        "../envs/nht.yaml"
     log:
         "logs/train_modular/{experiment}/{job}.log",
     benchmark:
@@ -62,7 +46,7 @@ rule train_modular:
         runtime=job_setting("runtime_min"),
         gpu=job_setting("gpus"),
     shell:
-        "{PY} -m nht train --job {params.job:q} --dataset {input.dataset}"
+        "python -m nht train --job {params.job:q} --dataset {input.dataset}"
         " --history {output.history} --meta {output.meta} --checkpoint {params.checkpoint}"
         " --device {params.device} --threads {threads}{params.flags} > {log} 2>&1"
 
@@ -76,6 +60,8 @@ rule extract_norms:
         norms=f"{R}/{{experiment}}/cells/{{cell}}/norms.json",
     params:
         settings=lambda w: json.dumps(CELLS[w.cell].settings),
+    conda:
+        "../envs/nht.yaml"
     log:
         "logs/extract_norms/{experiment}/{cell}.log",
     benchmark:
@@ -85,7 +71,7 @@ rule extract_norms:
         mem_mb=500,
         runtime=5,
     shell:
-        "{PY} -m nht norms --job-history {input.history} --job-meta {input.meta} --cell {wildcards.cell}"
+        "python -m nht norms --job-history {input.history} --job-meta {input.meta} --cell {wildcards.cell}"
         " --settings {params.settings:q} --out-history {output.history} --out-norms {output.norms}"
         " > {log} 2>&1"
 
@@ -96,6 +82,8 @@ rule fit_modular:
     output:
         fit=f"{R}/{{experiment}}/fit.json",
         table=f"{R}/{{experiment}}/cells.csv",
+    conda:
+        "../envs/nht.yaml"
     log:
         "logs/fit_modular/{experiment}.log",
     benchmark:
@@ -105,7 +93,7 @@ rule fit_modular:
         mem_mb=1000,
         runtime=10,
     shell:
-        "{PY} -m nht fit --norms {input.norms} --out-fit {output.fit} --out-table {output.table} > {log} 2>&1"
+        "python -m nht fit --norms {input.norms} --out-fit {output.fit} --out-table {output.table} > {log} 2>&1"
 
 
 MODULAR_FIGURES = [f"{name}.{ext}" for name in ("curves", "delay_law", "regimes") for ext in ("png", "pdf")]
@@ -121,6 +109,8 @@ rule figures_modular:
     params:
         out_dir=f"{R}/{{experiment}}/figures",
         max_cells=lambda w: config["experiments"][w.experiment]["figure_cells_max"],
+    conda:
+        "../envs/nht.yaml"
     log:
         "logs/figures_modular/{experiment}.log",
     benchmark:
@@ -130,7 +120,7 @@ rule figures_modular:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{PY} -m nht figures --cells-table {input.table} --histories {input.histories} --fit {input.fit}"
+        "python -m nht figures --cells-table {input.table} --histories {input.histories} --fit {input.fit}"
         " --out-dir {params.out_dir} --max-cells {params.max_cells} > {log} 2>&1"
 
 
@@ -145,6 +135,8 @@ rule experiment_summary_modular:
         experiment="|".join(experiments_of_kind("modular")) or "^$",
     params:
         settings=lambda w: json.dumps(config["experiments"][w.experiment]),
+    conda:
+        "../envs/nht.yaml"
     log:
         "logs/experiment_summary_modular/{experiment}.log",
     benchmark:
@@ -154,5 +146,5 @@ rule experiment_summary_modular:
         mem_mb=500,
         runtime=5,
     shell:
-        "{PY} -m nht experiment-summary --experiment {wildcards.experiment} --settings {params.settings:q}"
+        "python -m nht experiment-summary --experiment {wildcards.experiment} --settings {params.settings:q}"
         " --fit {input.fit} --figures {input.figures} --job-metas {input.metas} --out {output} > {log} 2>&1"

@@ -8,6 +8,8 @@ rule summary:
         SUMMARY,
     params:
         paths=lambda w, input: json.dumps(dict(zip(config["experiments"], input))),
+    conda:
+        "../envs/nht.yaml"
     log:
         "logs/summary/summary.log",
     benchmark:
@@ -17,4 +19,4 @@ rule summary:
         mem_mb=500,
         runtime=5,
     shell:
-        "{PY} -m nht summary --experiment-summaries {params.paths:q} --out {output} > {log} 2>&1"
+        "python -m nht summary --experiment-summaries {params.paths:q} --out {output} > {log} 2>&1"

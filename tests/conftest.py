@@ -1,0 +1,51 @@
+"""Shared fixtures: the repo root, a tiny modular config, and a runner for the real snakemake."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+
+def tiny_modular(**overrides) -> dict:
+    """A modular experiment small enough to train in a second or two on one core."""
+    exp = {"kind": "modular", "p": 11, "train_frac": 0.7,
+           "model": {"name": "mlp", "embed_dim": 8, "hidden": 32},
+           "lr": 0.01, "weight_decay": [0.5, 1.0], "init_scale": [1, 3],
+           "max_steps": 300, "eval_every": 20, "stop_margin": 40}
+    exp.update(overrides)
+    return exp
+
+
+def copy_workflow(dest: Path, config: dict) -> Path:
+    """Copy the Snakefile and workflow/ into ``dest`` and write ``config`` as its config.yaml."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "Snakefile", dest / "Snakefile")
+    shutil.copytree(REPO / "workflow", dest / "workflow", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    with open(dest / "config.yaml", "w") as fh:
+        yaml.safe_dump(config, fh)
+    return dest
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture
+def tiny_config() -> dict:
+    return {"experiments": {"tiny": tiny_modular()}}

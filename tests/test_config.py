@@ -1,0 +1,94 @@
+import copy
+
+import pytest
+
+from nht.config import ConfigError, expand_cells, group_jobs, load_config, validate_config
+
+from conftest import REPO, tiny_modular
+
+
+def cfg(**overrides):
+    return {"experiments": {"e": tiny_modular(**overrides)}}
+
+
+def error_for(config) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_config(config)
+    return str(info.value)
+
+
+def test_default_config_is_valid_and_expands():
+    config = load_config(REPO / "config.yaml")
+    cells = expand_cells(config)
+    assert len(cells) >= 24 + 8
+    assert len({c.id for c in cells}) == len(cells)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"weight_decay": [0.5, -1]}, "experiments.e.weight_decay"),
+    ({"op": "pow"}, "experiments.e.op"),
+    ({"lr": 0}, "experiments.e.lr"),
+    ({"model": {"name": "cnn"}}, "experiments.e.model.name"),
+    ({"batch_size": "half"}, "experiments.e.batch_size"),
+    ({"max_steps": 0}, "experiments.e.max_steps"),
+    ({"unknown_knob": 1}, "experiments.e"),
+    ({"op": "div", "p": 12}, "experiments.e.p"),
+    ({"batch_over": ["p"]}, "experiments.e.batch_over"),
+])
+def test_invalid_values_name_the_key(overrides, key):
+    message = error_for(cfg(**overrides))
+    assert key in message, message
+
+
+def test_top_level_errors_name_the_key():
+    assert "device" in error_for({"device": "tpu", "experiments": {"e": tiny_modular()}})
+    assert "experiments" in error_for({"experiments": {}})
+
+
+def test_defaults_are_filled():
+    config = validate_config(cfg())
+    exp = config["experiments"]["e"]
+    assert exp["train_threshold"] == 0.99 and exp["secondary_threshold"] == 0.9
+    assert exp["optimizer"]["name"] == "adamw" and exp["batch_size"] == "full"
+    assert config["device"] == "auto"
+
+
+def test_grid_is_cartesian_and_ids_are_readable():
+    cells = expand_cells(validate_config(cfg()))
+    assert len(cells) == 4
+    assert {(c["weight_decay"], c["init_scale"]) for c in cells} == {(0.5, 1), (0.5, 3), (1.0, 1), (1.0, 3)}
+    assert any(c.id.startswith("add_p11_f0.7_ss0_lr0.01_wd0.5_a3_s0-") for c in cells)
+
+
+def test_cell_id_depends_only_on_its_own_values():
+    before = {c.id for c in expand_cells(validate_config(cfg()))}
+    after_cells = expand_cells(validate_config(cfg(weight_decay=[0.5, 2.0])))
+    after = {c.id for c in after_cells}
+    kept = before & after
+    assert len(kept) == 2 and all("_wd0.5_" in i for i in kept)
+    # a setting shared by every cell changes every id
+    assert not before & {c.id for c in expand_cells(validate_config(cfg(max_steps=301)))}
+    # settings that cannot change results (threads, batching) leave ids alone
+    assert before == {c.id for c in expand_cells(validate_config(cfg(threads=2, batch_over=["seed"])))}
+
+
+def test_jobs_group_by_non_batched_axes():
+    config = validate_config(cfg(batch_over=["init_scale"]))
+    jobs = group_jobs(expand_cells(config))
+    assert len(jobs) == 2
+    assert all(len({c["weight_decay"] for c in j.cells}) == 1 for j in jobs)
+    # changing one lambda value changes only the job holding it
+    jobs2 = group_jobs(expand_cells(validate_config(cfg(batch_over=["init_scale"], weight_decay=[0.5, 2.0]))))
+    assert len({j.id for j in jobs} & {j.id for j in jobs2}) == 1
+
+
+def test_max_cells_per_job_splits_groups():
+    config = validate_config(cfg(batch_over=["init_scale", "weight_decay"], max_cells_per_job=3))
+    sizes = sorted(len(j.cells) for j in group_jobs(expand_cells(config)))
+    assert sizes == [1, 3]
+
+
+def test_experiments_do_not_share_cell_ids():
+    config = validate_config({"experiments": {"a": tiny_modular(), "b": copy.deepcopy(tiny_modular())}})
+    ids = [c.id for c in expand_cells(config)]
+    assert len(set(ids)) == len(ids) == 8
