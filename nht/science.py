@@ -158,6 +158,8 @@ def _fit_block(recs: list[dict], n_boot: int, seed: int) -> dict:
     ex_base: dict[str, int] = {}
     for rec in recs:
         delay = _num(rec.get("delay"))
+        if rec.get("regime") == "diverged" or rec.get("status") == "diverged":
+            delay = None  # a run that later diverged leaves the fit even if it had a delay
         if delay is None:
             reason = rec.get("regime") if rec.get("regime") in ("no_fit", "shortcut_persists",
                                                                  "diverged") else "no_delay"
@@ -241,7 +243,7 @@ def decay_rates(cells: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> dict
     by_opt: dict[str, list[float]] = {}
     for rec in _records(cells):
         cid = rec["cell"]
-        if _num(rec.get("delay")) is None:
+        if _num(rec.get("delay")) is None or rec.get("regime") == "diverged":
             reason = rec.get("regime") or "no_delay"
             excluded[reason] = excluded.get(reason, 0) + 1
             continue

@@ -78,12 +78,14 @@ def test_delay_fit_recovers_known_k_and_b_and_counts_exclusions():
              {"cell": "x2", "regime": "shortcut_persists", "delay": None, "T_pred": None,
               "lr": 0.01, "weight_decay": 0.3, "op": "add"},
              {"cell": "x3", "regime": "delayed", "delay": 500, "T_pred": None, "lr": 0.01,
-              "weight_decay": 0.3, "op": "add"}]
+              "weight_decay": 0.3, "op": "add"},
+             {"cell": "x4", "regime": "diverged", "status": "diverged", "delay": 100.0,
+              "T_pred": 100.0, "lr": 0.01, "weight_decay": 0.3, "op": "add"}]
     out = science.fit_delay_laws(pd.DataFrame(rows), n_boot=300, seed=1)
     law = out["delay_law"]
     assert law["k"] == pytest.approx(1.6) and law["b"] == pytest.approx(250)
     assert law["n"] == 30 and law["r2"] == pytest.approx(1.0)
-    assert law["excluded"] == {"no_fit": 1, "shortcut_persists": 1, "no_T_pred": 1}
+    assert law["excluded"] == {"no_fit": 1, "shortcut_persists": 1, "no_T_pred": 1, "diverged": 1}
     assert out["baseline_inverse_eta_lambda"]["n"] == 31
     assert out["delay_law_log"]["n"] == 30
     assert out["per_op"] == {}
