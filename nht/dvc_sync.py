@@ -879,9 +879,10 @@ class SnakemakeHook:
         ds = wf.dag_settings
         complete = not (ds.targets or ds.target_jobs or ds.until or ds.omit_from or ds.allowed_rules)
         res = record(self.root, specs, complete, pfile, self.config.get("results_dir", "results"))
-        print(f"nht-dvc: recorded {res['recorded']} stage(s) in dvc.lock "
-              f"({res['unchanged']} unchanged, {res['dropped']} dropped, {res['seconds']:.2f} s)"
-              + (f" after {reason}" if reason else ""), file=sys.stderr)
+        if res["recorded"] or res["dropped"] or self.verbose:
+            print(f"nht-dvc: recorded {res['recorded']} stage(s) in dvc.lock "
+                  f"({res['unchanged']} unchanged, {res['dropped']} dropped, {res['seconds']:.2f} s)"
+                  + (f" after {reason}" if reason else ""), file=sys.stderr)
         return res
 
 
@@ -917,6 +918,9 @@ def attach(workflow, config: dict, cells: Iterable | None = None) -> SnakemakeHo
         if ds is not None:
             from snakemake.settings.enums import RerunTrigger
             ds.rerun_triggers = frozenset({RerunTrigger.MTIME})
+            # outputs of a job cut off by a crash or Ctrl-C are never recorded: rerun such jobs
+            # (like --rerun-incomplete) instead of refusing to start
+            ds.force_incomplete = True
             if plan.force:
                 ds.forcerun = frozenset(set(ds.forcerun) | set(plan.force))
         hook.plan = plan
