@@ -1,0 +1,120 @@
+"""Benchmark: vectorised (many cells per process) vs one process per cell, and FLOP/s achieved.
+
+Trains the cells of one experiment of a config for a fixed number of steps (early stopping off,
+so both paths do identical work), then prints:
+
+* cell-steps/s with all cells in one process (the `train_modular` job path, batched);
+* cell-steps/s with one `python -m nht train` process per cell (start-up and import included),
+  run one after another with the same thread count;
+* their ratio (goal in issue 6: >= 10x on the default grid, CPU);
+* FLOP/s of the batched trainer (FLOPs counted with torch's FlopCounterMode on one cell's
+  forward+backward) as a share of this machine's measured fp32 matmul FLOP/s.
+
+Usage: .venv/bin/python benchmarks/batched_training.py [--experiment mlp_regimes] [--steps 500]
+       [--threads 1] [--per-cell-sample 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from nht.config import expand_cells, load_config  # noqa: E402
+from nht.data import make_modular_dataset, save_dataset  # noqa: E402
+from nht.models import build_model  # noqa: E402
+from nht.train import train_job  # noqa: E402
+
+
+def matmul_flops_per_second(threads: int, n: int = 2048, reps: int = 5) -> float:
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+
+
+def flops_per_cell_step(cell, data) -> float:
+    model = build_model(cell["model"], cell["p"])
+    n = len(data["y_train"]) if cell["batch_size"] == "full" else int(cell["batch_size"])
+    x = torch.as_tensor(data["x_train"][:n])
+    y = torch.as_tensor(data["y_train"][:n])
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return float(counter.get_total_flops())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(REPO / "config.yaml"))
+    ap.add_argument("--experiment", default="mlp_regimes")
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--per-cell-sample", type=int, default=6,
+                    help="time this many cells one-process-each and extrapolate the rate")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+
+    config = load_config(args.config)
+    exp = config["experiments"][args.experiment]
+    exp.update(max_steps=args.steps, stop_margin=10 ** 9, checkpoint_seconds=10 ** 9)
+    cells = expand_cells(config, args.experiment)
+    s = cells[0].settings
+    data = make_modular_dataset(s["op"], s["p"], s["train_frac"], s["split_seed"])
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t = time.perf_counter()
+        train_job(cells, data, tmp / "h.csv", tmp / "m.json", None, device="cpu", threads=args.threads,
+                  progress_every_s=1e9)
+        batched_s = time.perf_counter() - t
+        batched_rate = len(cells) * args.steps / batched_s
+
+        dataset = tmp / "d.npz"
+        save_dataset(data, dataset)
+        sample = cells[: args.per_cell_sample]
+        t = time.perf_counter()
+        for c in sample:
+            job = {"experiment": c.experiment, "job": c.id, "cells": [{"id": c.id, "settings": c.settings}]}
+            subprocess.run([sys.executable, "-m", "nht", "train", "--job", json.dumps(job), "--dataset",
+                            str(dataset), "--history", str(tmp / "hc.csv"), "--meta", str(tmp / "mc.json"),
+                            "--checkpoint", str(tmp / "c.pt"), "--device", "cpu", "--threads",
+                            str(args.threads)], check=True, capture_output=True, cwd=REPO)
+        per_cell_s = time.perf_counter() - t
+        per_cell_rate = len(sample) * args.steps / per_cell_s
+
+    flops = flops_per_cell_step(cells[0], data)
+    peak = matmul_flops_per_second(args.threads)
+    achieved = flops * batched_rate
+    result = {
+        "experiment": args.experiment, "cells": len(cells), "steps_per_cell": args.steps,
+        "threads": args.threads, "torch": torch.__version__,
+        "batched_seconds": batched_s, "batched_cell_steps_per_s": batched_rate,
+        "per_process_cells_timed": len(sample), "per_process_seconds": per_cell_s,
+        "per_process_cell_steps_per_s": per_cell_rate,
+        "speedup_batched_over_per_process": batched_rate / per_cell_rate,
+        "flops_per_cell_step": flops, "achieved_flops_per_s": achieved,
+        "matmul_flops_per_s": peak, "share_of_matmul_peak": achieved / peak,
+    }
+    for k, v in result.items():
+        print(f"{k:36s} {v:.4g}" if isinstance(v, float) else f"{k:36s} {v}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
