@@ -39,7 +39,10 @@ stop_step``) the share whose prediction also lies beyond ``stop_step`` is report
 estimate with peers' ``V_gen`` (the norm at which the peers generalised) is reported beside it.
 
 **Clean-norm separation S.** Per cell: shortcut reliance ``phi_t = 1 - test_acc_t``; window =
-evaluation rows from the step of the maximum of ``V`` (first occurrence) to the end of training.
+evaluation rows from the step of the maximum of ``V`` (first occurrence) -- or from ``T_mem`` if
+that is earlier -- to the end of training. (Starting at ``T_mem`` when the norm peaks only later
+keeps cells whose norm rises through the transition in the score, where they count against the
+claim, instead of leaving them undefined.)
 Rows with ``phi_t > 0.5`` are *shortcut-reliant*, the others *structured*. ``S_cell`` is the
 rank-biserial correlation of ``ln V`` between the two groups::
 
@@ -404,8 +407,13 @@ def prospective_prediction(cells: pd.DataFrame, histories: dict[str, pd.DataFram
 # ----------------------------------------------------------------------------- S
 
 def clean_norm_separation_cell(history: pd.DataFrame, phi_split: float = PHI_SPLIT,
-                               phi_column: str | None = None, v_column: str = "V") -> dict:
-    """Per-cell clean-norm separation over the window from the first maximum of V to the end.
+                               phi_column: str | None = None, v_column: str = "V",
+                               T_mem: float | None = None) -> dict:
+    """Per-cell clean-norm separation over the window from the first maximum of V -- or from
+    ``T_mem`` when that is earlier -- to the end of training.
+
+    Starting at ``T_mem`` when the norm peaks only later keeps a cell whose norm keeps rising
+    through the transition in the score (it then scores below 0) instead of leaving it undefined.
 
     ``phi_t = 1 - test_acc_t`` (modular), or the column ``phi_column`` when given (image
     experiments: ``reliance``, the share of conflicting-cue images classified by the cue; time
@@ -413,12 +421,12 @@ def clean_norm_separation_cell(history: pd.DataFrame, phi_split: float = PHI_SPL
     shortcut-reliant rows (``phi > phi_split``) and the other rows: ``P(ln V_reliant >
     ln V_other) - P(<)``. ``S_spearman`` = Spearman(ln V_t, phi_t) over the same rows (the
     issue's suggested form, reported beside; it cannot exceed ~0.87 for a step-like transition).
-    Returns ``{S, S_spearman, n_points, n_reliant, n_other, peak_step, reason}``; ``S`` is ``None``
+    Returns ``{S, S_spearman, n_points, n_reliant, n_other, peak_step, window_start, reason}``; ``S`` is ``None``
     (with a ``reason``) when the window has fewer than :data:`S_MIN_POINTS` rows or fewer than 2
     rows on either side of ``phi_split``.
     """
     out = {"S": None, "S_spearman": None, "n_points": 0, "n_reliant": 0, "n_other": 0,
-           "peak_step": None, "reason": None}
+           "peak_step": None, "window_start": None, "reason": None}
     if "step" not in history.columns and "epoch" in history.columns:
         history = history.rename(columns={"epoch": "step"})
     h = _hist_sorted(history)
@@ -427,7 +435,10 @@ def clean_norm_separation_cell(history: pd.DataFrame, phi_split: float = PHI_SPL
         out["reason"] = "no history"
         return out
     peak = int(np.nanargmax(v))
-    win = h.iloc[peak:]
+    start = float(h["step"].iloc[peak])
+    if _num(T_mem) is not None:
+        start = min(start, float(T_mem))
+    win = h.loc[h["step"] >= start]
     vv = win[v_column].to_numpy(float)
     phi = (win[phi_column].to_numpy(float) if phi_column
            else 1.0 - win["test_acc"].to_numpy(float))
@@ -435,14 +446,15 @@ def clean_norm_separation_cell(history: pd.DataFrame, phi_split: float = PHI_SPL
     lv, phi = np.log(vv[ok]), phi[ok]
     reliant = phi > phi_split
     out.update({"n_points": int(ok.sum()), "n_reliant": int(reliant.sum()),
-                "n_other": int((~reliant).sum()), "peak_step": float(h["step"].iloc[peak])})
+                "n_other": int((~reliant).sum()), "peak_step": float(h["step"].iloc[peak]),
+                "window_start": start})
     if out["n_points"] < S_MIN_POINTS:
-        out["reason"] = f"fewer than {S_MIN_POINTS} evaluations after the norm peak"
+        out["reason"] = f"fewer than {S_MIN_POINTS} evaluations in the window"
         return out
     out["S_spearman"] = stats.spearman(lv, phi)
     if out["n_reliant"] < 2 or out["n_other"] < 2:
-        out["reason"] = ("no structured phase after the norm peak" if out["n_other"] < 2
-                         else "no shortcut phase after the norm peak")
+        out["reason"] = ("no structured phase in the window" if out["n_other"] < 2
+                         else "no shortcut phase in the window")
         return out
     out["S"] = stats.rank_biserial(lv[reliant], lv[~reliant])
     return out
@@ -464,7 +476,7 @@ def clean_norm_separation(cells: pd.DataFrame, histories: dict[str, pd.DataFrame
         cid = rec["cell"]
         if _num(rec.get("T_mem")) is None or cid not in histories:
             continue
-        res = clean_norm_separation_cell(histories[cid])
+        res = clean_norm_separation_cell(histories[cid], T_mem=rec.get("T_mem"))
         res["regime"] = rec.get("regime")
         per_cell[cid] = res
         if res["S"] is None:
@@ -487,7 +499,7 @@ def clean_norm_separation(cells: pd.DataFrame, histories: dict[str, pd.DataFrame
             "n_spearman": med_sp["n"],
             "estimator": "median over delayed/immediate cells of the rank-biserial correlation of "
                          "ln V_t between rows with phi_t = 1 - test_acc_t > 0.5 and the other rows, "
-                         "from the norm peak to the end of training",
+                         "from the norm peak (or T_mem if earlier) to the end of training",
             "per_cell": per_cell, "untrusted_cells": untrusted}
 
 
@@ -756,7 +768,7 @@ def _plot_clean_separation(sep: dict, figure_dir: str):
     s = sep["S"]
     ax.set_title(f"clean-norm separation S per cell\nexperiment S = "
                  + (f"{s:.2f}" if s is not None else "n/a") + f" → {sep['verdict']}", fontsize=9)
-    ax.set_xlabel("S = P(ln V reliant > ln V structured) − P(<), after the norm peak")
+    ax.set_xlabel("S = P(ln V reliant > ln V structured) − P(<), from min(norm peak, T_mem)")
     ax.legend(fontsize=7)
     return _save(fig, figure_dir, "clean_separation")
 

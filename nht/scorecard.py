@@ -171,7 +171,7 @@ def _modular(s: dict) -> dict:
 
     sep = s.get("clean_norm_separation")
     d5 = ("S = median over transition cells of P(ln V reliant > ln V structured) - P(<) "
-          "after the norm peak")
+          "from min(norm peak, T_mem) to the end")
     card["P5_clean_separation"] = _separation_entry(sep, th["P5_clean_separation"], d5)
     card["P6_delay_scaling"] = _delay_entry(s, th["P6_delay_scaling"])
     return card

@@ -203,6 +203,14 @@ def test_S_undefined_on_short_window_and_experiment_verdicts():
     never = _transition(True).assign(test_acc=0.03)
     res = science.clean_norm_separation_cell(never)
     assert res["S"] is None and "no structured phase" in res["reason"]
+    # a norm that keeps rising through the transition: after its peak only structured rows
+    # remain (undefined), but from T_mem on it scores against the claim
+    steps = np.arange(0, 2000, 10.0)
+    rising = pd.DataFrame({"step": steps, "V": 100 + steps,
+                           "test_acc": np.where(steps >= 1000, 1.0, 0.03)})
+    assert science.clean_norm_separation_cell(rising)["S"] is None
+    res = science.clean_norm_separation_cell(rising, T_mem=200)
+    assert res["S"] == pytest.approx(-1.0) and res["window_start"] == 200
     cells, hists = synth_grid(noise=0.0)
     sep = science.clean_norm_separation(cells, hists, n_boot=100)
     assert sep["n"] == len(cells) and sep["verdict"] == "holds" and sep["S"] >= 0.8
