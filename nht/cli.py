@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--nondeterministic", action="store_true")
-    s.add_argument("--tf32", action="store_true")
+    s.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
 
     s = sub.add_parser("norms", help="extract one cell's curves and norm record")
     s.add_argument("--job-history", required=True)
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         pipeline.make_data(a.op, a.p, a.train_frac, a.split_seed, a.out)
     elif a.stage == "train":
         pipeline.train(a.job, a.dataset, a.history, a.meta, a.checkpoint, a.device, a.threads,
-                       not a.nondeterministic, a.tf32)
+                       not a.nondeterministic, a.precision)
     elif a.stage == "norms":
         pipeline.norms(a.job_history, a.job_meta, a.cell, a.settings, a.out_history, a.out_norms)
     elif a.stage == "fit":

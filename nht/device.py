@@ -27,13 +27,22 @@ def resolve_device(preference: str = "auto") -> torch.device:
     return torch.device(preference)
 
 
-def configure(threads: int | None = None, deterministic: bool = True, tf32: bool = False) -> None:
-    """Set torch's CPU threads and determinism flags for this process.
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def configure(threads: int | None = None, deterministic: bool = True, precision: str = "fp32") -> None:
+    """Set torch's CPU threads, determinism and matmul precision for this process.
 
     On the CPU, training is bitwise deterministic for a given seed and thread count. On CUDA
-    ``deterministic`` asks cuBLAS/cuDNN for deterministic kernels; ``tf32`` allows TF32 matmuls
-    (faster on Ampere and later, lower precision), off by default.
+    ``deterministic`` asks cuBLAS/cuDNN for deterministic kernels; ``precision='tf32'`` allows
+    TF32 matmuls (faster on Ampere and later, lower precision). ``bf16`` is applied by
+    :func:`autocast` around forward/backward passes.
     """
+    if isinstance(precision, bool):  # older call sites passed a tf32 flag
+        precision = "tf32" if precision else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    tf32 = precision == "tf32"
     if threads:
         torch.set_num_threads(int(threads))
     torch.backends.cudnn.benchmark = False
@@ -57,3 +66,8 @@ def describe(device: torch.device) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def autocast(device: torch.device, precision: str):
+    """Context manager for a forward/backward pass: bfloat16 autocast when ``precision='bf16'``."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -49,12 +49,12 @@ def make_data(op: str, p: int, train_frac: float, split_seed: int, out: str) -> 
 
 
 def train(job: dict, dataset: str, history: str, meta: str, checkpoint: str, device: str,
-          threads: int, deterministic: bool, tf32: bool) -> None:
+          threads: int, deterministic: bool, precision: str = "fp32") -> None:
     from nht.train import train_job  # torch import only where needed
 
     cells = [Cell(job["experiment"], "modular", c["id"], c["settings"]) for c in job["cells"]]
     train_job(cells, datamod.load_dataset(dataset), history, meta, checkpoint, device=device,
-              threads=threads, deterministic=deterministic, tf32=tf32, job_id=job["job"])
+              threads=threads, deterministic=deterministic, precision=precision, job_id=job["job"])
 
 
 def norms(job_history: str, job_meta: str, cell: str, settings: dict, out_history: str, out_norms: str) -> None:

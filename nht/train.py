@@ -92,9 +92,9 @@ def _bcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class Trainer:
     """Vectorised trainer for one job. Use :func:`train_job` from outside."""
 
-    def __init__(self, cells: list[Cell], data: dict, device: torch.device):
+    def __init__(self, cells: list[Cell], data: dict, device: torch.device, precision: str = "fp32"):
         s = cells[0].settings
-        self.s, self.device = s, device
+        self.s, self.device, self.precision = s, device, precision
         self.p = int(s["p"])
         self.runs = [CellRun(c.id, float(c["lr"]), float(c["weight_decay"]), float(c["init_scale"]),
                              int(c["seed"])) for c in cells]
@@ -155,14 +155,15 @@ class Trainer:
     # ------------------------------------------------------------------ one update
     def train_step(self) -> torch.Tensor:
         """One optimizer update of every active cell; returns the per-cell training loss (C,)."""
-        if self.full_batch:
-            logits = self.f_shared(self.params, self.x_train)
-            y = self.y_train.expand(logits.shape[0], -1)
-        else:
-            idx = torch.stack([s.next() for s in self.samplers]).to(self.device)
-            logits = self.f_percell(self.params, self.x_train[idx])
-            y = self.y_train[idx]
-        loss = self._per_cell_ce(logits, y).mean(dim=1)
+        with devmod.autocast(self.device, self.precision):
+            if self.full_batch:
+                logits = self.f_shared(self.params, self.x_train)
+                y = self.y_train.expand(logits.shape[0], -1)
+            else:
+                idx = torch.stack([s.next() for s in self.samplers]).to(self.device)
+                logits = self.f_percell(self.params, self.x_train[idx])
+                y = self.y_train[idx]
+        loss = self._per_cell_ce(logits.float(), y).mean(dim=1)
         grads = torch.autograd.grad(loss.sum(), [self.params[k] for k in self.names])
         self.step += 1
         with torch.no_grad():
@@ -205,7 +206,8 @@ class Trainer:
         correct = torch.zeros_like(loss_sum)
         for start in range(0, len(y), chunk):
             xs, ys = x[start:start + chunk], y[start:start + chunk]
-            logits = self.f_shared(self.params, xs)
+            with devmod.autocast(self.device, self.precision):
+                logits = self.f_shared(self.params, xs).float()
             yb = ys.expand(logits.shape[0], -1)
             loss_sum += self._per_cell_ce(logits, yb).double().sum(dim=1)
             correct += (logits.argmax(dim=-1) == yb).double().sum(dim=1)
@@ -284,7 +286,7 @@ def _save_atomic(obj, path: Path) -> None:
 
 def train_job(cells: list[Cell], data: dict, history_path: str | Path, meta_path: str | Path,
               checkpoint_path: str | Path | None = None, device: str = "auto", threads: int | None = None,
-              deterministic: bool = True, tf32: bool = False, job_id: str = "job",
+              deterministic: bool = True, precision: str = "fp32", job_id: str = "job",
               progress_every_s: float = 5.0, stop_after_steps: int | None = None) -> dict:
     """Train ``cells`` (one job) and write ``history.csv`` (long: cell, step, metrics) and ``meta.json``.
 
@@ -292,10 +294,10 @@ def train_job(cells: list[Cell], data: dict, history_path: str | Path, meta_path
     the process had been killed; the checkpoint written so far stays on disk.
     Returns the meta dict.
     """
-    devmod.configure(threads, deterministic=deterministic, tf32=tf32)
+    devmod.configure(threads, deterministic=deterministic, precision=precision)
     dev = devmod.resolve_device(device)
     s = cells[0].settings
-    trainer = Trainer(cells, data, dev)
+    trainer = Trainer(cells, data, dev, precision)
     signature = stable_hash([c.id for c in cells])
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     resumed_from = None
@@ -349,7 +351,7 @@ def train_job(cells: list[Cell], data: dict, history_path: str | Path, meta_path
         "settings": {k: v for k, v in s.items() if k not in ("lr", "weight_decay", "init_scale", "seed")},
         "wall_seconds": wall, "cell_steps": run_steps, "cell_steps_per_second": run_steps / max(wall, 1e-9),
         "resumed_from_step": resumed_from,
-        "provenance": provenance.record(**devmod.describe(dev)),
+        "provenance": provenance.record(precision=precision, deterministic=deterministic, **devmod.describe(dev)),
     }
     with open(meta_path, "w") as fh:
         json.dump(meta, fh, indent=1)

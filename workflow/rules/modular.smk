@@ -33,7 +33,7 @@ rule train_modular:
         checkpoint=lambda w: P.fill(P.JOB_CHECKPOINT, config, experiment=w.experiment, job=w.job),
         device=config["device"],
         flags=("" if config["deterministic"] else " --nondeterministic")
-        + (" --tf32" if config["tf32"] else ""),
+        + f" --precision {config['precision']}",
     conda:
         "../envs/nht.yaml"
     log:
