@@ -466,8 +466,11 @@ def clean_norm_separation(cells: pd.DataFrame, histories: dict[str, pd.DataFrame
     """Experiment-level S (median of ``S_cell`` over transition cells) with verdict.
 
     Returns ``{S, S_ci, n, threshold, verdict, S_all_memorised, S_spearman, S_spearman_ci,
-    n_spearman, estimator, per_cell, untrusted_cells}``; ``per_cell[id]`` is
-    :func:`clean_norm_separation_cell`'s dict plus ``regime``;
+    n_spearman, S_from_peak, n_from_peak, estimator, per_cell, untrusted_cells}``;
+    ``per_cell[id]`` is :func:`clean_norm_separation_cell`'s dict plus ``regime`` and
+    ``S_from_peak`` (the same score with the window starting at the norm peak only; cells whose
+    norm peaks after the shortcut was abandoned are undefined there, which is why it is not the
+    verdict's statistic);
     ``untrusted_cells`` lists ``{cell, S, reason}`` for memorising cells with S undefined or below
     the threshold.
     """
@@ -478,6 +481,8 @@ def clean_norm_separation(cells: pd.DataFrame, histories: dict[str, pd.DataFrame
             continue
         res = clean_norm_separation_cell(histories[cid], T_mem=rec.get("T_mem"))
         res["regime"] = rec.get("regime")
+        # the same score over the issue's first-suggested window (norm peak -> end), for contrast
+        res["S_from_peak"] = clean_norm_separation_cell(histories[cid])["S"]
         per_cell[cid] = res
         if res["S"] is None:
             untrusted.append({"cell": cid, "S": None, "reason": f"S undefined: {res['reason']}"})
@@ -485,6 +490,8 @@ def clean_norm_separation(cells: pd.DataFrame, histories: dict[str, pd.DataFrame
             untrusted.append({"cell": cid, "S": res["S"], "reason": f"S < {threshold}"})
     trans = [c["S"] for c in per_cell.values() if c["regime"] in TRANSITION_REGIMES]
     trans_sp = [c["S_spearman"] for c in per_cell.values() if c["regime"] in TRANSITION_REGIMES]
+    trans_pk = [c["S_from_peak"] for c in per_cell.values() if c["regime"] in TRANSITION_REGIMES]
+    med_pk = stats.bootstrap_median(trans_pk, n_boot=0)
     allm = [c["S"] for c in per_cell.values()]
     med = stats.bootstrap_median(trans, n_boot=n_boot, seed=seed)
     med_sp = stats.bootstrap_median(trans_sp, n_boot=n_boot, seed=seed)
@@ -497,6 +504,7 @@ def clean_norm_separation(cells: pd.DataFrame, histories: dict[str, pd.DataFrame
             "S_all_memorised": stats.bootstrap_median(allm, n_boot=0)["median"],
             "S_spearman": med_sp["median"], "S_spearman_ci": med_sp["ci"],
             "n_spearman": med_sp["n"],
+            "S_from_peak": med_pk["median"], "n_from_peak": med_pk["n"],
             "estimator": "median over delayed/immediate cells of the rank-biserial correlation of "
                          "ln V_t between rows with phi_t = 1 - test_acc_t > 0.5 and the other rows, "
                          "from the norm peak (or T_mem if earlier) to the end of training",

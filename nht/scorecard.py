@@ -180,7 +180,7 @@ def _modular(s: dict) -> dict:
 def _separation_entry(sep, threshold, definition):
     if not isinstance(sep, dict):
         return _ned(threshold, definition, "field missing from the summary")
-    detail = {"S_spearman": sep.get("S_spearman"),
+    detail = {"S_spearman": sep.get("S_spearman"), "S_from_peak": sep.get("S_from_peak"),
               "untrusted_cells": len(sep.get("untrusted_cells") or [])}
     if (sep.get("n") or 0) < MIN_N or _num(sep.get("S")) is None:
         return _ned(threshold, definition, f"fewer than {MIN_N} cells with S", n=sep.get("n"),
