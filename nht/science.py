@@ -732,6 +732,10 @@ def _plot_norm_fits(recs, histories, rates: dict, figure_dir: str, max_cells: in
         ax.axvline(rec["T_mem"], color="grey", ls=":", lw=0.8)
         ax.axvline(rec["T_gen"], color="green", ls=":", lw=0.8)
         ax.set_yscale("log")
+        v = h["V"].to_numpy(float)
+        v = v[np.isfinite(v) & (v > 0)]
+        if v.size:  # keep the data readable; the theory line may leave the axes
+            ax.set_ylim(v.min() / 3, v.max() * 3)
         ax.set_xlabel("step")
         ax.set_title(f"{rec['cell'][:40]}", fontsize=7)
         ax.legend(fontsize=6)
