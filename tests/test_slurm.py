@@ -80,7 +80,8 @@ def _slurm_problem() -> str | None:
     except subprocess.TimeoutExpired:
         return "`scontrol ping` timed out"
     if ping.returncode != 0 or "UP" not in ping.stdout:
-        return f"no slurmctld answers `scontrol ping`: {(ping.stdout + ping.stderr).strip()[:300]}"
+        first = ((ping.stdout + ping.stderr).strip().splitlines() or ["no output"])[0]
+        return f"no slurmctld answers `scontrol ping` ({first.strip()[:200]})"
     if os.environ.get("NHT_SLURM_TMPDIR"):
         return None
     node = socket.gethostname().split(".")[0]
@@ -94,14 +95,13 @@ def _slurm_problem() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def slurm():
+def _require_slurm() -> None:
     problem = _slurm_problem()
     if problem:
         if _ci():
             pytest.fail(f"CI=true but no usable Slurm: {problem}. .ci/run should have started one "
                         "with .ci/services/slurm.sh (as root); see its output")
-        pytest.skip(f"no usable Slurm here ({problem}); CI starts one with .ci/services/slurm.sh")
+        pytest.skip(f"no usable Slurm here: {problem}. CI starts one with .ci/services/slurm.sh")
 
 
 def _workdir(base: Path, name: str) -> Path:
@@ -191,7 +191,8 @@ def _compare_csv(a: Path, b: Path) -> None:
     pd.testing.assert_frame_equal(da, db, check_exact=False, rtol=1e-6, atol=1e-9)
 
 
-def test_slurm_profile_matches_local_run(slurm, tmp_path, capsys):
+def test_slurm_profile_matches_local_run(tmp_path, capsys):
+    _require_slurm()
     assert (REPO / "Snakefile").is_file(), "Snakefile missing at the repository root"
     assert (REPO / PROFILE / "config.yaml").is_file()
 
