@@ -460,6 +460,39 @@ def clean_norm_separation_cell(history: pd.DataFrame, phi_split: float = PHI_SPL
     return out
 
 
+def _separation(entries, n_boot, seed, threshold, estimator) -> dict:
+    """Aggregate per-cell S: ``entries`` = [(cell id, history, T_mem, is_transition, phi_column,
+    regime)] for cells that fitted the shortcut."""
+    per_cell, untrusted = {}, []
+    for cid, hist, t_mem, is_transition, phi_column, regime in entries:
+        res = clean_norm_separation_cell(hist, T_mem=t_mem, phi_column=phi_column)
+        res["regime"] = regime
+        res["transition"] = bool(is_transition)
+        # the same score over the issue's first-suggested window (norm peak -> end), for contrast
+        res["S_from_peak"] = clean_norm_separation_cell(hist, phi_column=phi_column)["S"]
+        per_cell[cid] = res
+        if res["S"] is None:
+            untrusted.append({"cell": cid, "S": None, "reason": f"S undefined: {res['reason']}"})
+        elif res["S"] < threshold:
+            untrusted.append({"cell": cid, "S": res["S"], "reason": f"S < {threshold}"})
+    trans = [c for c in per_cell.values() if c["transition"]]
+    med = stats.bootstrap_median([c["S"] for c in trans], n_boot=n_boot, seed=seed)
+    med_sp = stats.bootstrap_median([c["S_spearman"] for c in trans], n_boot=n_boot, seed=seed)
+    med_pk = stats.bootstrap_median([c["S_from_peak"] for c in trans], n_boot=0)
+    if med["n"] < 3:
+        verdict = "not_enough_data"
+    else:
+        verdict = "holds" if med["median"] >= threshold else "fails"
+    return {"S": med["median"], "S_ci": med["ci"], "n": med["n"], "threshold": threshold,
+            "verdict": verdict,
+            "S_all_memorised": stats.bootstrap_median([c["S"] for c in per_cell.values()],
+                                                      n_boot=0)["median"],
+            "S_spearman": med_sp["median"], "S_spearman_ci": med_sp["ci"],
+            "n_spearman": med_sp["n"],
+            "S_from_peak": med_pk["median"], "n_from_peak": med_pk["n"],
+            "estimator": estimator, "per_cell": per_cell, "untrusted_cells": untrusted}
+
+
 def clean_norm_separation(cells: pd.DataFrame, histories: dict[str, pd.DataFrame],
                           n_boot: int = 1000, seed: int = 0,
                           threshold: float = S_THRESHOLD) -> dict:
@@ -467,48 +500,47 @@ def clean_norm_separation(cells: pd.DataFrame, histories: dict[str, pd.DataFrame
 
     Returns ``{S, S_ci, n, threshold, verdict, S_all_memorised, S_spearman, S_spearman_ci,
     n_spearman, S_from_peak, n_from_peak, estimator, per_cell, untrusted_cells}``;
-    ``per_cell[id]`` is :func:`clean_norm_separation_cell`'s dict plus ``regime`` and
-    ``S_from_peak`` (the same score with the window starting at the norm peak only; cells whose
+    ``per_cell[id]`` is :func:`clean_norm_separation_cell`'s dict plus ``regime``, ``transition``
+    and ``S_from_peak`` (the same score with the window starting at the norm peak only; cells whose
     norm peaks after the shortcut was abandoned are undefined there, which is why it is not the
     verdict's statistic);
     ``untrusted_cells`` lists ``{cell, S, reason}`` for memorising cells with S undefined or below
     the threshold.
     """
-    per_cell, untrusted = {}, []
-    for rec in _records(cells):
-        cid = rec["cell"]
-        if _num(rec.get("T_mem")) is None or cid not in histories:
+    entries = [(r["cell"], histories[r["cell"]], r.get("T_mem"),
+                r.get("regime") in TRANSITION_REGIMES, None, r.get("regime"))
+               for r in _records(cells)
+               if _num(r.get("T_mem")) is not None and r["cell"] in histories]
+    return _separation(entries, n_boot, seed, threshold,
+                       "median over delayed/immediate cells of the rank-biserial correlation of "
+                       "ln V_t between rows with phi_t = 1 - test_acc_t > 0.5 and the other rows, "
+                       "from the norm peak (or T_mem if earlier) to the end of training")
+
+
+def image_clean_norm_separation(cells: pd.DataFrame, histories: dict[str, pd.DataFrame],
+                                n_boot: int = 1000, seed: int = 0,
+                                threshold: float = S_THRESHOLD) -> dict:
+    """S for an image experiment (same keys as :func:`clean_norm_separation`).
+
+    ``phi_t`` = the history's ``reliance`` column (share of conflicting-cue test images
+    classified by the cue), time = ``epoch``. A cell enters when its reliance exceeded 0.5 at some
+    epoch >= 1 (it fitted the shortcut); its ``T_mem`` analogue is the first such epoch. Transition
+    cells are those with a ``transition_epoch`` in ``cells``. Diverged cells are left out.
+    """
+    entries = []
+    for r in _records(cells):
+        h = histories.get(r["cell"])
+        if h is None or r.get("status") == "diverged" or "reliance" not in h.columns:
             continue
-        res = clean_norm_separation_cell(histories[cid], T_mem=rec.get("T_mem"))
-        res["regime"] = rec.get("regime")
-        # the same score over the issue's first-suggested window (norm peak -> end), for contrast
-        res["S_from_peak"] = clean_norm_separation_cell(histories[cid])["S"]
-        per_cell[cid] = res
-        if res["S"] is None:
-            untrusted.append({"cell": cid, "S": None, "reason": f"S undefined: {res['reason']}"})
-        elif res["S"] < threshold:
-            untrusted.append({"cell": cid, "S": res["S"], "reason": f"S < {threshold}"})
-    trans = [c["S"] for c in per_cell.values() if c["regime"] in TRANSITION_REGIMES]
-    trans_sp = [c["S_spearman"] for c in per_cell.values() if c["regime"] in TRANSITION_REGIMES]
-    trans_pk = [c["S_from_peak"] for c in per_cell.values() if c["regime"] in TRANSITION_REGIMES]
-    med_pk = stats.bootstrap_median(trans_pk, n_boot=0)
-    allm = [c["S"] for c in per_cell.values()]
-    med = stats.bootstrap_median(trans, n_boot=n_boot, seed=seed)
-    med_sp = stats.bootstrap_median(trans_sp, n_boot=n_boot, seed=seed)
-    if med["n"] < 3:
-        verdict = "not_enough_data"
-    else:
-        verdict = "holds" if med["median"] >= threshold else "fails"
-    return {"S": med["median"], "S_ci": med["ci"], "n": med["n"], "threshold": threshold,
-            "verdict": verdict,
-            "S_all_memorised": stats.bootstrap_median(allm, n_boot=0)["median"],
-            "S_spearman": med_sp["median"], "S_spearman_ci": med_sp["ci"],
-            "n_spearman": med_sp["n"],
-            "S_from_peak": med_pk["median"], "n_from_peak": med_pk["n"],
-            "estimator": "median over delayed/immediate cells of the rank-biserial correlation of "
-                         "ln V_t between rows with phi_t = 1 - test_acc_t > 0.5 and the other rows, "
-                         "from the norm peak (or T_mem if earlier) to the end of training",
-            "per_cell": per_cell, "untrusted_cells": untrusted}
+        fitted = h[(h["epoch"] >= 1) & (h["reliance"] > PHI_SPLIT)]
+        if fitted.empty:
+            continue
+        entries.append((r["cell"], h, float(fitted["epoch"].min()),
+                        _num(r.get("transition_epoch")) is not None, "reliance", r.get("regime")))
+    return _separation(entries, n_boot, seed, threshold,
+                       "median over cells with a transition epoch of the rank-biserial correlation "
+                       "of ln V_t between epochs with reliance > 0.5 and the other epochs, from the "
+                       "norm peak (or the first reliant epoch if earlier) to the end of training")
 
 
 # ----------------------------------------------------------------------------- P1, P2, P4 inputs

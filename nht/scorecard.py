@@ -267,7 +267,7 @@ def _image(s: dict) -> dict:
         "share of transition cells whose readout layer contracts most")
     card["P5_clean_separation"] = _separation_entry(
         s.get("clean_norm_separation"), th["P5_clean_separation"],
-        "S with phi = shortcut reliance (see nht.science)")
+        "S with phi = shortcut reliance (nht.science.image_clean_norm_separation)")
     card["P6_delay_scaling"] = _delay_entry(s, th["P6_delay_scaling"])
     return card
 

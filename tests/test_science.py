@@ -291,3 +291,26 @@ def test_S_accepts_an_image_style_history():
     img = pd.DataFrame({"epoch": clean["step"] / 10, "V": clean["V"],
                         "reliance": 1 - clean["test_acc"]})
     assert science.clean_norm_separation_cell(img, phi_column="reliance")["S"] == pytest.approx(1.0)
+
+
+def test_image_clean_norm_separation():
+    clean = _transition(True)
+    epochs = clean["step"] / 10
+    good = pd.DataFrame({"epoch": epochs, "V": clean["V"], "reliance": 1 - clean["test_acc"]})
+    hists, rows = {}, []
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        hists[f"t{i}"] = good
+        rows.append({"cell": f"t{i}", "regime": "intermediate", "status": "ok",
+                     "transition_epoch": 150.0})
+    hists["weak"] = good.assign(reliance=0.99)                     # never left the shortcut
+    rows.append({"cell": "weak", "regime": "weak", "status": "ok", "transition_epoch": None})
+    hists["noisy"] = good.assign(reliance=rng.permutation(good["reliance"].to_numpy()))
+    rows.append({"cell": "noisy", "regime": "strong", "status": "ok", "transition_epoch": None})
+    hists["never"] = good.assign(reliance=0.1)                     # never fitted the shortcut
+    rows.append({"cell": "never", "regime": "weak", "status": "ok", "transition_epoch": None})
+    out = science.image_clean_norm_separation(pd.DataFrame(rows), hists, n_boot=100)
+    assert out["n"] == 4 and out["S"] == pytest.approx(1.0) and out["verdict"] == "holds"
+    assert set(out["per_cell"]) == {"t0", "t1", "t2", "t3", "weak", "noisy"}
+    assert {u["cell"] for u in out["untrusted_cells"]} == {"weak", "noisy"}
+    json.dumps(science.clean_json(out), allow_nan=False)
