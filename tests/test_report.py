@@ -174,6 +174,7 @@ def run_chromium(chromium: str, tmp: Path, url: str, *extra: str, timeout: int =
 def test_report_loads_in_chromium_and_shows_every_figure(report, chromium, tmp_path):
     wd, path, _ = report
     results = embedded(path.read_text(), "results")
+    assert results, "the report embeds no result: nothing to show in the browser"
     # 1. the page itself: scripts run and the app renders its navigation
     dom = run_chromium(chromium, tmp_path, path.as_uri(), "--virtual-time-budget=15000",
                        "--dump-dom")
