@@ -184,7 +184,7 @@ def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> list | None:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    return [max(0.0, round(centre - half, 12)), min(1.0, round(centre + half, 12))]
 
 
 def bootstrap_median(values: Iterable[float], n_boot: int = 1000, seed: int = 0,
