@@ -16,6 +16,9 @@ if "experiments" not in config:
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/modular.smk"
 include: "workflow/rules/summary.smk"

@@ -60,12 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out-dir", required=True)
     s.add_argument("--max-cells", type=int, default=48)
 
+    s = sub.add_parser("science", help="statistics, prospective prediction, S, science figures")
+    s.add_argument("--norms", nargs="+", required=True)
+    s.add_argument("--histories", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--figure-dir", required=True)
+    s.add_argument("--n-boot", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+
     s = sub.add_parser("experiment-summary", help="one experiment's summary")
     s.add_argument("--experiment", required=True)
     s.add_argument("--settings", type=_json_arg, required=True)
     s.add_argument("--fit", required=True)
     s.add_argument("--figures", nargs="+", required=True)
     s.add_argument("--job-metas", nargs="+", required=True)
+    s.add_argument("--science", default=None)
     s.add_argument("--out", required=True)
 
     s = sub.add_parser("summary", help="merge experiment summaries into results/summary.json")
@@ -88,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     elif a.stage == "figures":
         pipeline.figures(a.cells_table, a.histories, a.fit, a.out_dir, a.max_cells)
     elif a.stage == "experiment-summary":
-        pipeline.experiment_summary(a.experiment, a.settings, a.fit, a.figures, a.job_metas, a.out)
+        pipeline.experiment_summary(a.experiment, a.settings, a.fit, a.figures, a.job_metas, a.out,
+                                    science_json=a.science)
+    elif a.stage == "science":
+        pipeline.science(a.norms, a.histories, a.out, a.figure_dir, a.n_boot, a.seed)
     elif a.stage == "summary":
         pipeline.summary(a.experiment_summaries, a.out)
     elif a.stage == "cells":

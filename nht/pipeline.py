@@ -91,8 +91,21 @@ def figures(cells_table: str, histories: list[str], fit_json: str, out_dir: str,
     return make_figures(cells, hist, read_json(fit_json), out_dir, max_cells)
 
 
+def science(norms_paths: list[str], histories: list[str], out: str, figure_dir: str,
+            n_boot: int = 1000, seed: int = 0) -> None:
+    """Issue 3's science layer over one modular experiment (nht.science.analyse_modular)."""
+    from nht.science import analyse_modular  # matplotlib only where figures are drawn
+
+    records = [read_json(p) for p in norms_paths]
+    layers = {r["cell"]: r.get("layers") or {} for r in records}
+    cells = pd.DataFrame([{k: v for k, v in r.items() if k not in ("layers", "provenance")}
+                          for r in records])
+    hist = {Path(p).parent.name: pd.read_csv(p) for p in histories}
+    _write_json(analyse_modular(cells, hist, figure_dir, n_boot=n_boot, seed=seed, layers=layers), out)
+
+
 def experiment_summary(experiment: str, settings: dict, fit_json: str, figure_paths: list[str],
-                       job_metas: list[str], out: str) -> None:
+                       job_metas: list[str], out: str, science_json: str | None = None) -> None:
     fitres = read_json(fit_json)
     metas = [read_json(p) for p in job_metas]
     wall = sum(m["wall_seconds"] for m in metas)
@@ -113,6 +126,13 @@ def experiment_summary(experiment: str, settings: dict, fit_json: str, figure_pa
         "config": settings,
         "provenance": provenance.record(),
     }
+    if science_json:
+        from nht.scorecard import build_scorecard
+
+        sci = read_json(science_json)
+        summary["figures"] = sorted(set(summary["figures"]) | set(sci.pop("figures", [])))
+        summary.update(sci)  # delay_law/baseline gain k_ci, b_ci, r2_ci (same point values)
+        summary["scorecard"] = build_scorecard(summary, "modular")
     _write_json(summary, out)
 
 
@@ -120,4 +140,9 @@ def summary(experiment_summaries: dict[str, str], out: str) -> None:
     """Merge every experiment's summary into ``results/summary.json`` (under ``experiments.<name>``)."""
     merged = {"experiments": {name: read_json(path) for name, path in sorted(experiment_summaries.items())},
               "provenance": provenance.record()}
+    from nht.scorecard import attach_scorecards, scorecard_html, scorecard_markdown
+
+    attach_scorecards(merged)  # every modular/image experiment gets its P1-P6 scorecard
     _write_json(merged, out)
+    Path(out).with_name("scorecard.md").write_text(scorecard_markdown(merged))
+    Path(out).with_name("scorecard.html").write_text(scorecard_html(merged))

@@ -105,7 +105,15 @@ rule figures_modular:
         fit=f"{R}/{{experiment}}/fit.json",
         histories=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/history.csv" for c in cells_of(w.experiment)],
     output:
-        [f"{R}/{{experiment}}/figures/{name}" for name in MODULAR_FIGURES],
+        report(f"{R}/{{experiment}}/figures/curves.png", caption="../report/curves.rst",
+               category="Curves", subcategory="{experiment}"),
+        f"{R}/{{experiment}}/figures/curves.pdf",
+        report(f"{R}/{{experiment}}/figures/delay_law.png", caption="../report/delay_law.rst",
+               category="Delay law", subcategory="{experiment}"),
+        f"{R}/{{experiment}}/figures/delay_law.pdf",
+        report(f"{R}/{{experiment}}/figures/regimes.png", caption="../report/regimes.rst",
+               category="Regimes", subcategory="{experiment}"),
+        f"{R}/{{experiment}}/figures/regimes.pdf",
     params:
         out_dir=f"{R}/{{experiment}}/figures",
         max_cells=lambda w: config["experiments"][w.experiment]["figure_cells_max"],
@@ -124,9 +132,48 @@ rule figures_modular:
         " --out-dir {params.out_dir} --max-cells {params.max_cells} > {log} 2>&1"
 
 
+SCIENCE_REPORT = {
+    "delay_law_bootstrap": ("Delay law", "../report/delay_law_bootstrap.rst"),
+    "prospective": ("Prospective prediction", "../report/prospective.rst"),
+    "norm_fits": ("Curves", "../report/norm_fits.rst"),
+    "decay_rate": ("Decay rate", "../report/decay_rate.rst"),
+    "clean_separation": ("Clean norm separation", "../report/clean_separation.rst"),
+}
+
+
+rule science_modular:
+    input:
+        norms=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in cells_of(w.experiment)],
+        histories=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/history.csv" for c in cells_of(w.experiment)],
+    output:
+        science=f"{R}/{{experiment}}/science.json",
+        figures=[
+            report(f"{R}/{{experiment}}/figures/{stem}.png", caption=cap, category=cat,
+                   subcategory="{experiment}")
+            for stem, (cat, cap) in SCIENCE_REPORT.items()
+        ]
+        + [f"{R}/{{experiment}}/figures/{stem}.pdf" for stem in SCIENCE_REPORT],
+    params:
+        figure_dir=f"{R}/{{experiment}}/figures",
+    conda:
+        "../envs/nht.yaml"
+    log:
+        "logs/science_modular/{experiment}.log",
+    benchmark:
+        "benchmarks/rules/science_modular/{experiment}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m nht science --norms {input.norms} --histories {input.histories} --out {output.science}"
+        " --figure-dir {params.figure_dir} > {log} 2>&1"
+
+
 rule experiment_summary_modular:
     input:
         fit=f"{R}/{{experiment}}/fit.json",
+        science=f"{R}/{{experiment}}/science.json",
         figures=[f"{R}/{{experiment}}/figures/{name}" for name in MODULAR_FIGURES],
         metas=lambda w: [f"{R}/{w.experiment}/jobs/{j.id}/meta.json" for j in jobs_of(w.experiment)],
     output:
@@ -147,4 +194,5 @@ rule experiment_summary_modular:
         runtime=5,
     shell:
         "python -m nht experiment-summary --experiment {wildcards.experiment} --settings {params.settings:q}"
-        " --fit {input.fit} --figures {input.figures} --job-metas {input.metas} --out {output} > {log} 2>&1"
+        " --fit {input.fit} --figures {input.figures} --job-metas {input.metas} --science {input.science}"
+        " --out {output} > {log} 2>&1"

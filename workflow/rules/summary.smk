@@ -5,7 +5,10 @@ rule summary:
     input:
         [f"{R}/{name}/experiment_summary.json" for name in config["experiments"]],
     output:
-        SUMMARY,
+        summary=SUMMARY,
+        markdown=P.fill("{results}/scorecard.md", config),
+        html=report(P.fill("{results}/scorecard.html", config), caption="../report/scorecard.rst",
+                    category="Scorecard"),
     params:
         paths=lambda w, input: json.dumps(dict(zip(config["experiments"], input))),
     conda:
@@ -19,4 +22,4 @@ rule summary:
         mem_mb=500,
         runtime=5,
     shell:
-        "python -m nht summary --experiment-summaries {params.paths:q} --out {output} > {log} 2>&1"
+        "python -m nht summary --experiment-summaries {params.paths:q} --out {output.summary} > {log} 2>&1"
