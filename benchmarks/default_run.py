@@ -1,0 +1,79 @@
+"""Benchmark: the default pipeline end to end, as `make run` runs it, in a fresh temporary copy.
+
+Prints the wall time, the peak resident memory of any single process of the run (goal: <= 4 GiB),
+the per-rule time from Snakemake's benchmark files, each training job's cell-steps/s, and the
+regime counts and delay-law R^2 of every experiment, so one run gives the figures a release note
+needs. Peak RSS comes from getrusage(RUSAGE_CHILDREN).ru_maxrss: the largest resident set of any
+descendant process.
+
+Usage: .venv/bin/python benchmarks/default_run.py [--cores 2] [--config config.yaml] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parent.parent
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cores", default="all")
+    ap.add_argument("--config", default=str(REPO / "config.yaml"))
+    ap.add_argument("--keep", help="run in this directory and keep it (default: a temporary one)")
+    args = ap.parse_args()
+    wd = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="nht-default-"))
+    wd.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "Snakefile", wd)
+    shutil.copytree(REPO / "workflow", wd / "workflow", dirs_exist_ok=True)
+    shutil.copy(args.config, wd / "config.yaml")
+    shared = REPO.parent / "shared"
+    if shared.exists() and not (wd.parent / "shared").exists():
+        print(f"note: ../shared is not next to {wd}; image presets that read it use their own paths")
+    t = time.perf_counter()
+    proc = subprocess.run([SNAKEMAKE, "--cores", str(args.cores)],
+                          cwd=wd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-3000:])
+        sys.exit(f"pipeline failed ({proc.returncode})")
+    print(f"wall time                 {wall:.0f} s  (cores={args.cores})")
+    print(f"peak RSS (one process)    {peak_gib:.2f} GiB  (goal <= 4 GiB: {'met' if peak_gib <= 4 else 'NOT met'})")
+    rows = []
+    for tsv in (wd / "benchmarks/rules").rglob("*.tsv"):
+        b = pd.read_csv(tsv, sep="\t")
+        rows.append({"rule": tsv.relative_to(wd / "benchmarks/rules").parts[0], "s": float(b["s"].iloc[0]),
+                     "max_rss_mb": float(b["max_rss"].iloc[0]) if "max_rss" in b else float("nan")})
+    if rows:
+        per_rule = pd.DataFrame(rows).groupby("rule").agg(jobs=("s", "size"), total_s=("s", "sum"),
+                                                          max_s=("s", "max"), max_rss_mb=("max_rss_mb", "max"))
+        print(per_rule.sort_values("total_s", ascending=False).to_string(float_format=lambda v: f"{v:.1f}"))
+    for meta in sorted((wd / "results").glob("*/jobs/*/meta.json")):
+        m = json.loads(meta.read_text())
+        print(f"job {m['experiment']}/{m['job']}: {m['n_cells']} cells, {m['wall_seconds']:.0f} s, "
+              f"{m['cell_steps_per_second']:.0f} cell-steps/s")
+    summary = json.loads((wd / "results/summary.json").read_text())
+    for name, exp in summary["experiments"].items():
+        line = f"{name} ({exp['kind']}): regimes {exp.get('regimes')}"
+        if "delay_law" in exp:
+            law, base = exp["delay_law"], exp["baseline_inverse_eta_lambda"]
+            line += (f"; delay law R2 {law.get('r2')} k {law.get('k')} n {law.get('n')}; "
+                     f"1/(eta lambda) R2 {base.get('r2')}")
+        print(line)
+    print(f"results in {wd}")
+
+
+if __name__ == "__main__":
+    main()
