@@ -26,19 +26,23 @@ PIDS="$NHT_SLURM_DIR/pids"
 log() { echo "[slurm.sh] $*"; }
 die() { echo "[slurm.sh] ERROR: $*" >&2; exit 1; }
 
+ours() {  # ours NAME PID: PID is alive and is still that daemon (guards against PID reuse)
+  [ -n "${2:-}" ] && kill -0 "$2" 2>/dev/null && [ "$(cat "/proc/$2/comm" 2>/dev/null)" = "$1" ]
+}
+
 stop() {
   # reverse order of start: slurmd, slurmctld, munged; TERM, then KILL after 10 s
   [ -s "$PIDS" ] || { log "nothing recorded in $PIDS"; return 0; }
   local name pid
   while read -r name pid; do
     [ -n "${pid:-}" ] || continue
-    if kill -0 "$pid" 2>/dev/null; then
+    if ours "$name" "$pid"; then
       kill -TERM "$pid" 2>/dev/null || true
       for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
       if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; log "$name ($pid) killed"
       else log "$name ($pid) stopped"; fi
     else
-      log "$name ($pid) was not running"
+      log "$name ($pid) was not running (or the PID now belongs to another program: left alone)"
     fi
   done < <(tac "$PIDS")
   rm -f "$PIDS"
@@ -57,7 +61,7 @@ all_alive() {
   [ -s "$PIDS" ] || return 1
   local name pid ok=0
   while read -r name pid; do
-    kill -0 "$pid" 2>/dev/null || { log "$name ($pid) is gone"; ok=1; }
+    ours "$name" "$pid" || { log "$name ($pid) is gone"; ok=1; }
   done <"$PIDS"
   return $ok
 }
