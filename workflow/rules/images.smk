@@ -55,6 +55,28 @@ _IMG_EXP_RE = "|".join(_img_re.escape(e) for e in IMAGE_EXPERIMENTS) or "NO_IMAG
 _IMG_CELL_RE = "|".join(_img_re.escape(c.id) for cs in IMAGE_CELLS.values() for c in cs) or "NO_IMAGE_CELL"
 
 
+# Image cells are trained by image_train, never extracted from a modular training job; the generic
+# per-cell rules of other kinds match the same paths, so image rules win (they are constrained to
+# image experiments, so other kinds' files are unaffected).
+def _img_has_rule(name):
+    try:
+        getattr(rules, name)
+        return True
+    except Exception:
+        return False
+
+
+if _img_has_rule("extract_norms"):
+
+    ruleorder: image_train > extract_norms
+
+
+if _img_has_rule("fit_modular"):
+
+    ruleorder: image_experiment_summary > fit_modular
+
+
+
 def image_experiment_summary_files():
     """The per-experiment summaries the lead's `summary` rule consumes."""
     return [f"{R}/{e}/experiment_summary.json" for e in IMAGE_EXPERIMENTS]
