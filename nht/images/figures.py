@@ -79,7 +79,8 @@ def make_figures(norms_paths, out_dir: str | Path, exp_config: dict | None = Non
             regime = g["regime"].mode().iloc[0]
             grid[i, j] = REGIMES.index(regime)
             dec = g["decay_pct"].dropna()
-            ax.text(j, i, f"{regime[:5]}\n{dec.mean():.0f}%" if len(dec) else regime[:5],
+            short = {"intermediate": "interm."}.get(regime, regime)
+            ax.text(j, i, f"{short}\n{dec.mean():.0f}%" if len(dec) else short,
                     ha="center", va="center", fontsize=7)
     ax.imshow(grid, cmap="coolwarm", vmin=0, vmax=len(REGIMES) - 1, aspect="auto", origin="lower")
     ax.set_xticks(range(len(rhos)), [f"{r:g}" for r in rhos])

@@ -88,6 +88,9 @@ def summarize_history(hist, settings: dict, status: str) -> dict:
     out.update(
         V_peak=v_peak, epoch_peak=int(finite["epoch"].iloc[ipk]), V_final=v_final, decay_pct=decay,
         V_no_norm_final=float(last["V_no_norm"]),
+        # False when V never rose above its initial value: the "decay" is then shrinkage of the
+        # initialisation, not a peak-then-decay of a grown (shortcut) solution
+        norm_grew=bool(v_peak > out["V_init"]) if out["V_init"] is not None else None,
         regime=classify_regime(decay, status, tuple(th)),
         transition_epoch=transition_epoch(hist["epoch"], hist["clean_acc"], hist["reliance"],
                                           settings.get("reliance_threshold", 0.5),

@@ -8,6 +8,8 @@ sample standard deviation, 0.0 when n = 1; rho/lambda keys are rendered like cel
 * ``reliance_by_strength``: {rho: [mean, sd, n]} of final shortcut reliance, same cells
 * ``clean_acc_by_strength_and_decay``: {lambda: {rho: [mean, sd, n]}}
 * ``regimes``: {weak|intermediate|strong|diverged: count} over all cells
+* ``cells_norm_never_grew``: cells whose V never exceeded V_init (their decay is shrinkage of the
+  initialisation, not a peak-then-decay)
 * ``decay_from_peak``: {lambda: [mean, sd, n]} of decay from peak in PERCENT at ``reference_rho``
 * ``decay_from_peak_by_strength``: {rho: {lambda: [mean, sd, n]}}
 * ``epoch_peak``: {lambda: [mean, sd, n]} epoch of the V peak at ``reference_rho``
@@ -102,6 +104,7 @@ def summarize(df: pd.DataFrame, experiment: str, exp_config: dict, figures: list
         "clean_acc_by_strength_and_decay": {
             format_value(float(lam)): _by(g, "rho", "final_clean_acc") for lam, g in ok.groupby("weight_decay")},
         "regimes": regimes,
+        "cells_norm_never_grew": int((df.get("norm_grew", pd.Series(dtype=object)) == False).sum()),  # noqa: E712
         "decay_from_peak": _by(at_rho_ok, "weight_decay", "decay_pct"),
         "decay_from_peak_by_strength": {
             format_value(float(r)): _by(g, "weight_decay", "decay_pct") for r, g in ok.groupby("rho")},
