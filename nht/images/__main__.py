@@ -113,7 +113,12 @@ def main(argv=None):
     s.set_defaults(func=cmd_summarize)
 
     a = p.parse_args(argv)
-    a.func(a)
+    from nht.images.data import DatasetError
+    try:
+        a.func(a)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
