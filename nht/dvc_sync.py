@@ -700,8 +700,8 @@ _Y_GROUPS = {"accuracy": ("train_acc", "test_acc"), "loss": ("train_loss", "test
 def _curve_columns(path: Path) -> tuple[str | None, dict[str, list[str]]]:
     """x column and the groups of y columns a training-curve CSV has (one plot per group)."""
     try:
-        with open(path) as fh:
-            header = fh.readline().strip().split(",")
+        with open(path, errors="replace") as fh:
+            header = fh.readline(10_000).strip().split(",")
     except OSError:
         return None, {}
     x = next((c for c in _X_COLUMNS if c in header), None)
@@ -862,12 +862,32 @@ class SnakemakeHook:
         if self.done:
             return None
         self.done = True
+        try:
+            return self._record(reason)
+        except Exception as err:  # never turn a finished run into a failure; say what to do
+            import traceback
+            traceback.print_exc()
+            print(f"nht-dvc: WARNING: recording the finished jobs in dvc.lock failed ({err!r}); "
+                  "the next run records them again", file=sys.stderr)
+            return None
+
+    def _record(self, reason: str) -> dict | None:
         wf = self.workflow
         if getattr(wf, "dryrun", False) or getattr(wf, "touch", False):
             return None
         dag = getattr(wf, "_dag", None)
         if dag is None:
             return None
+        ds = wf.dag_settings
+        complete = not (ds.targets or ds.target_jobs or ds.until or ds.omit_from or ds.allowed_rules)
+        plan = self.plan
+        if plan is not None and not (plan.stale or plan.missing or plan.modified):
+            # fast path of a no-op run: nothing ran and every job is a stage found clean before
+            ran = any(dag.finished(j) for j in dag.needrun_jobs(exclude_finished=False))
+            names = {stage_name(j.rule.name, dict(j.wildcards_dict)) for j in dag.jobs if j.output}
+            clean = set(plan.clean)
+            if not ran and names <= clean and (not complete or len(names) == len(clean)):
+                return None
         code = CodeIndex(self.root)
         pfile = params_file_of(wf, self.root)
         reader = Params(self.root)
@@ -876,8 +896,6 @@ class SnakemakeHook:
             if not job.output or not dag.noneedrun_finished(job):
                 continue
             specs.append(spec_of_job(job, self.root, code, pfile, reader))
-        ds = wf.dag_settings
-        complete = not (ds.targets or ds.target_jobs or ds.until or ds.omit_from or ds.allowed_rules)
         res = record(self.root, specs, complete, pfile, self.config.get("results_dir", "results"))
         if res["recorded"] or res["dropped"] or self.verbose:
             print(f"nht-dvc: recorded {res['recorded']} stage(s) in dvc.lock "
