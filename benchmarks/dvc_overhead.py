@@ -159,7 +159,7 @@ def push_pull(path: Path, work: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cells", type=int, nargs="+", default=[100, 1000])
+    ap.add_argument("--cells", type=int, nargs="*", default=[100, 1000], help="grid sizes (none: skip)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--push-pull-repo", type=Path, help="measure push/pull of this repository's record")
     ap.add_argument("--keep", action="store_true", help="keep the temporary repositories")

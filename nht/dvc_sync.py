@@ -855,6 +855,7 @@ class SnakemakeHook:
         self.root = root
         self.done = False
         self.prepared = False
+        self.dag_ready = False
         self.plan: Plan | None = None
         self.verbose = bool((config.get("dvc") or {}).get("verbose", False))
 
@@ -876,7 +877,7 @@ class SnakemakeHook:
         if getattr(wf, "dryrun", False) or getattr(wf, "touch", False):
             return None
         dag = getattr(wf, "_dag", None)
-        if dag is None:
+        if dag is None or not self.dag_ready:   # no DAG, or its construction failed half-way
             return None
         ds = wf.dag_settings
         complete = not (ds.targets or ds.target_jobs or ds.until or ds.omit_from or ds.allowed_rules)
@@ -946,13 +947,21 @@ def attach(workflow, config: dict, cells: Iterable | None = None) -> SnakemakeHo
             print(plan.summary(), file=sys.stderr)
 
     original = getattr(workflow, "_prepare_dag", None)
-    if original is not None:
+    build = getattr(workflow, "_build_dag", None)
+    if original is not None and build is not None:
         def _prepare_dag(*args, **kwargs):
             before_dag()
             return original(*args, **kwargs)
+
+        def _build_dag(*args, **kwargs):
+            result = build(*args, **kwargs)
+            hook.dag_ready = True      # needrun is known for every job: recording is safe
+            return result
         workflow._prepare_dag = _prepare_dag
-    else:  # pragma: no cover - a Snakemake without the hook point: prepare now, triggers from the profile
-        before_dag()
+        workflow._build_dag = _build_dag
+    else:  # pragma: no cover - a Snakemake without these hook points
+        raise RuntimeError("nht.dvc_sync needs Snakemake 9's Workflow._prepare_dag/_build_dag; "
+                           "set dvc.enabled: false or pin snakemake<10")
     workflow.onsuccess(lambda log=None: hook.record("success"))
     workflow.onerror(lambda log=None: hook.record("error"))
     atexit.register(hook.record, "exit")
