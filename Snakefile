@@ -20,7 +20,9 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/dvc.smk"
 include: "workflow/rules/modular.smk"
+include: "workflow/rules/images.smk"
 include: "workflow/rules/summary.smk"
 
 

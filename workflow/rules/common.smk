@@ -2,6 +2,7 @@
 # nht.config is the single source of truth for cells, cell ids and job grouping.
 import json
 import os
+import re
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -38,6 +39,12 @@ wildcard_constraints:
 def experiments_of_kind(kind):
     """Names of the configured experiments of one kind ('modular', 'image')."""
     return [name for name, exp in config["experiments"].items() if exp["kind"] == kind]
+
+
+def experiment_pattern(kind):
+    """Wildcard regex matching exactly the experiments of one kind (never matches when none)."""
+    names = experiments_of_kind(kind)
+    return "|".join(re.escape(n) for n in names) if names else "(?!x)x"
 
 
 def cells_of(experiment):

@@ -25,6 +25,8 @@ rule make_modular_data:
 rule train_modular:
     input:
         dataset=lambda w: f"{D}/modular/{JOBS[w.job].cells[0].dataset_id}.npz",
+    wildcard_constraints:
+        experiment=experiment_pattern("modular"),
     output:
         history=f"{R}/{{experiment}}/jobs/{{job}}/history.csv",
         meta=f"{R}/{{experiment}}/jobs/{{job}}/meta.json",
@@ -55,6 +57,8 @@ rule extract_norms:
     input:
         history=lambda w: f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/history.csv",
         meta=lambda w: f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/meta.json",
+    wildcard_constraints:
+        experiment=experiment_pattern("modular"),
     output:
         history=f"{R}/{{experiment}}/cells/{{cell}}/history.csv",
         norms=f"{R}/{{experiment}}/cells/{{cell}}/norms.json",
@@ -79,6 +83,8 @@ rule extract_norms:
 rule fit_modular:
     input:
         norms=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in cells_of(w.experiment)],
+    wildcard_constraints:
+        experiment=experiment_pattern("modular"),
     output:
         fit=f"{R}/{{experiment}}/fit.json",
         table=f"{R}/{{experiment}}/cells.csv",
@@ -104,6 +110,8 @@ rule figures_modular:
         table=f"{R}/{{experiment}}/cells.csv",
         fit=f"{R}/{{experiment}}/fit.json",
         histories=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/history.csv" for c in cells_of(w.experiment)],
+    wildcard_constraints:
+        experiment=experiment_pattern("modular"),
     output:
         report(f"{R}/{{experiment}}/figures/curves.png", caption="../report/curves.rst",
                category="Curves", subcategory="{experiment}"),
@@ -145,6 +153,8 @@ rule science_modular:
     input:
         norms=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in cells_of(w.experiment)],
         histories=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/history.csv" for c in cells_of(w.experiment)],
+    wildcard_constraints:
+        experiment=experiment_pattern("modular"),
     output:
         science=f"{R}/{{experiment}}/science.json",
         figures=[
@@ -176,10 +186,10 @@ rule experiment_summary_modular:
         science=f"{R}/{{experiment}}/science.json",
         figures=[f"{R}/{{experiment}}/figures/{name}" for name in MODULAR_FIGURES],
         metas=lambda w: [f"{R}/{w.experiment}/jobs/{j.id}/meta.json" for j in jobs_of(w.experiment)],
+    wildcard_constraints:
+        experiment=experiment_pattern("modular"),
     output:
         f"{R}/{{experiment}}/experiment_summary.json",
-    wildcard_constraints:
-        experiment="|".join(experiments_of_kind("modular")) or "^$",
     params:
         settings=lambda w: json.dumps(config["experiments"][w.experiment]),
     conda:
