@@ -196,7 +196,7 @@ rm -f "$NHT_SLURM_DIR"/run/*.pid
 slurmctld -c -f "$SLURM_CONF" || die "slurmctld failed; see $NHT_SLURM_DIR/log/slurmctld.log"
 pid=$(wait_pidfile "$NHT_SLURM_DIR/run/slurmctld.pid" 20) || { tail -20 "$NHT_SLURM_DIR/log/slurmctld.log" >&2; die "slurmctld did not start"; }
 record slurmctld "$pid"
-slurmd -f "$SLURM_CONF" || die "slurmd failed; see $NHT_SLURM_DIR/log/slurmd.log"
+slurmd -N "$NODE" -f "$SLURM_CONF" || die "slurmd failed; see $NHT_SLURM_DIR/log/slurmd.log"
 pid=$(wait_pidfile "$NHT_SLURM_DIR/run/slurmd.pid" 20) || { tail -20 "$NHT_SLURM_DIR/log/slurmd.log" >&2; die "slurmd did not start"; }
 record slurmd "$pid"
 
