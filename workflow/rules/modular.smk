@@ -1,3 +1,9 @@
+# Per-cell norm extraction takes about a second: on a cluster it runs on the submitting node
+# rather than as one batch job per cell.
+localrules:
+    extract_norms,
+
+
 # Modular-arithmetic experiments: data -> train (per job) -> norms (per cell) -> fit, figures,
 # experiment summary (per experiment).
 
