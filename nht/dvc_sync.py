@@ -830,12 +830,12 @@ def spec_of_job(job, root: Path, code: CodeIndex, params_file: str | None,
     shellcmd = getattr(job.rule, "shellcmd", None)
     deps = inputs + [c for c in code.for_command(shellcmd) if c not in inputs]
     params: dict[str, list[str]] = {}
-    # Per-cell/job/dataset stages are identified by ids that hash every setting that can change
-    # their result; stages per experiment read that experiment's whole config block.
+    # Stages with an id wildcard besides the experiment (cell, job, dataset, shortcut, ...) are
+    # named by ids that hash every setting that can change their result; stages per experiment
+    # (wildcards exactly {experiment}) read that experiment's whole config block.
     name = stage_name(job.rule.name, wildcards)
     params_reader = params_reader or Params(root)
-    if params_file and "experiment" in wildcards and \
-            not (set(wildcards) & {"cell", "job", "dataset"}):
+    if params_file and set(wildcards) == {"experiment"}:
         params[params_file] = [f"experiments.{wildcards['experiment']}"]
     extra = [k for k in _rule_param_keys(name)
              if params_file and params_reader.get(params_file, k) is not Params._MISSING]
