@@ -3,6 +3,7 @@
 
 1. `dvc push` sends data and results to the default shared-directory remote; a second sends nothing;
 2. `git clone` + `dvc pull` + `snakemake --cores all` recomputes nothing; files are byte-identical;
+   then a code change reruns only the stages whose code it is, and downstream;
 4. changing one cell's value on a fresh clone (no .snakemake/) recomputes only that cell and the
    aggregates;
 8. `dvc metrics show` reads results/summary.json, `dvc plots show` renders the training curves,
@@ -73,6 +74,13 @@ def test_clone_pull_recomputes_nothing_and_is_byte_identical(origin):
     assert "Nothing to be done" in out, out[-3000:]
     assert tree_digest(clone, *ARTIFACTS) == tree_digest(origin["path"], *ARTIFACTS)
     assert "Data and pipelines are up to date" in dvc(clone, "status").stdout
+
+    # code deps are per stage: editing the figure code reruns figures and what reads them only
+    fig = clone / "nht" / "figures.py"
+    fig.write_text(fig.read_text() + "\n# edited\n")
+    plan = planned(clone)
+    assert "figures_modular" in plan and "summary" in plan, plan
+    assert not {"make_modular_data", "train_modular", "extract_norms", "fit_modular"} & set(plan), plan
 
 
 def test_one_cell_change_on_fresh_clone_recomputes_that_cell_and_aggregates(origin):
