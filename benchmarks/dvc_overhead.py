@@ -152,9 +152,12 @@ def push_pull(path: Path, work: Path) -> dict:
         shutil.copyfile(path / name, clone / name)
     sh([BIN / "dvc", "remote", "add", "-f", "--local", "nht-bench", str(remote)], clone)
     t_pull, _ = sh([BIN / "dvc", "pull", "-r", "nht-bench"], clone)
-    t_noop, out = sh([BIN / "snakemake", "--cores", "all"], clone)
+    # what the clone would run now (a dry run: an unfinished record must not start training here)
+    t_noop, out = sh([BIN / "snakemake", "-n", "--cores", "all"], clone)
+    planned = sorted(set(re.findall(r"^(?:local)?rule (\w+):$", out, re.M)) - {"all"})
     return {"push_s": t_push, "pull_s": t_pull, "files": int(files.group(1)) if files else 0,
-            "bytes": size, "clone_noop_s": t_noop, "clone_noop": "Nothing to be done" in out}
+            "bytes": size, "clone_dryrun_s": t_noop, "clone_noop": "Nothing to be done" in out,
+            "clone_planned_rules": planned}
 
 
 def main() -> None:
@@ -195,7 +198,8 @@ def main() -> None:
             r = push_pull(a.push_pull_repo.resolve(), work)
             report["push_pull_repo"] = {"repo": str(a.push_pull_repo), **r}
             print(f"{a.push_pull_repo}: push {r['push_s']:.1f} s, pull {r['pull_s']:.1f} s "
-                  f"({r['files']} files, {r['bytes'] / 1e6:.1f} MB); clone no-op: {r['clone_noop']}")
+                  f"({r['files']} files, {r['bytes'] / 1e6:.1f} MB); clone would run: "
+                  f"{', '.join(r['clone_planned_rules']) or 'nothing'}")
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -779,7 +779,7 @@ def record(root: str | Path, specs: list[StageSpec], complete: bool,
     extra = top_level(root, all_outs, params_file, results_dir)
     if recorded or dropped or new_specs.keys() != old_specs.keys() or \
             any(old_specs[n].definition() != new_specs[n].definition() for n in new_specs) or \
-            not (root / DVC_YAML).exists() or _top_level_changed(root, extra):
+            (new_specs and not (root / DVC_YAML).exists()) or _top_level_changed(root, extra):
         write_dvc_yaml(root, new_specs, extra)
         write_lock(root, new_lock)
     hc.save()
