@@ -777,7 +777,9 @@ def record(root: str | Path, specs: list[StageSpec], complete: bool,
     dropped = len(set(lock) - set(new_lock))
     all_outs = [p for s in new_specs.values() for p in s.outs]
     extra = top_level(root, all_outs, params_file, results_dir)
-    if recorded or dropped or new_specs.keys() != old_specs.keys() or \
+    if not new_specs and not (root / DVC_YAML).exists():
+        pass                     # nothing recorded yet: no empty dvc.yaml
+    elif recorded or dropped or new_specs.keys() != old_specs.keys() or \
             any(old_specs[n].definition() != new_specs[n].definition() for n in new_specs) or \
             (new_specs and not (root / DVC_YAML).exists()) or _top_level_changed(root, extra):
         write_dvc_yaml(root, new_specs, extra)
