@@ -58,8 +58,11 @@ def group_accuracies(pred: np.ndarray, y: np.ndarray, a: np.ndarray) -> tuple[di
     return accs, min(accs.values())
 
 
+_MEMORY_FORMAT = torch.contiguous_format
+
+
 def _normalise(xb: torch.Tensor) -> torch.Tensor:
-    return (xb.to(devmod.DTYPE) / 255.0 - 0.5) / 0.5
+    return ((xb.to(devmod.DTYPE) / 255.0 - 0.5) / 0.5).contiguous(memory_format=_MEMORY_FORMAT)
 
 
 @torch.no_grad()
@@ -116,7 +119,9 @@ def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, devic
     c_conf = d["c_conflicting"]
     a_test = d.get("a_test")
 
-    model = build_model(s["model"], n_classes).to(dev)
+    global _MEMORY_FORMAT
+    _MEMORY_FORMAT = torch.channels_last if s.get("channels_last", True) else torch.contiguous_format
+    model = build_model(s["model"], n_classes).to(dev, memory_format=_MEMORY_FORMAT)
     opt = _make_optimizer(model, s)
     n = len(y_train)
     bs = n if s["batch_size"] == "full" else min(int(s["batch_size"]), n)
