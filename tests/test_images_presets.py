@@ -10,7 +10,7 @@ from nht.config import expand_cells, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = sorted((REPO / "workflow" / "presets").glob("*.yaml"))
-IMAGE_PRESETS = ["cifar10-cpu", "paper-cifar10", "paper-resnet18", "paper-celeba", "paper-waterbirds"]
+IMAGE_PRESETS = ["cifar10-cpu", "cifar10-cpu-short", "paper-cifar10", "paper-resnet18", "paper-celeba", "paper-waterbirds"]
 
 
 def sum_lr(n_train, batch, epochs, lr=1e-3):
