@@ -51,7 +51,7 @@ MTIME_STEP_NS = 1_000_000               # 1 ms: how much newer than its inputs a
 CHUNK = 1 << 20
 # Top-level config keys that change the results of some rules without being part of any id
 # (rule-name prefix -> keys); recorded as DVC params of those stages when the config file has them.
-RULE_PARAMS = {"train_": ("deterministic", "tf32")}
+RULE_PARAMS = {"train_": ("deterministic", "precision", "tf32"), "image_train": ("deterministic", "precision", "tf32")}
 
 
 def _rule_param_keys(stage: str) -> tuple[str, ...]:
