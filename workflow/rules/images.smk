@@ -7,87 +7,8 @@
 #   image_figures             all cells -> {R}/<experiment>/figures/*.png
 #   image_experiment_summary  all cells + figures -> {R}/<experiment>/experiment_summary.json, cells.csv
 
-import json as _img_json
-import re as _img_re
-import shlex as _img_shlex
 
-from nht.config import stable_hash as _img_hash
-
-
-def _img_q(obj):
-    """A JSON value quoted for the shell."""
-    return _img_shlex.quote(_img_json.dumps(obj, sort_keys=True, default=str))
-
-
-IMAGE_EXPERIMENTS = list(experiments_of_kind("image"))
-# fields of the dataset block that change the decoded raw file
-_IMG_RAW_KEYS = ("name", "source", "archive", "root", "md5", "pad", "image_size", "target_attr",
-                 "spurious_attr", "max_train", "max_test", "subset_seed")
-
-
-def _img_raw_spec(exp):
-    ds = config["experiments"][exp]["dataset"]
-    return {k: ds[k] for k in _IMG_RAW_KEYS if k in ds}
-
-
-def _img_fetch_id(exp):
-    spec = _img_raw_spec(exp)
-    return f"{spec['name']}_{spec['source']}-{_img_hash(spec)}"
-
-
-IMAGE_FETCH = {_img_fetch_id(e): _img_raw_spec(e) for e in IMAGE_EXPERIMENTS}
-IMAGE_CELLS = {e: sorted((c for c in CELLS.values() if c.experiment == e), key=lambda c: c.id)
-               for e in IMAGE_EXPERIMENTS}
-
-
-def _img_shortcut_id(cell):
-    ds = config["experiments"][cell.experiment]["dataset"]
-    return f"{cell.dataset_id}-{_img_hash(ds)}"
-
-
-IMAGE_SHORTCUTS = {}   # (experiment, shortcut id) -> (rho, border, seed)
-for _e, _cells in IMAGE_CELLS.items():
-    for _c in _cells:
-        IMAGE_SHORTCUTS[(_e, _img_shortcut_id(_c))] = (_c["rho"], _c["border"], _c["seed"])
-
-
-_IMG_EXP_RE = "|".join(_img_re.escape(e) for e in IMAGE_EXPERIMENTS) or "NO_IMAGE_EXPERIMENT"
-_IMG_CELL_RE = "|".join(_img_re.escape(c.id) for cs in IMAGE_CELLS.values() for c in cs) or "NO_IMAGE_CELL"
-
-
-# Image cells are trained by image_train, never extracted from a modular training job; the generic
-# per-cell rules of other kinds match the same paths, so image rules win (they are constrained to
-# image experiments, so other kinds' files are unaffected).
-def _img_has_rule(name):
-    try:
-        getattr(rules, name)
-        return True
-    except Exception:
-        return False
-
-
-if _img_has_rule("extract_norms"):
-
-    ruleorder: image_train > extract_norms
-
-
-if _img_has_rule("fit_modular"):
-
-    ruleorder: image_experiment_summary > fit_modular
-
-
-
-def image_experiment_summary_files():
-    """The per-experiment summaries the lead's `summary` rule consumes."""
-    return [f"{R}/{e}/experiment_summary.json" for e in IMAGE_EXPERIMENTS]
-
-
-def _img_settings(cell):
-    return dict(cell.settings, experiment=cell.experiment)
-
-
-def _img_exp_threads(exp):
-    return config["experiments"][exp]["threads"]
+include: "images_common.smk"
 
 
 rule image_fetch:
@@ -95,6 +16,8 @@ rule image_fetch:
         f"{D}/image/raw/{{fetch}}.npz",
     params:
         spec=lambda w: _img_q(IMAGE_FETCH[w.fetch]),
+    conda:
+        "../envs/nht.yaml"
     log:
         "logs/image_fetch/{fetch}.log",
     benchmark:
@@ -104,7 +27,7 @@ rule image_fetch:
         mem_mb=8000,
         runtime=30,
     shell:
-        "{PY} -m nht.images fetch --spec {params.spec} --out {output} > {log} 2>&1"
+        "python -m nht.images fetch --spec {params.spec} --out {output} > {log} 2>&1"
 
 
 rule image_shortcut:
@@ -119,6 +42,8 @@ rule image_shortcut:
         seed=lambda w: IMAGE_SHORTCUTS[(w.experiment, w.shortcut)][2],
     wildcard_constraints:
         experiment=_IMG_EXP_RE,
+    conda:
+        "../envs/nht.yaml"
     log:
         "logs/image_shortcut/{experiment}/{shortcut}.log",
     benchmark:
@@ -128,7 +53,7 @@ rule image_shortcut:
         mem_mb=4000,
         runtime=10,
     shell:
-        "{PY} -m nht.images inject --raw {input} --spec {params.spec} --rho {params.rho} "
+        "python -m nht.images inject --raw {input} --spec {params.spec} --rho {params.rho} "
         "--border {params.border} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
@@ -143,10 +68,12 @@ rule image_train:
         outdir=lambda w: f"{R}/{w.experiment}/cells/{w.cell}",
         device=config.get("device", "auto"),
         flags=("" if config.get("deterministic", True) else "--nondeterministic ")
-        + ("--tf32" if config.get("tf32", False) else ""),
+        + ("--tf32" if config.get("precision", "fp32") == "tf32" else ""),
     wildcard_constraints:
         experiment=_IMG_EXP_RE,
         cell=_IMG_CELL_RE,
+    conda:
+        "../envs/nht.yaml"
     log:
         "logs/image_train/{experiment}/{cell}.log",
     benchmark:
@@ -157,7 +84,7 @@ rule image_train:
         runtime=lambda w: config["experiments"][w.experiment]["runtime_min"],
         gpu=lambda w: config["experiments"][w.experiment]["gpus"],
     shell:
-        "{PY} -m nht.images train --settings {params.settings} --data {input} --out {params.outdir} "
+        "python -m nht.images train --settings {params.settings} --data {input} --out {params.outdir} "
         "--cell {wildcards.cell} --device {params.device} --threads {threads} {params.flags} > {log} 2>&1"
 
 
@@ -179,6 +106,8 @@ rule image_figures:
         outdir=lambda w: f"{R}/{w.experiment}/figures",
     wildcard_constraints:
         experiment=_IMG_EXP_RE,
+    conda:
+        "../envs/nht.yaml"
     log:
         "logs/image_figures/{experiment}.log",
     benchmark:
@@ -188,7 +117,7 @@ rule image_figures:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{PY} -m nht.images figures --norms {input.norms} --out-dir {params.outdir} "
+        "python -m nht.images figures --norms {input.norms} --out-dir {params.outdir} "
         "--config {params.config} > {log} 2>&1"
 
 
@@ -203,6 +132,8 @@ rule image_experiment_summary:
         config=lambda w: _img_q(config["experiments"][w.experiment]),
     wildcard_constraints:
         experiment=_IMG_EXP_RE,
+    conda:
+        "../envs/nht.yaml"
     log:
         "logs/image_experiment_summary/{experiment}.log",
     benchmark:
@@ -212,6 +143,6 @@ rule image_experiment_summary:
         mem_mb=1000,
         runtime=5,
     shell:
-        "{PY} -m nht.images summarize --experiment {wildcards.experiment} --norms {input.norms} "
+        "python -m nht.images summarize --experiment {wildcards.experiment} --norms {input.norms} "
         "--figures {input.figures} --config {params.config} --out {output.summary} "
         "--table {output.table} > {log} 2>&1"
