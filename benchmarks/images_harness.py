@@ -14,6 +14,7 @@ workdir absolute archive paths (``--archive`` rewrites every local-archive path)
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -58,7 +59,9 @@ def run(workdir: str | Path, config: dict, cores: int = 2, extra: list[str] | No
     cfg = write_workflow(workdir, config)
     cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", "Snakefile", "--configfile",
            str(cfg.name), "--cores", str(cores), "--resources", "gpu=0", *(extra or [])]
-    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, check=check)
+    # rules may call a bare `python`: put this interpreter's bin directory first on PATH
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, check=check, env=env)
 
 
 def main(argv=None):
