@@ -1,9 +1,11 @@
 """Models for modular arithmetic, written as plain ``nn.Module``s.
 
 Both read a pair of tokens ``x`` of shape (batch, 2) with values in [0, p) and return logits of
-shape (batch, p). Batched (many-cell) training stacks their parameters and calls them through
-``torch.func.functional_call`` under ``vmap`` (see :mod:`nht.train`), so the code below must stay
-free of in-place state and data-dependent control flow.
+shape (batch, p). The ``nn.Module`` classes define each model (names, shapes, PyTorch's default
+initialisation) and are the single-cell reference. Many-cell training stacks their parameters
+along a leading *cell* dimension C and calls :func:`stacked_forward`, which computes the same
+function for all C cells at once with batched matrix products (``baddbmm``) and row gathers;
+tests check it against the modules, output and gradient, cell by cell.
 """
 
 from __future__ import annotations
@@ -91,6 +93,82 @@ class OneLayerTransformer(nn.Module):
         h = emb[1][b] + self.attn.proj((att @ v).reshape(B, C))        # residual, last position
         h = h + self.ff_out(F.gelu(self.ff_in(self.ln2(h))))
         return self.head(self.ln_f(h))
+
+
+# --------------------------------------------------------------------------- stacked (many-cell)
+
+def _gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``out[c, i] = table[c, idx[c, i]]`` (or ``idx[i]`` when ``idx`` is shared by all cells).
+
+    ``table`` is (C, R, D), ``idx`` (B,) or (C, B); returns (C, B, D). One ``index_select`` over
+    the flattened table: its backward is an ``index_add`` (deterministic on the CPU).
+    """
+    C, R, D = table.shape
+    offsets = torch.arange(C, device=idx.device).mul_(R).unsqueeze(1)
+    flat_idx = (idx.unsqueeze(0) + offsets if idx.dim() == 1 else idx + offsets).reshape(-1)
+    return table.reshape(C * R, D).index_select(0, flat_idx).view(C, -1, D)
+
+
+def _linear(x: torch.Tensor, params: dict, name: str) -> torch.Tensor:
+    """Per-cell ``nn.Linear``: x (C, B, in) -> (C, B, out), bias fused into ``baddbmm``."""
+    return torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), x, params[f"{name}.weight"].transpose(1, 2))
+
+
+def _layer_norm(x: torch.Tensor, params: dict, name: str, eps: float = 1e-5) -> torch.Tensor:
+    """Per-cell ``nn.LayerNorm`` over the last dim; x is (C, ..., D), affine parameters (C, D)."""
+    shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+    return torch.addcmul(params[f"{name}.bias"].view(shape), F.layer_norm(x, x.shape[-1:], eps=eps),
+                         params[f"{name}.weight"].view(shape))
+
+
+def mlp_stacked(params: dict, x: torch.Tensor) -> torch.Tensor:
+    """:class:`GrokkingMLP` for C cells: params (C, ...) by module name, x (B, 2) or (C, B, 2)."""
+    C, p, E = params["embed_a.weight"].shape
+    w_a, w_b = params["hidden.weight"].split(E, dim=2)
+    table = torch.cat([params["embed_a.weight"] @ w_a.transpose(1, 2),        # (C, 2p, hidden)
+                       params["embed_b.weight"] @ w_b.transpose(1, 2)], dim=1)
+    pre = _gather_rows(table, x[..., 0]) + _gather_rows(table, x[..., 1] + p)
+    h = F.relu(pre + params["hidden.bias"].unsqueeze(1))
+    return _linear(h, params, "out")
+
+
+def transformer_stacked(params: dict, x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """:class:`OneLayerTransformer` for C cells: params (C, ...) by module name, x (B, 2) or (C, B, 2).
+
+    The same two exact shortcuts as the module (only the last position after attention;
+    per-(position, token) tables before it); attention over the two keys is written out
+    elementwise instead of as thousands of 1x2 matrix products.
+    """
+    tok = params["tok.weight"]                                           # (C, p, D)
+    C, p, D = tok.shape
+    H, Dh = n_heads, D // n_heads
+    emb = tok.unsqueeze(1) + params["pos"].unsqueeze(2)                  # (C, 2, p, D)
+    qkv = _linear(_layer_norm(emb, params, "ln1").view(C, 2 * p, D), params, "attn.qkv").view(C, 2, p, 3 * D)
+    table_b = torch.cat([qkv[:, 1], emb[:, 1]], dim=-1)                  # q, k, v, residual of token b
+    g_b = _gather_rows(table_b, x[..., 1])                               # (C, B, 4D)
+    g_a = _gather_rows(qkv[:, 0, :, D:].contiguous(), x[..., 0])         # k, v of token a: (C, B, 2D)
+    B = g_b.shape[1]
+    q, k_b, v_b, resid = g_b.split(D, dim=-1)
+    k_a, v_a = g_a.split(D, dim=-1)
+    heads = (C, B, H, Dh)
+    q = q.reshape(heads)
+    scores = torch.stack([(q * k_a.reshape(heads)).sum(-1), (q * k_b.reshape(heads)).sum(-1)], -1)
+    att = (scores / math.sqrt(Dh)).softmax(dim=-1)                       # (C, B, H, 2)
+    mixed = att[..., :1] * v_a.reshape(heads) + att[..., 1:] * v_b.reshape(heads)
+    h = resid + _linear(mixed.reshape(C, B, D), params, "attn.proj")
+    h = h + _linear(F.gelu(_linear(_layer_norm(h, params, "ln2"), params, "ff_in")), params, "ff_out")
+    return _linear(_layer_norm(h, params, "ln_f"), params, "head")
+
+
+def stacked_forward(model_cfg: dict):
+    """The many-cell forward ``f(params, x) -> logits (C, B, p)`` for the model named in ``model_cfg``."""
+    name = model_cfg["name"]
+    if name == "mlp":
+        return mlp_stacked
+    if name == "transformer":
+        n_heads = int(model_cfg.get("n_heads", 4))
+        return lambda params, x: transformer_stacked(params, x, n_heads)
+    raise ValueError(f"unknown model '{name}'")
 
 
 READOUT = {"mlp": "out", "transformer": "head"}

@@ -9,6 +9,7 @@ from snakemake.exceptions import WorkflowError
 
 from nht import paths as P
 from nht.config import ConfigError, cell_index, dataset_id, validate_config
+from nht.costs import modular_job_work, priority
 
 try:
     validate_config(config)
@@ -73,3 +74,8 @@ def job_spec(job_id):
 
 def job_setting(key):
     return lambda wildcards: JOBS[wildcards.job].cells[0][key]
+
+
+def job_priority(wildcards):
+    """Longest (estimated) training job first: packs the jobs onto few cores with a short tail."""
+    return priority(modular_job_work(JOBS[wildcards.job].cells))

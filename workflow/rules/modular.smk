@@ -49,6 +49,7 @@ rule train_modular:
     benchmark:
         "benchmarks/rules/train_modular/{experiment}/{job}.tsv"
     threads: job_setting("threads")
+    priority: job_priority
     resources:
         mem_mb=job_setting("mem_mb"),
         runtime=job_setting("runtime_min"),
