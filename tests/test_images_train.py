@@ -181,3 +181,16 @@ def test_experiment_summary_keys(tmp_path):
     assert res["worst_group_acc"] is None and res["norm_ratio"] > 0
     assert sum(res["regimes"].values()) == 4
     assert len(pd.read_csv(tmp_path / "cells.csv")) == 4
+    # clean-norm separation from the histories: every cell whose reliance passed 0.5 at an
+    # epoch >= 1 is scored, and the scorecard's P5 reads the same S
+    sep = res["clean_norm_separation"]
+    fitted = set()
+    for p in paths:
+        h = pd.read_csv(os.path.join(os.path.dirname(p), "history.csv"))
+        if ((h["epoch"] >= 1) & (h["reliance"] > 0.5)).any():
+            fitted.add(json.loads(open(p).read())["cell"])
+    assert set(sep["per_cell"]) == fitted
+    assert sep["verdict"] in ("holds", "fails", "not_enough_data")
+    from nht.scorecard import build_scorecard
+    p5 = build_scorecard(res, "image")["P5_clean_separation"]
+    assert p5["statistic"] == sep["S"]

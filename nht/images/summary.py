@@ -19,6 +19,10 @@ sample standard deviation, 0.0 when n = 1; rho/lambda keys are rendered like cel
 * ``worst_group_acc``: {rho: [mean, sd, n]} at reference_weight_decay, or null when the dataset has no
   spurious attribute
 * ``transition_epochs``: {cell: epoch or null}
+* ``clean_norm_separation``: the clean-norm-separation score S with phi = shortcut reliance
+  (:func:`nht.science.image_clean_norm_separation`: S, S_ci, n, verdict, per_cell,
+  untrusted_cells), computed from each cell's ``history.csv`` beside its ``norms.json``; it tells
+  whether a norm-based prediction can be trusted for these cells
 * ``reference_rho``, ``reference_weight_decay``; ``figures``: list of paths; ``wall_s``: sum over cells
 * ``provenance``: code_version, torch, devices, config (the experiment's resolved settings)
 """
@@ -127,12 +131,26 @@ def summarize(df: pd.DataFrame, experiment: str, exp_config: dict, figures: list
     }
 
 
+def load_histories(norms_paths) -> dict[str, pd.DataFrame]:
+    """Each cell's per-epoch ``history.csv`` (written beside its ``norms.json``), by cell id."""
+    out = {}
+    for p in norms_paths:
+        hist = Path(p).with_name("history.csv")
+        if hist.exists():
+            with open(p) as fh:
+                out[json.load(fh)["cell"]] = pd.read_csv(hist)
+    return out
+
+
 def write_summary(norms_paths, experiment: str, exp_config: dict, figures: list[str],
                   out: str | Path, table: str | Path | None = None) -> dict:
+    from nht.science import clean_json, image_clean_norm_separation
+
     df = load_cells(norms_paths)
     if table:
         df.sort_values(["rho", "border", "lr", "weight_decay", "seed"]).to_csv(table, index=False)
     result = summarize(df, experiment, exp_config, figures)
+    result["clean_norm_separation"] = clean_json(image_clean_norm_separation(df, load_histories(norms_paths)))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(str(out) + ".tmp")
     tmp.write_text(json.dumps(result, indent=1, default=str))

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -189,6 +190,11 @@ def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, devic
             break
         rows.append(evaluate(epoch, loss_sum / seen, correct / seen)
                     | {"wall_s": elapsed + time.monotonic() - t0})
+        r = rows[-1]
+        print(f"[{cell_id}] epoch {epoch}/{epochs}  loss {r['loss']:.4f}  train {r['train_acc']:.3f}  "
+              f"clean {r['clean_acc']:.3f}  reliance {r['reliance']:.3f}  V {r['V']:.1f}  "
+              f"{r['wall_s'] / epoch:.1f} s/epoch",
+              file=sys.stderr, flush=True)
         now = time.monotonic()
         stop_now = stop_after_epoch is not None and epoch >= stop_after_epoch
         if stop_now or (epoch < epochs and now - last_ckpt >= float(s["checkpoint_seconds"])):

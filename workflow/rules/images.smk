@@ -124,6 +124,7 @@ rule image_figures:
 rule image_experiment_summary:
     input:
         norms=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in IMAGE_CELLS[w.experiment]],
+        history=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/history.csv" for c in IMAGE_CELLS[w.experiment]],
         figures=rules.image_figures.output,
     output:
         summary=f"{R}/{{experiment}}/experiment_summary.json",
