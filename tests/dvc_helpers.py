@@ -135,11 +135,15 @@ with open(out, "wb") as fh:
     while n > 0:
         fh.write(block[:n]); n -= len(block)
 ''',
-    # NHT_TOY_FAIL: fail the job whose id contains it; NHT_TOY_SLEEP: seconds to sleep first
+    # NHT_TOY_FAIL: fail the job whose id contains it; NHT_TOY_SLEEP: seconds to sleep first;
+    # NHT_TOY_HANG_AFTER=n: a job that starts when n jobs have finished hangs (to be interrupted)
     "toy_train.py": '''
-import hashlib, json, os, sys, time
+import glob, hashlib, json, os, sys, time
 dataset, history, meta, job = sys.argv[1:5]
 time.sleep(float(os.environ.get("NHT_TOY_SLEEP", "0")))
+hang_after = os.environ.get("NHT_TOY_HANG_AFTER")
+if hang_after and len(glob.glob(os.path.join(os.path.dirname(os.path.dirname(meta)), "*", "meta.json"))) >= int(hang_after):
+    time.sleep(600)
 if os.environ.get("NHT_TOY_FAIL") and os.environ["NHT_TOY_FAIL"] in job:
     sys.exit("toy failure of " + job)
 h = hashlib.md5(open(dataset, "rb").read() + job.encode()).hexdigest()

@@ -163,8 +163,11 @@ def test_failed_run_keeps_finished_jobs(tmp_path):
 
 def test_interrupted_run_keeps_finished_jobs(tmp_path):
     p = make_repo(tmp_path / "repo")
-    proc = subprocess.Popen([SNAKEMAKE, "--cores", "1"], cwd=p, env=env(NHT_TOY_SLEEP="1.5"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # the third training job hangs, so the interrupt always lands while it runs (no timing race)
+    proc = subprocess.Popen([SNAKEMAKE, "--cores", "1"], cwd=p,
+                            env=env(NHT_TOY_SLEEP="0.5", NHT_TOY_HANG_AFTER="2"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     # wait until two training jobs have finished, then Ctrl-C
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -172,7 +175,7 @@ def test_interrupted_run_keeps_finished_jobs(tmp_path):
             break
         time.sleep(0.1)
     time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)   # Ctrl-C in a terminal: the whole foreground process group
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0, out
     stages = _lock(p)
