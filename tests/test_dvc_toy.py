@@ -161,13 +161,19 @@ def test_failed_run_keeps_finished_jobs(tmp_path):
     assert len(plan["train_modular"]) == 1 and "wd1_" in plan["train_modular"][0]
 
 
+def _default_sigint():
+    # A shell that starts a command in the background (`cmd &`) makes it ignore SIGINT, and that
+    # is inherited; give the run the default disposition so Ctrl-C works however pytest started.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupted_run_keeps_finished_jobs(tmp_path):
     p = make_repo(tmp_path / "repo")
     # the third training job hangs, so the interrupt always lands while it runs (no timing race)
     proc = subprocess.Popen([SNAKEMAKE, "--cores", "1"], cwd=p,
                             env=env(NHT_TOY_SLEEP="0.5", NHT_TOY_HANG_AFTER="2"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
     # wait until two training jobs have finished, then Ctrl-C
     deadline = time.time() + 60
     while time.time() < deadline:
