@@ -176,7 +176,7 @@ class Trainer:
         ``.contiguous()`` on the gradients; parameters and moments are contiguous by construction.
         """
         b1, b2 = self.opt["betas"]
-        grads = [g.contiguous() for g in grads]    # the fused kernel reads memory as laid out
+        grads = [g.contiguous() for g in grads]
         step = torch.tensor(float(self.step), device=self.device)
         steps = [step] * len(self.names)
         for pos, i in enumerate(self.active):
