@@ -131,15 +131,10 @@ def summarize(df: pd.DataFrame, experiment: str, exp_config: dict, figures: list
     }
 
 
-def load_histories(norms_paths) -> dict[str, pd.DataFrame]:
+def load_histories(cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Each cell's per-epoch ``history.csv`` (written beside its ``norms.json``), by cell id."""
-    out = {}
-    for p in norms_paths:
-        hist = Path(p).with_name("history.csv")
-        if hist.exists():
-            with open(p) as fh:
-                out[json.load(fh)["cell"]] = pd.read_csv(hist)
-    return out
+    hists = {c: Path(p).with_name("history.csv") for c, p in zip(cells["cell"], cells["path"])}
+    return {c: pd.read_csv(h) for c, h in hists.items() if h.exists()}
 
 
 def write_summary(norms_paths, experiment: str, exp_config: dict, figures: list[str],
@@ -150,7 +145,7 @@ def write_summary(norms_paths, experiment: str, exp_config: dict, figures: list[
     if table:
         df.sort_values(["rho", "border", "lr", "weight_decay", "seed"]).to_csv(table, index=False)
     result = summarize(df, experiment, exp_config, figures)
-    result["clean_norm_separation"] = clean_json(image_clean_norm_separation(df, load_histories(norms_paths)))
+    result["clean_norm_separation"] = clean_json(image_clean_norm_separation(df, load_histories(df)))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(str(out) + ".tmp")
     tmp.write_text(json.dumps(result, indent=1, default=str))
