@@ -1,0 +1,28 @@
+"""Stage ``science``: statistics, predictions, S and the science figures of one modular experiment."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from nht.io import read_json, write_json
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m nht science", description=__doc__)
+    ap.add_argument("--norms", nargs="+", required=True)
+    ap.add_argument("--histories", nargs="+", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--figure-dir", required=True)
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    from nht.science import analyse_modular  # matplotlib only where figures are drawn
+
+    records = [read_json(p) for p in a.norms]
+    layers = {r["cell"]: r.get("layers") or {} for r in records}
+    cells = pd.DataFrame([{k: v for k, v in r.items() if k not in ("layers", "provenance")} for r in records])
+    hist = {Path(p).parent.name: pd.read_csv(p) for p in a.histories}
+    write_json(analyse_modular(cells, hist, a.figure_dir, n_boot=a.n_boot, seed=a.seed, layers=layers), a.out)

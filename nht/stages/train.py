@@ -1,0 +1,30 @@
+"""Stage ``train``: train one job (a batch of cells sharing a dataset) and write its history."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from nht import data
+from nht.config import Cell
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m nht train", description=__doc__)
+    ap.add_argument("--job", type=json.loads, required=True,
+                    help="JSON: {experiment, job, cells: [{id, settings}]}")
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--history", required=True)
+    ap.add_argument("--meta", required=True)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--nondeterministic", action="store_true")
+    ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
+    a = ap.parse_args(argv)
+    from nht.train import train_job  # torch is imported only here
+
+    cells = [Cell(a.job["experiment"], "modular", c["id"], c["settings"]) for c in a.job["cells"]]
+    train_job(cells, data.load_dataset(a.dataset), a.history, a.meta, a.checkpoint, device=a.device,
+              threads=a.threads, deterministic=not a.nondeterministic, precision=a.precision,
+              job_id=a.job["job"])
