@@ -15,16 +15,27 @@ least ``stop_margin`` steps after its test accuracy first reached ``test_thresho
 ``max_steps``, or as soon as its loss is NaN/Inf (status ``diverged``). Stopped cells are removed
 from the stacked tensors, so they stop costing compute.
 
+Minibatches (``batch_size`` an integer): ``sampling: with_replacement`` (the companion's rule)
+draws ``min(batch_size, n_train)`` indices uniformly with replacement at every step from a
+per-cell generator that starts in the state the global generator has right after the cell's
+model was initialised from its seed, i.e. the companion's ``torch.randint`` stream on the CPU;
+``sampling: epoch_shuffle`` walks through per-epoch random permutations. ``batch_size: full``
+is full-batch gradient descent.
+
 Checkpoints: at an evaluation step, when ``checkpoint_seconds`` have passed since the last one,
-the full state (parameters, optimizer moments, minibatch generators, history so far) is written
-atomically; a killed job rerun with the same cells resumes there and ends with exactly the same
-metrics as an uninterrupted run (CPU, same thread count).
+the full state (parameters, optimizer moments, minibatch generators, history so far; tensors
+and plain Python values only, loaded with ``weights_only=True``) is written atomically, with the
+code fingerprint of this trainer (:func:`nht.fingerprint.code_fingerprint`). A killed job rerun
+with the same cells and the same code resumes there and ends with exactly the same metrics as an
+uninterrupted run (CPU, same thread count); a checkpoint from other cells or other code, or one
+that cannot be read, is ignored (the log says why) and the job starts fresh.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,6 +45,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.func import stack_module_state
+from torch.optim.adamw import adamw as functional_adamw
 
 from nht import device as devmod
 from nht import provenance
@@ -58,6 +70,29 @@ class CellRun:
     stop_reason: str | None = None
     first_test_pass: int | None = None
     rows: list = field(default_factory=list)
+
+
+class ReplacementSampler:
+    """Per-cell minibatches drawn uniformly with replacement: ``torch.randint(0, n, (min(b, n),))``.
+
+    ``rng_state`` is the starting state of the cell's own CPU ``torch.Generator``; the trainer
+    passes the global generator's state right after the cell's model was built from its seed,
+    which makes the draws the companion's (``set_seed(seed); Model(p); ... torch.randint``).
+    """
+
+    def __init__(self, n: int, batch_size: int, rng_state: torch.Tensor):
+        self.n, self.size = n, min(int(batch_size), n)
+        self.gen = torch.Generator()
+        self.gen.set_state(rng_state)
+
+    def next(self) -> torch.Tensor:
+        return torch.randint(0, self.n, (self.size,), generator=self.gen)
+
+    def state(self) -> dict:
+        return {"gen": self.gen.get_state()}
+
+    def load(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
 
 
 class MinibatchSampler:
@@ -103,13 +138,16 @@ class Trainer:
         self.x_test = torch.as_tensor(data["x_test"], device=device)
         self.y_test = torch.as_tensor(data["y_test"], device=device)
         self.n_train = len(self.y_train)
-        self.full_batch = s["batch_size"] == "full" or int(s["batch_size"]) >= self.n_train
+        self.sampling = s.get("sampling", "with_replacement")
+        self.full_batch = s["batch_size"] == "full" or (
+            self.sampling == "epoch_shuffle" and int(s["batch_size"]) >= self.n_train)
         self.opt = s["optimizer"]
 
-        models = []
+        models, rng_states = [], []
         for run in self.runs:
             devmod.seed_everything(run.seed)
             models.append(scale_init(build_model(s["model"], self.p), run.init_scale))
+            rng_states.append(torch.get_rng_state())
         params, _ = stack_module_state(models)
         self.names = list(params)
         self.params = {k: v.detach().to(device, devmod.DTYPE).clone().requires_grad_(True)
@@ -117,8 +155,14 @@ class Trainer:
         self.forward = stacked_forward(s["model"])   # (params (C, ...), x (B, 2) | (C, B, 2)) -> (C, B, p)
         self.m = {k: torch.zeros_like(v) for k, v in self.params.items()}
         self.v = {k: torch.zeros_like(v) for k, v in self.params.items()}
-        self.samplers = [] if self.full_batch else [
-            MinibatchSampler(self.n_train, int(s["batch_size"]), run.seed) for run in self.runs]
+        if self.full_batch:
+            self.samplers = []
+        elif self.sampling == "with_replacement":
+            self.samplers = [ReplacementSampler(self.n_train, int(s["batch_size"]), st) for st in rng_states]
+        elif self.sampling == "epoch_shuffle":
+            self.samplers = [MinibatchSampler(self.n_train, int(s["batch_size"]), run.seed) for run in self.runs]
+        else:
+            raise ValueError(f"unknown sampling '{self.sampling}'")
         self.active = list(range(len(self.runs)))  # indices into self.runs, aligned with dim 0
         self.step = 0
         self._refresh_hparams()
@@ -170,22 +214,28 @@ class Trainer:
     def _adamw(self, grads) -> None:
         """torch.optim.AdamW's update (decoupled decay) with per-cell lr and weight decay.
 
-        One call of torch's fused AdamW kernel per cell, on that cell's slices of the stacked
-        tensors: one pass over memory instead of about ten elementwise ops per tensor. The
-        kernel assumes contiguous tensors (a transposed gradient would be misread), hence
+        torch's public functional AdamW (``torch.optim.adamw.adamw``) with ``fused=True``, once
+        per distinct (lr, weight decay) among the active cells, on those cells' slices of the
+        stacked tensors: one pass over memory instead of about ten elementwise ops per tensor,
+        and each slice gets the same kernel call as a one-cell job would give it. The kernel
+        assumes contiguous tensors (a transposed gradient would be misread), hence
         ``.contiguous()`` on the gradients; parameters and moments are contiguous by construction.
+        The functional form increments each ``state_steps`` entry before the update, so every
+        entry is its own tensor holding the previous step count.
         """
         b1, b2 = self.opt["betas"]
         grads = [g.contiguous() for g in grads]
-        step = torch.tensor(float(self.step), device=self.device)
-        steps = [step] * len(self.names)
+        groups: dict[tuple[float, float], list[int]] = {}
         for pos, i in enumerate(self.active):
-            run = self.runs[i]
-            torch._fused_adamw_(
-                [self.params[k].data[pos] for k in self.names], [g[pos] for g in grads],
-                [self.m[k][pos] for k in self.names], [self.v[k][pos] for k in self.names], [], steps,
-                lr=run.lr, beta1=b1, beta2=b2, weight_decay=run.weight_decay, eps=self.opt["eps"],
-                amsgrad=False, maximize=False)
+            groups.setdefault((self.runs[i].lr, self.runs[i].weight_decay), []).append(pos)
+        for (lr, wd), positions in groups.items():
+            params = [self.params[k].data[pos] for pos in positions for k in self.names]
+            steps = [torch.full((), float(self.step - 1), device=self.device) for _ in params]
+            functional_adamw(
+                params, [g[pos] for pos in positions for g in grads],
+                [self.m[k][pos] for pos in positions for k in self.names],
+                [self.v[k][pos] for pos in positions for k in self.names], [], steps, fused=True,
+                amsgrad=False, beta1=b1, beta2=b2, lr=lr, weight_decay=wd, eps=self.opt["eps"], maximize=False)
 
     def _sgd(self, grads) -> None:
         """SGD on L_train + lambda/2 ||theta||^2 (gradient + lambda theta), optional momentum."""
@@ -279,9 +329,38 @@ class Trainer:
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Write ``obj`` to ``path`` via a temporary file unique to this process, then rename."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def trainer_code_hash() -> str:
+    """Fingerprint of this trainer's code and every nht module it imports (AST, comments excluded)."""
+    from nht.fingerprint import code_fingerprint
+
+    return code_fingerprint("nht.train")
+
+
+def load_checkpoint(path: Path, signature: str, code: str) -> tuple[dict | None, str]:
+    """The trainer state in ``path`` if it was written for these cells by this code, else None.
+
+    Returns (state or None, reason). Loaded with ``weights_only=True``: a checkpoint holds only
+    tensors and plain Python values.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file means: start fresh
+        return None, f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    if not isinstance(state, dict) or state.get("signature") != signature:
+        return None, "written for another set of cells"
+    if state.get("code") != code:
+        return None, f"written by other code (code hash {state.get('code')!s:.12} != {code:.12})"
+    return state, "ok"
 
 
 def train_job(cells: list[Cell], data: dict, history_path: str | Path, meta_path: str | Path,
@@ -300,13 +379,16 @@ def train_job(cells: list[Cell], data: dict, history_path: str | Path, meta_path
     trainer = Trainer(cells, data, dev, precision)
     signature = stable_hash([c.id for c in cells])
     ckpt = Path(checkpoint_path) if checkpoint_path else None
+    code = trainer_code_hash() if ckpt else None
     resumed_from = None
     if ckpt and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state.get("signature") == signature:
+        state, why = load_checkpoint(ckpt, signature, code)
+        if state is not None:
             trainer.load_state_dict(state["trainer"])
             resumed_from = trainer.step
             print(f"[{job_id}] resumed from checkpoint at step {trainer.step}", file=sys.stderr)
+        else:
+            print(f"[{job_id}] ignoring checkpoint {ckpt}: {why}; starting fresh", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     last_ckpt = last_print = time.time()
     run_steps = 0
@@ -325,7 +407,7 @@ def train_job(cells: list[Cell], data: dict, history_path: str | Path, meta_path
             now = time.time()
             if ckpt is not None and trainer.active and now - last_ckpt >= float(s.get("checkpoint_seconds", 60)):
                 ckpt.parent.mkdir(parents=True, exist_ok=True)
-                _save_atomic({"signature": signature, "trainer": trainer.state_dict()}, ckpt)
+                _save_atomic({"signature": signature, "code": code, "trainer": trainer.state_dict()}, ckpt)
                 last_ckpt = now
         if stop_after_steps is not None and trainer.step >= stop_after_steps:
             return {"aborted_at": trainer.step}

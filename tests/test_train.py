@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from nht.config import expand_cells, validate_config
 from nht.data import make_modular_dataset
 from nht.models import build_model, scale_init
-from nht.train import Trainer, train_job
+from nht.train import Trainer, load_checkpoint, train_job, trainer_code_hash
 
 from conftest import tiny_modular
 
@@ -126,7 +126,7 @@ def test_sigkill_and_rerun_resumes_to_identical_metrics(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert ckpt.exists() and not (run_dir / "history.csv").exists()
-    resumed_at = torch.load(ckpt, weights_only=False)["trainer"]["step"]
+    resumed_at = torch.load(ckpt, weights_only=True)["trainer"]["step"]   # tensors and plain values only
     assert 0 < resumed_at < 3000
 
     subprocess.run(_train_cmd(cells, dataset, run_dir, ckpt), check=True, capture_output=True)
@@ -147,3 +147,105 @@ def test_bf16_autocast_tracks_fp32(tmp_path):
     assert (low["V"] / ref["V"] - 1).abs().max() < 0.05
     assert (low["train_loss"] - ref["train_loss"]).abs().max() < 0.1
     assert not low["V"].equals(ref["V"])
+
+
+def test_per_cell_adamw_matches_torch_adamw_for_each_cell_of_a_job():
+    """Cells with different lr and weight decay in one job: each follows torch.optim.AdamW exactly."""
+    cells = cells_for(weight_decay=[0.1, 1.0], lr=[0.01, 0.003], init_scale=1, seed=[0, 1],
+                      optimizer={"name": "adamw", "betas": [0.9, 0.999]})
+    data = data_for(cells[0])
+    trainer = Trainer(cells, data, torch.device("cpu"))
+    x, y = torch.as_tensor(data["x_train"]), torch.as_tensor(data["y_train"])
+    refs = []
+    for cell in cells:
+        torch.manual_seed(cell["seed"])
+        model = build_model(cell["model"], cell["p"])
+        refs.append((model, torch.optim.AdamW(model.parameters(), lr=cell["lr"], weight_decay=cell["weight_decay"],
+                                              betas=(0.9, 0.999), eps=1e-8, foreach=False)))
+    for _ in range(25):
+        trainer.train_step()
+        for model, opt in refs:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    for pos, (model, _) in enumerate(refs):
+        for name, ref in model.named_parameters():
+            torch.testing.assert_close(trainer.params[name][pos].detach(), ref.detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_sampling_with_replacement_is_the_companions_randint_stream():
+    """set_seed(s); Model(p); then torch.randint(0, n, (b,)) per step: the companion's minibatches."""
+    from nht.models import CompanionTransformer
+
+    model = {"name": "transformer", "d_model": 16, "n_heads": 4, "d_ff": 32}
+    cells = cells_for(model=model, seed=[3, 42], weight_decay=1.0, init_scale=1, batch_size=512)
+    data = data_for(cells[0])
+    n = len(data["y_train"])
+    assert n < 512                        # min(batch_size, n) indices, drawn with replacement
+    trainer = Trainer(cells, data, torch.device("cpu"))
+    for pos, cell in enumerate(cells):
+        torch.manual_seed(cell["seed"])
+        CompanionTransformer(cell["p"], 16, 4, 32)
+        expected = [torch.randint(0, n, (n,)) for _ in range(3)]
+        got = [trainer.samplers[pos].next() for _ in range(3)]
+        for e, g in zip(expected, got):
+            assert torch.equal(e, g)
+        assert len(set(got[0].tolist())) < n            # with replacement: repeats within a batch
+    shuffled = Trainer(cells_for(model=model, seed=3, weight_decay=1.0, init_scale=1, batch_size=16,
+                                 sampling="epoch_shuffle"), data, torch.device("cpu"))
+    first_epoch = torch.cat([shuffled.samplers[0].next() for _ in range(-(-n // 16))])
+    assert sorted(first_epoch.tolist()) == list(range(n))   # epoch_shuffle: each example once
+
+
+def _interrupted_checkpoint(tmp_path, cells, data):
+    ckpt = tmp_path / "ckpt.pt"
+    out = train_job(cells, data, tmp_path / "h.csv", tmp_path / "m.json", ckpt, threads=1, stop_after_steps=100)
+    assert out == {"aborted_at": 100} and ckpt.exists()
+    assert not list(tmp_path.glob("*.tmp")), "temporary checkpoint files are renamed or removed"
+    return ckpt
+
+
+def test_checkpoint_loads_weights_only_and_resumes(tmp_path, capfd):
+    cells = cells_for(weight_decay=[0.5, 1.0], init_scale=1, batch_size=16, max_steps=200,
+                      stop_margin=10 ** 6, checkpoint_seconds=0)
+    data = data_for(cells[0])
+    ckpt = _interrupted_checkpoint(tmp_path, cells, data)
+    state = torch.load(ckpt, weights_only=True)
+    assert state["code"] == trainer_code_hash() and state["trainer"]["step"] == 100
+    meta = train_job(cells, data, tmp_path / "h.csv", tmp_path / "m.json", ckpt, threads=1)
+    assert meta["resumed_from_step"] == 100
+    assert "resumed from checkpoint at step 100" in capfd.readouterr().err
+
+
+def test_checkpoint_from_other_code_or_garbage_is_ignored_and_the_job_starts_fresh(tmp_path, capfd):
+    cells = cells_for(weight_decay=[0.5, 1.0], init_scale=1, batch_size=16, max_steps=200,
+                      stop_margin=10 ** 6, checkpoint_seconds=0)
+    data = data_for(cells[0])
+    ref = train_job(cells, data, tmp_path / "ref.csv", tmp_path / "ref.json", None, threads=1)
+    ckpt = _interrupted_checkpoint(tmp_path, cells, data)
+    state = torch.load(ckpt, weights_only=True)
+    state["code"] = "0" * 16                                  # as written by another version of the trainer
+    torch.save(state, ckpt)
+    assert load_checkpoint(ckpt, state["signature"], trainer_code_hash())[0] is None
+    capfd.readouterr()
+    meta = train_job(cells, data, tmp_path / "h.csv", tmp_path / "m.json", ckpt, threads=1)
+    err = capfd.readouterr().err
+    assert meta["resumed_from_step"] is None
+    assert "ignoring checkpoint" in err and "other code" in err and "starting fresh" in err
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "h.csv"), pd.read_csv(tmp_path / "ref.csv"))
+    assert meta["cells"] == ref["cells"]
+
+    ckpt.write_bytes(b"not a checkpoint")
+    meta = train_job(cells, data, tmp_path / "h2.csv", tmp_path / "m2.json", ckpt, threads=1)
+    assert meta["resumed_from_step"] is None and "unreadable" in capfd.readouterr().err
+
+
+class _Opaque:
+    """A class the weights-only unpickler does not know."""
+
+
+def test_a_checkpoint_with_pickled_objects_is_refused_by_the_weights_only_load(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"signature": "x", "code": trainer_code_hash(), "trainer": _Opaque()}, path)
+    state, why = load_checkpoint(path, "x", trainer_code_hash())
+    assert state is None and why.startswith("unreadable"), why
