@@ -8,6 +8,12 @@ SimpleCNN at ``width = 1``: 4 conv (3x3, 32-64-128-128 channels, ReLU, 2x2 max-p
 ResNet18 follows torchvision's ``resnet18`` (BasicBlocks [2, 2, 2, 2], 64-128-256-512 channels) adapted
 to 32x32 images as usual for CIFAR: a 3x3 stride-1 stem and no max-pool. ``norm`` picks BatchNorm,
 GroupNorm (groups of up to 32 channels) or no normalisation; ``width`` scales the channels.
+
+MLP (``name: mlp``): flatten -> ``hidden`` ReLU layers (e.g. [256, 256]) -> classes; no normalisation.
+
+``init_scale`` (model block, any model): every initial parameter is multiplied by this factor after the
+default initialisation, so V_init = init_scale**2 * V_init(default) (V = squared L2 norm). Absent or 1.0
+leaves the default initialisation unchanged.
 """
 
 from __future__ import annotations
@@ -87,14 +93,50 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-def build_model(spec: dict, n_classes: int) -> nn.Module:
-    """Model from an experiment's ``model`` block: {name: simple_cnn|resnet18, width, norm}."""
+class MLP(nn.Module):
+    """Flatten -> Linear+ReLU per entry of ``hidden`` -> Linear to classes (input size fixed at build)."""
+
+    def __init__(self, n_classes: int, in_features: int, hidden=(256, 256)):
+        super().__init__()
+        layers, prev = [], in_features
+        for h in hidden:
+            layers += [nn.Linear(prev, int(h)), nn.ReLU(inplace=True)]
+            prev = int(h)
+        layers.append(nn.Linear(prev, n_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x.flatten(1))
+
+
+@torch.no_grad()
+def scale_init(model: nn.Module, factor: float) -> nn.Module:
+    """Multiply every parameter by ``factor`` in place (V grows by factor**2); returns the model."""
+    if factor != 1.0:
+        for p in model.parameters():
+            p.mul_(factor)
+    return model
+
+
+def build_model(spec: dict, n_classes: int, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """Model from an experiment's ``model`` block: {name: simple_cnn|resnet18|mlp, width_mult, norm,
+    hidden, init_scale}. ``input_shape`` = (C, H, W) of one image, needed by ``mlp`` only."""
     name = spec.get("name", "simple_cnn")
     if name == "simple_cnn":
-        return SimpleCNN(n_classes, spec.get("width_mult", 1.0))
-    if name == "resnet18":
-        return ResNet18(n_classes, spec.get("width_mult", 1.0), spec.get("norm", "batchnorm"))
-    raise ValueError(f"unknown model '{name}'")
+        model = SimpleCNN(n_classes, spec.get("width_mult", 1.0))
+    elif name == "resnet18":
+        model = ResNet18(n_classes, spec.get("width_mult", 1.0), spec.get("norm", "batchnorm"))
+    elif name == "mlp":
+        if input_shape is None:
+            raise ValueError("model 'mlp' needs the input shape (C, H, W)")
+        in_features = 1
+        for d in input_shape:
+            in_features *= int(d)
+        hidden = [max(1, int(round(h * spec.get("width_mult", 1.0)))) for h in spec.get("hidden", [256, 256])]
+        model = MLP(n_classes, in_features, hidden)
+    else:
+        raise ValueError(f"unknown model '{name}'")
+    return scale_init(model, float(spec.get("init_scale", 1.0)))
 
 
 def n_params(model: nn.Module) -> int:

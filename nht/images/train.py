@@ -7,13 +7,22 @@ Outputs in the cell directory::
                   the epoch's minibatches), clean_acc, aligned_acc, conflicting_acc, shortcut_only_acc,
                   reliance (share of conflicting images classified as the border's class),
                   group_acc:y<y>_a<a> and worst_group_acc (datasets with a spurious attribute),
-                  V = ||theta||^2 (squared L2 norm), V_no_norm, V_layer:<name>, wall_s
+                  V = ||theta||^2 (squared L2 norm), V_no_norm, V_layer:<name>, wall_s,
+                  decay_budget (cumulative Lambda = lambda * sum of lr over the steps so far)
     norms.json    V_init, V_peak, epoch_peak, V_final, decay_pct, regime, transition_epoch, final
                   accuracies, the decay budget lambda * sum(lr), status, provenance
     checkpoint.pt resumable state, written every ``checkpoint_seconds`` at an epoch end; deleted on success
 
 Resuming from the checkpoint gives the same metrics as an uninterrupted run: the minibatch order of
 epoch e is drawn from a generator seeded by (seed, e), and the model/optimizer state is restored.
+
+Optional settings (absent = the original behaviour):
+
+* ``input_noise``: standard deviation of Gaussian pixel noise added to every training image (in the
+  normalised [-1, 1] units), drawn afresh per image and step from a generator seeded by (seed, epoch);
+  test images are never noised.
+* ``time_limit_s``: stop at the first epoch end after this many SECONDS of training; the cell then ends
+  with status ``time_limit`` (its history covers the epochs done).
 """
 
 from __future__ import annotations
@@ -122,7 +131,8 @@ def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, devic
 
     global _MEMORY_FORMAT
     _MEMORY_FORMAT = torch.channels_last if s.get("channels_last", True) else torch.contiguous_format
-    model = build_model(s["model"], n_classes).to(dev, memory_format=_MEMORY_FORMAT)
+    model = build_model(s["model"], n_classes, tuple(d["x_train"].shape[1:])).to(
+        dev, memory_format=_MEMORY_FORMAT)
     opt = _make_optimizer(model, s)
     n = len(y_train)
     bs = n if s["batch_size"] == "full" else min(int(s["batch_size"]), n)
@@ -131,6 +141,8 @@ def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, devic
     total_steps = epochs * steps_per_epoch
     schedule = s["lr_schedule"]
     eval_batch = int(s["eval_batch_size"])
+    noise = float(s.get("input_noise") or 0.0)
+    time_limit = s.get("time_limit_s")
 
     rows, start_epoch, step, sum_lr, elapsed = [], 1, 0, 0.0, 0.0
     status = "running"
@@ -154,6 +166,7 @@ def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, devic
             row.update(accs)
             row["worst_group_acc"] = worst
         row.update(squared_norms(model))
+        row["decay_budget"] = float(s["weight_decay"]) * sum_lr
         return row
 
     t0 = time.monotonic()
@@ -164,13 +177,18 @@ def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, devic
     for epoch in range(start_epoch, epochs + 1):
         gen = torch.Generator().manual_seed(int(s["seed"]) * 1_000_003 + epoch)
         perm = torch.randperm(n, generator=gen).to(dev)
+        noise_gen = torch.Generator().manual_seed(int(s["seed"]) * 1_000_003 + epoch + 7_919_000_000) \
+            if noise > 0 else None
         loss_sum, correct, seen, diverged = 0.0, 0, 0, False
         for i in range(0, n, bs):
             idx = perm[i:i + bs]
             lr = _lr_at(step, total_steps, s["lr"], schedule)
             for g in opt.param_groups:
                 g["lr"] = lr
-            logits = model(_normalise(x_train[idx]))
+            xb = _normalise(x_train[idx])
+            if noise_gen is not None:
+                xb = xb + noise * torch.randn(xb.shape, generator=noise_gen, dtype=xb.dtype).to(dev)
+            logits = model(xb)
             loss = F.cross_entropy(logits, y_train[idx])
             if not torch.isfinite(loss):
                 diverged = True
@@ -207,6 +225,9 @@ def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, devic
             last_ckpt = now
         if stop_now:
             return {"status": "stopped", "epoch": epoch}
+        if time_limit is not None and epoch < epochs and rows[-1]["wall_s"] >= float(time_limit):
+            status = "time_limit"
+            break
     if status == "running":
         status = "ok"
 
