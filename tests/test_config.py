@@ -92,3 +92,54 @@ def test_experiments_do_not_share_cell_ids():
     config = validate_config({"experiments": {"a": tiny_modular(), "b": copy.deepcopy(tiny_modular())}})
     ids = [c.id for c in expand_cells(config)]
     assert len(set(ids)) == len(ids) == 8
+
+
+COMPANION = {"p": 97, "train_frac": 0.5, "lr": 0.001, "batch_size": 512, "sampling": "with_replacement",
+             "eval_every": 500, "stop_margin": 2000, "test_threshold": 0.99, "train_threshold": 0.99}
+COMPANION_MODEL = {"name": "transformer", "d_model": 128, "n_heads": 4, "d_ff": 512, "norm_first": False,
+                   "init": "companion", "pos_init_std": None}
+
+
+@pytest.mark.parametrize("preset, seeds", [("companion-sweep", list(range(42, 52))),
+                                           ("paper-transformer", list(range(10)))])
+def test_transformer_presets_are_the_companion_protocol_and_plan(preset, seeds):
+    """The companion's lambda sweep (scripts/s2_lambda_sweep_v2.py): 8 lambdas x 10 seeds, its settings."""
+    from nht.costs import modular_job_work, priority
+
+    config = load_config(REPO / "workflow" / "presets" / f"{preset}.yaml")
+    cells = expand_cells(config)
+    assert len(cells) == 80
+    assert sorted({c["weight_decay"] for c in cells}) == [0.001, 0.01, 0.1, 0.3, 0.5, 1, 2, 5]
+    assert sorted({c["seed"] for c in cells}) == seeds
+    for c in cells:
+        assert {k: c[k] for k in COMPANION} == COMPANION
+        assert {k: c["model"][k] for k in COMPANION_MODEL} == COMPANION_MODEL
+        assert c["optimizer"]["betas"] == [0.9, 0.999] and c["optimizer"]["eps"] == 1e-8
+        if preset == "companion-sweep":      # the companion caps lambda <= 0.01 at 15k steps
+            assert c["max_steps"] == (15000 if c["weight_decay"] <= 0.01 else 80000)
+    jobs = group_jobs(cells)
+    assert sum(len(j.cells) for j in jobs) == 80 and len(jobs) == len(config["experiments"])
+    assert all(priority(modular_job_work(list(j.cells))) > 0 for j in jobs)
+
+
+def test_default_transformer_experiment_is_the_companion_model_within_the_laptop_budget():
+    config = load_config(REPO / "config.yaml")
+    cells = expand_cells(config, "transformer_protocol")
+    for c in cells:
+        assert {k: c["model"][k] for k in COMPANION_MODEL} == COMPANION_MODEL
+        assert c["optimizer"]["betas"] == [0.9, 0.999] and c["sampling"] == "with_replacement"
+        assert c["stop_margin"] == 2000 and c["batch_size"] == 512
+    # the budget of the default run: at most 8 cells x 8k steps (about 4 jobs x 2 cells on 2 cores)
+    assert sum(c["max_steps"] for c in cells) <= 64000
+
+
+def test_new_model_and_sampling_keys_are_validated():
+    assert "experiments.e.sampling" in error_for(cfg(sampling="random"))
+    assert "experiments.e.model.norm_first" in error_for(cfg(model={"name": "transformer", "norm_first": "yes"}))
+    assert "experiments.e.model.init" in error_for(cfg(model={"name": "transformer", "init": "xavier"}))
+    assert "experiments.e.model" in error_for(cfg(model={"name": "transformer", "pos_init_std": 0}))
+    assert "experiments.e.model.embed_init" in error_for(cfg(model={"name": "mlp", "embed_init": "tiny"}))
+    filled = validate_config(cfg(model={"name": "transformer"}))["experiments"]["e"]
+    assert filled["sampling"] == "with_replacement"
+    assert {k: filled["model"][k] for k in ("norm_first", "init", "pos_init_std")} == {
+        "norm_first": False, "init": "companion", "pos_init_std": None}
