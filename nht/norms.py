@@ -14,6 +14,12 @@ Definitions (all times in optimizer steps, all V squared norms):
   ``V_peak_step`` (maximum over the run), ``V_final`` (last evaluated step, i.e. at the stop
   rule's stop step; V keeps falling after T_gen, so V_final depends on the stop rule).
 * ``T_pred = ln(V_mem / V_final) / (2 eta lambda)``: the NHT delay prediction in steps.
+* ``test_acc_at_T_mem``: test accuracy at T_mem (shortcut reliance at the fit is 1 minus it).
+* Censoring: ``censored`` is true when the cell memorised but had not generalised when the run
+  stopped (``max_steps``, the cap, is recorded); its delay is then only known to exceed
+  ``delay_lower_bound = stop_step - T_mem`` (steps).
+* ``norm_grew_after_fit``: ``V_final >= V_mem`` (the norm did not fall after T_mem, so
+  ``T_pred <= 0``; such cells leave the delay-law fit with that reason).
 
 Regimes: ``diverged`` (NaN/Inf loss), ``no_fit`` (train accuracy never reaches the threshold),
 ``shortcut_persists`` (fits train, never generalises before the run ends), ``immediate``
@@ -82,6 +88,12 @@ def extract_norms(history: pd.DataFrame, settings: dict, status: str = "finished
     }
     rec["regime"] = classify_regime(status, t_mem, t_gen, settings["immediate_delay"])
     rec["T_pred"] = delay_prediction(rec["V_mem"], rec["V_final"], settings["lr"], settings["weight_decay"])
+    rec["test_acc_at_T_mem"] = _value_at(h, t_mem, "test_acc")
+    rec["max_steps"] = settings.get("max_steps")
+    rec["censored"] = bool(status != "diverged" and t_mem is not None and t_gen is None)
+    rec["delay_lower_bound"] = (rec["stop_step"] - t_mem) if rec["censored"] else None
+    rec["norm_grew_after_fit"] = (None if rec["V_mem"] is None
+                                  else bool(rec["V_final"] >= rec["V_mem"]))
     rec["layers"] = {}
     for col in [c for c in h.columns if c.startswith("V:")]:
         Vl = h[col].to_numpy()

@@ -1,38 +1,42 @@
-"""Small, dependency-light statistics used by the science layer.
+"""Statistics of the science layer: thin, JSON-friendly wrappers around ``scipy.stats``.
 
-Everything here is a pure function of its arguments (random draws come from an explicit
-``seed``), returns plain Python floats/ints/lists (JSON-serialisable; undefined values are
-``None``, never NaN), and is tested in ``tests/test_stats.py``.
+Every function is pure (random draws come from an explicit ``seed``), returns plain Python
+floats/ints/lists, and writes ``None`` (never NaN) for an undefined value. Tested in
+``tests/test_stats.py``.
 
-* :func:`ols_fit` -- least squares ``y = k x + b`` with the coefficient of determination
-  ``R^2 = 1 - SS_res / SS_tot`` (for a simple linear fit with intercept this equals the squared
-  Pearson correlation).
-* :func:`bootstrap_fit` -- the same fit with percentile bootstrap intervals for ``k``, ``b`` and
-  ``R^2``: the rows (cells) are resampled with replacement ``n_boot`` times (default 1,000) from a
-  seeded generator; draws in which ``x`` is constant are dropped and counted. Intervals are the
-  ``alpha/2`` and ``1 - alpha/2`` quantiles of the valid draws ("pairs" bootstrap, which does not
-  assume homoscedastic errors). Note that the bootstrap distribution of ``R^2`` is biased
-  (resampling duplicates points); its interval describes sampling variability, not a test.
-* :func:`log_fit` -- :func:`bootstrap_fit` on ``(ln x, ln y)`` using only pairs with both values
-  positive; dropped pairs are counted.
-* :func:`exp_decay_fit` -- fit ``ln V_t = a - gamma t`` (returns the decay rate ``gamma``).
-* :func:`spearman` -- Spearman rank correlation (average ranks for ties; ``None`` if either
-  input is constant or fewer than 3 pairs).
-* :func:`rank_biserial` -- ``P(h > l) - P(h < l)`` between two samples (``2 AUC - 1``).
-* :func:`wilson_interval` -- 95 % Wilson score interval for a binomial share.
-* :func:`bootstrap_median` -- median with a percentile bootstrap interval.
+Uncertainty rule (issue 12): intervals are 95 % bias-corrected and accelerated (BCa) bootstrap
+intervals from :func:`scipy.stats.bootstrap`, computed only with at least :data:`MIN_BOOT_N`
+independent units (cells, slices or strata); below that an interval is ``None`` and the verdict
+that needs it is ``uncertain``. Where BCa is undefined (a degenerate jackknife, e.g. most resampled
+medians equal) the percentile interval of the same resamples is used and ``ci_method`` says so.
+
+* :func:`bootstrap_ci` -- the BCa interval of any statistic of one or several paired samples.
+* :func:`line_fit` -- OLS ``y = k x + b`` (:func:`scipy.stats.linregress`) with BCa intervals for
+  ``k``, ``b``, ``R^2`` (cells resampled as pairs) and the Theil-Sen slope
+  (:func:`scipy.stats.theilslopes`, with its own 95 % interval) beside it.
+* :func:`log_fit` -- :func:`line_fit` of ``ln y`` on ``ln x`` over positive pairs.
+* :func:`exp_decay_fit` -- ``ln v_t = a - gamma t`` (the decay rate ``gamma``).
+* :func:`median_ci` -- median with its BCa interval.
+* :func:`rank_biserial` -- ``P(h > l) - P(h < l)`` = ``2 U / (n_h n_l) - 1`` (Mann-Whitney U).
+* :func:`wilson_interval` -- Wilson 95 % interval of a binomial share
+  (:meth:`scipy.stats.binomtest(...).proportion_ci`).
+* :func:`spearman` -- :func:`scipy.stats.spearmanr`, ``None`` when undefined.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+import warnings
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from scipy import stats as _st
 
-__all__ = ["ols_fit", "bootstrap_fit", "bootstrap_draws", "log_fit", "exp_decay_fit", "spearman", "rank_biserial",
-           "wilson_interval", "bootstrap_median", "finite_or_none"]
+__all__ = ["MIN_BOOT_N", "finite_or_none", "bootstrap_ci", "line_fit", "log_fit",
+           "exp_decay_fit", "median_ci", "rank_biserial", "wilson_interval", "spearman"]
+
+MIN_BOOT_N = 8
+CI_LEVEL = 0.95
 
 
 def finite_or_none(value) -> float | None:
@@ -44,7 +48,7 @@ def finite_or_none(value) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _as_xy(x: Iterable[float], y: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:
+def _finite_pairs(x: Iterable[float], y: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(list(x) if not isinstance(x, np.ndarray) else x, dtype=float)
     y = np.asarray(list(y) if not isinstance(y, np.ndarray) else y, dtype=float)
     if x.shape != y.shape:
@@ -53,152 +57,143 @@ def _as_xy(x: Iterable[float], y: Iterable[float]) -> tuple[np.ndarray, np.ndarr
     return x[keep], y[keep]
 
 
-def _fit_arrays(x: np.ndarray, y: np.ndarray):
-    """Vectorised OLS over the last axis: returns (k, b, r2); NaN where x is constant."""
-    mx = x.mean(axis=-1, keepdims=True)
-    my = y.mean(axis=-1, keepdims=True)
-    dx, dy = x - mx, y - my
-    sxx = (dx * dx).sum(axis=-1)
-    sxy = (dx * dy).sum(axis=-1)
-    syy = (dy * dy).sum(axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        k = np.where(sxx > 0, sxy / sxx, np.nan)
-        b = my[..., 0] - k * mx[..., 0]
-        # R^2 = 1 - SS_res/SS_tot; a perfect fit of constant y counts as R^2 = 1 only if sxy==0
-        ss_res = syy - k * sxy
-        r2 = np.where(syy > 0, 1.0 - ss_res / syy, np.where(sxx > 0, 1.0, np.nan))
-    return k, b, r2
+def bootstrap_ci(data: Sequence[np.ndarray], statistic: Callable, n_boot: int = 1000,
+                 seed: int = 0, paired: bool = True) -> tuple[list | None, str | None]:
+    """95 % BCa interval of ``statistic(*data)`` over ``n_boot`` resamples of the units.
 
-
-def ols_fit(x: Iterable[float], y: Iterable[float]) -> dict:
-    """Least squares ``y = k x + b``. Non-finite pairs are ignored.
-
-    Returns ``{k, b, r2, n}``; ``k``, ``b``, ``r2`` are ``None`` when fewer than 2 points
-    remain or ``x`` is constant.
+    ``data``: one array per sample (paired: resampled together, row by row). ``statistic`` may
+    return a scalar or a vector. Returns ``(ci, method)``: ``ci`` is ``[low, high]`` (a list of
+    such pairs for a vector statistic) or ``None`` below :data:`MIN_BOOT_N` units, with
+    ``n_boot < 1``, or when no interval is finite; ``method`` is ``"BCa"`` or ``"percentile"``
+    (BCa undefined) or ``None``.
     """
-    x, y = _as_xy(x, y)
+    data = tuple(np.asarray(d, dtype=float) for d in data)
+    n = len(data[0])
+    if n < MIN_BOOT_N or n_boot < 1:
+        return None, None
+    point = np.atleast_1d(np.asarray(statistic(*data), dtype=float))
+    if all(np.ptp(d) == 0 for d in data):      # every unit identical: the interval is the point
+        ci = [[float(p), float(p)] for p in point]
+        return (ci[0] if len(ci) == 1 else ci), "degenerate"
+    res = None
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = _st.bootstrap(data, statistic, paired=paired, vectorized=False,
+                                n_resamples=int(n_boot) if res is None else 0, method=method,
+                                confidence_level=CI_LEVEL, rng=np.random.default_rng(seed),
+                                bootstrap_result=res if method == "percentile" else None)
+        lo = np.atleast_1d(res.confidence_interval.low)
+        hi = np.atleast_1d(res.confidence_interval.high)
+        if np.all(np.isfinite(lo) & np.isfinite(hi)):
+            ci = [[float(a), float(b)] for a, b in zip(lo, hi)]
+            return (ci[0] if len(ci) == 1 else ci), method
+    return None, None
+
+
+def _linregress(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    r = _st.linregress(x, y)
+    return np.array([r.slope, r.intercept, r.rvalue ** 2])
+
+
+def _safe_linregress(x, y) -> np.ndarray:
+    if len(x) < 2 or np.ptp(x) == 0:
+        return np.full(3, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _linregress(x, y)
+
+
+def line_fit(x: Iterable[float], y: Iterable[float], n_boot: int = 1000, seed: int = 0) -> dict:
+    """OLS ``y = k x + b`` over finite pairs, with BCa intervals and Theil-Sen beside it.
+
+    Returns ``{k, b, r2, n, k_ci, b_ci, r2_ci, ci_method, n_boot, ci_level, theil_sen}``;
+    ``theil_sen = {slope, intercept, slope_ci}`` (``slope_ci`` from
+    :func:`scipy.stats.theilslopes`, valid for small n too). Numbers are ``None`` with fewer than
+    2 points or constant ``x``; the bootstrap intervals are ``None`` below :data:`MIN_BOOT_N`.
+    """
+    x, y = _finite_pairs(x, y)
     n = int(x.size)
-    if n < 2:
-        return {"k": None, "b": None, "r2": None, "n": n}
-    k, b, r2 = _fit_arrays(x, y)
-    return {"k": finite_or_none(k), "b": finite_or_none(b), "r2": finite_or_none(r2), "n": n}
-
-
-def _quantile_ci(values: np.ndarray, alpha: float) -> list | None:
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return None
-    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
-    return [float(lo), float(hi)]
-
-
-def bootstrap_draws(x, y, n_boot: int = 1000, seed: int = 0):
-    """The raw bootstrap draws behind :func:`bootstrap_fit`: arrays ``(k, b, r2)`` of length
-    ``n_boot`` (NaN where a resample had constant ``x``). Same seed, same draws."""
-    x, y = _as_xy(x, y)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(int(n_boot), x.size))
-    return _fit_arrays(x[idx], y[idx])
-
-
-def bootstrap_fit(x: Iterable[float], y: Iterable[float], n_boot: int = 1000, seed: int = 0,
-                  alpha: float = 0.05) -> dict:
-    """:func:`ols_fit` plus percentile-bootstrap ``(1 - alpha)`` intervals over resampled rows.
-
-    Returns ``{k, b, r2, n, k_ci, b_ci, r2_ci, n_boot, n_boot_valid, ci_level}``; each ``*_ci``
-    is ``[low, high]`` or ``None`` (fewer than 3 points, or no valid draw).
-    """
-    x, y = _as_xy(x, y)
-    out = ols_fit(x, y)
-    out.update({"k_ci": None, "b_ci": None, "r2_ci": None, "n_boot": int(n_boot),
-                "n_boot_valid": 0, "ci_level": 1 - alpha})
-    n = x.size
-    if n < 3 or out["k"] is None or n_boot < 1:
+    k, b, r2 = (finite_or_none(v) for v in _safe_linregress(x, y))
+    out = {"k": k, "b": b, "r2": r2, "n": n, "k_ci": None, "b_ci": None, "r2_ci": None,
+           "ci_method": None, "n_boot": int(n_boot), "ci_level": CI_LEVEL,
+           "theil_sen": {"slope": None, "intercept": None, "slope_ci": None}}
+    if k is None:
         return out
-    k, b, r2 = bootstrap_draws(x, y, n_boot=n_boot, seed=seed)
-    valid = np.isfinite(k)
-    out["n_boot_valid"] = int(valid.sum())
-    out["k_ci"] = _quantile_ci(k[valid], alpha)
-    out["b_ci"] = _quantile_ci(b[valid], alpha)
-    out["r2_ci"] = _quantile_ci(r2[valid], alpha)
+    if n >= 3:
+        ts = _st.theilslopes(y, x, alpha=CI_LEVEL)
+        out["theil_sen"] = {"slope": finite_or_none(ts.slope),
+                            "intercept": finite_or_none(ts.intercept),
+                            "slope_ci": [finite_or_none(ts.low_slope),
+                                         finite_or_none(ts.high_slope)]}
+    ci, method = bootstrap_ci((x, y), _safe_linregress, n_boot=n_boot, seed=seed)
+    if ci is not None:
+        out.update({"k_ci": ci[0], "b_ci": ci[1], "r2_ci": ci[2], "ci_method": method})
     return out
 
 
-def log_fit(x: Iterable[float], y: Iterable[float], n_boot: int = 1000, seed: int = 0,
-            alpha: float = 0.05) -> dict:
-    """:func:`bootstrap_fit` of ``ln y = k ln x + b`` over pairs with ``x > 0`` and ``y > 0``.
-
-    ``k`` is then the power-law exponent (``y ∝ x^k``). Adds ``n_dropped_nonpositive``.
-    """
-    x, y = _as_xy(x, y)
+def log_fit(x: Iterable[float], y: Iterable[float], n_boot: int = 1000, seed: int = 0) -> dict:
+    """:func:`line_fit` of ``ln y = k ln x + b`` over pairs with ``x > 0`` and ``y > 0``
+    (``k``: the power-law exponent, ``y ∝ x^k``). Adds ``n_dropped_nonpositive``."""
+    x, y = _finite_pairs(x, y)
     pos = (x > 0) & (y > 0)
-    out = bootstrap_fit(np.log(x[pos]), np.log(y[pos]), n_boot=n_boot, seed=seed, alpha=alpha)
+    out = line_fit(np.log(x[pos]), np.log(y[pos]), n_boot=n_boot, seed=seed)
     out["n_dropped_nonpositive"] = int((~pos).sum())
     return out
 
 
 def exp_decay_fit(t: Iterable[float], v: Iterable[float]) -> dict:
-    """Fit ``ln v_t = a - gamma * t`` by least squares over points with ``v > 0``.
-
-    Returns ``{gamma, a, r2, n}`` (``gamma`` > 0 means decay); ``None`` values when fewer than
-    3 usable points or ``t`` is constant.
-    """
-    t, v = _as_xy(t, v)
+    """Fit ``ln v_t = a - gamma t`` (OLS) over points with ``v > 0``; ``t`` in steps, so
+    ``gamma`` is per step. Returns ``{gamma, a, r2, n}``; ``None`` below 3 points or for
+    constant ``t``."""
+    t, v = _finite_pairs(t, v)
     pos = v > 0
     t, v = t[pos], v[pos]
-    if t.size < 3:
+    if t.size < 3 or np.ptp(t) == 0:
         return {"gamma": None, "a": None, "r2": None, "n": int(t.size)}
-    fit = ols_fit(t, np.log(v))
-    gamma = None if fit["k"] is None else -fit["k"]
-    return {"gamma": gamma, "a": fit["b"], "r2": fit["r2"], "n": fit["n"]}
+    k, b, r2 = _safe_linregress(t, np.log(v))
+    return {"gamma": finite_or_none(-k), "a": finite_or_none(b), "r2": finite_or_none(r2),
+            "n": int(t.size)}
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Spearman rank correlation over finite pairs; ``None`` if < 3 pairs or an input is constant."""
-    x, y = _as_xy(x, y)
-    if x.size < 3 or np.all(x == x[0]) or np.all(y == y[0]):
-        return None
-    return finite_or_none(_st.spearmanr(x, y).statistic)
+def median_ci(values: Iterable[float], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Median of the finite values with its BCa interval.
+
+    Returns ``{median, ci, ci_method, n}``; ``ci`` is ``None`` below :data:`MIN_BOOT_N` values.
+    """
+    v = np.asarray([x for x in values if finite_or_none(x) is not None], dtype=float)
+    if v.size == 0:
+        return {"median": None, "ci": None, "ci_method": None, "n": 0}
+    ci, method = bootstrap_ci((v,), np.median, n_boot=n_boot, seed=seed)
+    return {"median": float(np.median(v)), "ci": ci, "ci_method": method, "n": int(v.size)}
 
 
 def rank_biserial(high: Sequence[float], low: Sequence[float]) -> float | None:
-    """Rank-biserial correlation ``P(h > l) - P(h < l)`` over all pairs of a value ``h`` from
-    ``high`` and ``l`` from ``low`` (ties count half each way; equals ``2 AUC - 1``, i.e.
-    ``2 U / (n_h n_l) - 1`` with the Mann-Whitney U of ``high``). 1 when every ``high`` value
-    exceeds every ``low`` value, about 0 when the two samples are exchangeable; ``None`` if a
-    sample is empty."""
+    """``P(h > l) - P(h < l)`` over all pairs of ``h`` in ``high`` and ``l`` in ``low`` (ties
+    count half each way), i.e. ``2 U / (n_h n_l) - 1`` with the Mann-Whitney U of ``high``
+    (= ``2 AUC - 1``). 1 when every ``high`` value exceeds every ``low`` value, about 0 for
+    exchangeable samples; ``None`` if a sample is empty."""
     h = np.asarray([v for v in high if finite_or_none(v) is not None], dtype=float)
     lo = np.asarray([v for v in low if finite_or_none(v) is not None], dtype=float)
     if h.size == 0 or lo.size == 0:
         return None
-    diff = h[:, None] - lo[None, :]
-    return float(((diff > 0).sum() - (diff < 0).sum()) / diff.size)
+    u = _st.mannwhitneyu(h, lo, method="asymptotic").statistic
+    return float(2.0 * u / (h.size * lo.size) - 1.0)
 
 
-def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> list | None:
-    """Wilson score interval ``[low, high]`` for a binomial share; ``None`` when ``n == 0``."""
+def wilson_interval(successes: int, n: int) -> list | None:
+    """Wilson score 95 % interval ``[low, high]`` of a binomial share; ``None`` when ``n == 0``."""
     if n <= 0:
         return None
-    z = float(_st.norm.ppf(1 - alpha / 2))
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return [max(0.0, round(centre - half, 12)), min(1.0, round(centre + half, 12))]
+    ci = _st.binomtest(int(successes), int(n)).proportion_ci(confidence_level=CI_LEVEL,
+                                                              method="wilson")
+    return [float(ci.low), float(ci.high)]
 
 
-def bootstrap_median(values: Iterable[float], n_boot: int = 1000, seed: int = 0,
-                     alpha: float = 0.05) -> dict:
-    """Median of the finite values with a percentile-bootstrap interval.
-
-    Returns ``{median, ci, n}``; ``ci`` is ``None`` for fewer than 3 values.
-    """
-    v = np.asarray([x for x in values if finite_or_none(x) is not None], dtype=float)
-    if v.size == 0:
-        return {"median": None, "ci": None, "n": 0}
-    out = {"median": float(np.median(v)), "ci": None, "n": int(v.size)}
-    if v.size >= 3 and n_boot >= 1:
-        rng = np.random.default_rng(seed)
-        meds = np.median(v[rng.integers(0, v.size, size=(int(n_boot), v.size))], axis=1)
-        out["ci"] = _quantile_ci(meds, alpha)
-    return out
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """:func:`scipy.stats.spearmanr` over finite pairs; ``None`` below 3 pairs or for a
+    constant input."""
+    x, y = _finite_pairs(x, y)
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return finite_or_none(_st.spearmanr(x, y).statistic)

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 
 from nht.norms import classify_regime, delay_prediction, extract_norms
-from nht.scaling import fit_cells, linear_fit
+from nht.scaling import fit_cells
 
 SETTINGS = {"train_threshold": 0.99, "test_threshold": 0.99, "secondary_threshold": 0.9,
-            "immediate_delay": 100, "lr": 0.01, "weight_decay": 0.5}
+            "immediate_delay": 100, "lr": 0.01, "weight_decay": 0.5, "max_steps": 1700}
 
 
 def synthetic_history(t_mem=200, t_gen=1200, v_peak=400.0, v_st=40.0, stop=1700, every=20):
@@ -51,24 +51,35 @@ def test_delay_prediction_guards():
     assert delay_prediction(math.e, 1.0, 0.5, 1.0) == pytest.approx(1.0)
 
 
-def test_linear_fit_recovers_known_slope_and_intercept():
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 100, 200)
-    y = 1.6 * x + 25 + rng.normal(0, 1, 200)
-    fit = linear_fit(x, y)
-    assert fit["k"] == pytest.approx(1.6, abs=0.02)
-    assert fit["b"] == pytest.approx(25, abs=0.6)
-    assert fit["r2"] > 0.99 and fit["n"] == 200
-    assert math.isnan(linear_fit([1, 2], [1, 2])["k"])
+def test_censoring_and_norm_growth_are_recorded():
+    rec = extract_norms(synthetic_history(), SETTINGS)
+    assert rec["censored"] is False and rec["delay_lower_bound"] is None
+    assert rec["norm_grew_after_fit"] is False and rec["test_acc_at_T_mem"] == pytest.approx(0.1)
+    never = extract_norms(synthetic_history(t_gen=10 ** 6), SETTINGS)
+    assert never["censored"] is True and never["max_steps"] == 1700
+    assert never["delay_lower_bound"] == 1700 - 200          # delay > stop_step - T_mem
+    grew = synthetic_history()
+    grew.loc[grew.step > 200, "V"] = 500.0
+    assert extract_norms(grew, SETTINGS)["norm_grew_after_fit"] is True
+    assert extract_norms(synthetic_history(), SETTINGS, status="diverged")["censored"] is False
 
 
-def test_fit_cells_excludes_cells_without_delay_by_reason():
-    recs = [{"regime": "delayed", "delay": 2 * t + 10, "T_pred": t, "lr": 0.01, "weight_decay": 1.0}
-            for t in (100.0, 200.0, 300.0, 400.0)]
-    recs += [{"regime": "no_fit", "delay": None, "T_pred": None, "lr": 0.01, "weight_decay": 1.0},
-             {"regime": "shortcut_persists", "delay": None, "T_pred": None, "lr": 0.01, "weight_decay": 1.0}]
+def test_fit_cells_is_the_one_delay_law_fit_and_excludes_by_reason():
+    recs = [{"cell": f"c{i}", "regime": "delayed", "status": "finished", "T_mem": 100.0,
+             "T_gen": 100.0 + 2 * t + 10, "delay": 2 * t + 10, "T_pred": t, "V_mem": 10.0,
+             "V_final": 1.0, "stop_step": 600.0 + 2 * t, "lr": 0.01, "weight_decay": 1.0 + i}
+            for i, t in enumerate((100.0, 200.0, 300.0, 400.0))]
+    recs += [{"cell": "n", "regime": "no_fit", "T_mem": None, "lr": 0.01, "weight_decay": 1.0},
+             {"cell": "s", "regime": "shortcut_persists", "T_mem": 50.0, "T_gen": None,
+              "stop_step": 1000.0, "lr": 0.01, "weight_decay": 1.0},
+             {"cell": "g", "regime": "delayed", "T_mem": 50.0, "T_gen": 500.0, "delay": 450.0,
+              "T_pred": -3.0, "V_mem": 1.0, "V_final": 2.0, "stop_step": 900.0, "lr": 0.01,
+              "weight_decay": 1.0}]
     out = fit_cells(recs)
     assert out["delay_law"]["k"] == pytest.approx(2.0) and out["delay_law"]["b"] == pytest.approx(10.0)
     assert out["fit_cells"] == 4
-    assert out["excluded"] == {"regime:no_fit": 1, "regime:shortcut_persists": 1}
-    assert out["regimes"]["delayed"] == 4 and out["regimes"]["diverged"] == 0
+    assert out["excluded"] == {"no_fit": 1, "censored": 1, "norm_grew": 1}
+    assert out["censoring"]["n_censored"] == 1 and out["censoring"]["caps"] == [950.0]
+    assert out["regimes"]["delayed"] == 5 and out["regimes"]["diverged"] == 0
+    from nht.delay_law import fit_delay_laws
+    assert fit_delay_laws(recs)["delay_law"] == out["delay_law"]

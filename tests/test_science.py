@@ -1,4 +1,5 @@
-"""Tests of nht.science on synthetic cells whose truth is known."""
+"""Tests of the science layer on synthetic cells whose truth is known: every verdict is shown
+holding on data built to hold and failing on data built to fail."""
 
 import json
 import math
@@ -9,106 +10,129 @@ import pandas as pd
 import pytest
 
 from nht import science
-
-EVAL = 10
+from nht.prediction import predictive_verdict
+from nht.scaling import fit_cells
 
 
 def synth_cell(cid, lr=0.01, wd=1.0, T_mem=200, V_mem=400.0, V_st=50.0, rate_factor=1.0,
                stop_margin=300, max_steps=None, regime=None, seed=0, init_scale=1, op="add",
-               noise=0.0):
-    """A cell that memorises at T_mem, decays as V_mem*exp(-rate_factor*2*eta*lambda*(t-T_mem)),
-    generalises when V reaches V_st, then keeps V flat. Returns (norms row, history)."""
+               noise=0.0, every=10, floor=True):
+    """A cell that memorises at T_mem, decays as V_mem*exp(-rate_factor*2*eta*lambda*(t-T_mem))
+    (V squared norm, t steps), generalises when V reaches V_st, then keeps V flat (``floor``)
+    or decaying.
+    Returns (norms row, history)."""
     el = lr * wd
     gamma = rate_factor * 2 * el
-    delay = math.log(V_mem / V_st) / gamma
-    T_gen_true = T_mem + delay
+    T_gen_true = T_mem + math.log(V_mem / V_st) / gamma
     end = int(T_gen_true + stop_margin) if max_steps is None else max_steps
-    steps = np.arange(0, end + 1, EVAL, dtype=float)
+    steps = np.arange(0, end + 1, every, dtype=float)
     rng = np.random.default_rng(seed)
     V = np.where(steps <= T_mem, V_mem * (0.5 + 0.5 * steps / T_mem),
-                 np.maximum(V_mem * np.exp(-gamma * (steps - T_mem)), V_st))
+                 np.maximum(V_mem * np.exp(-gamma * (steps - T_mem)), V_st if floor else 0))
     V = V * np.exp(noise * rng.normal(size=V.size))
     train_acc = np.clip(steps / T_mem, 0, 1)
     test_acc = np.where(steps >= T_gen_true, 1.0, 0.02)
-    hist = pd.DataFrame({"step": steps, "train_loss": 1 - train_acc, "train_acc": train_acc,
-                         "test_loss": 1 - test_acc, "test_acc": test_acc, "V": V,
-                         "V:out.weight": V * 0.3, "V:hidden.weight": V * 0.7})
+    hist = pd.DataFrame({"step": steps, "train_acc": train_acc, "test_acc": test_acc, "V": V})
     i_mem = int(np.argmax(train_acc >= 0.99))
     gen_idx = np.flatnonzero(test_acc >= 0.99)
-    T_gen = float(steps[gen_idx[0]]) if gen_idx.size and max_steps is None else None
-    if regime is None:
-        regime = "delayed" if T_gen is not None else "shortcut_persists"
+    T_gen = float(steps[gen_idx[0]]) if gen_idx.size else None
+    regime = regime or ("delayed" if T_gen is not None else "shortcut_persists")
     V_final = float(V[-1])
-    row = {"cell": cid, "experiment": "synth", "status": "finished", "regime": regime,
-           "stop_step": float(steps[-1]), "T_mem": float(steps[i_mem]), "T_gen": T_gen,
+    row = {"cell": cid, "status": "finished", "regime": regime, "stop_step": float(steps[-1]),
+           "T_mem": float(steps[i_mem]), "T_gen": T_gen,
            "delay": (T_gen - steps[i_mem]) if T_gen is not None else None,
-           "V_init": float(V[0]), "V_mem": float(V[i_mem]),
-           "V_gen": float(V[gen_idx[0]]) if T_gen is not None else None,
-           "V_peak": float(V.max()), "V_peak_step": float(steps[int(np.argmax(V))]),
+           "V_mem": float(V[i_mem]), "V_gen": float(V[gen_idx[0]]) if T_gen is not None else None,
            "V_final": V_final, "T_pred": math.log(V[i_mem] / V_final) / (2 * el),
            "lr": lr, "weight_decay": wd, "init_scale": init_scale, "seed": seed, "op": op,
            "p": 31, "optimizer": "adamw", "model": "mlp",
-           "layers": {"out.weight": {"V_mem": V[i_mem] * 0.3, "V_final": V_final * 0.3 * 0.5},
+           "layers": {"out.weight": {"V_mem": V[i_mem] * 0.3, "V_final": V_final * 0.15},
                       "hidden.weight": {"V_mem": V[i_mem] * 0.7, "V_final": V_final * 0.7},
                       "hidden.bias": {"V_mem": 1.0, "V_final": 0.001}}}
     return row, hist
 
 
-def synth_grid(**kw):
+def grid(lams=(0.5, 1.0, 2.0, 4.0), lrs=(0.001, 0.002), alphas=(1, 2, 3), law=True, **kw):
+    """Cells over (lambda, eta, alpha); V_mem = 200 alpha^2. ``law``: V_st = 50 for all (the
+    delay follows ln(V_mem/V_st)/(2 eta lambda)); else V_st scales with V_mem so that the delay
+    is 1/(eta lambda) whatever the norm (the norm carries no information)."""
     rows, hists = [], {}
-    i = 0
-    for wd in (0.5, 1.0, 2.0):
-        for lr in (0.005, 0.01):
-            for a, V_mem in ((1, 300.0), (2, 900.0)):
-                row, h = synth_cell(f"c{i}", lr=lr, wd=wd, V_mem=V_mem, init_scale=a, seed=i, **kw)
+    for wd in lams:
+        for lr in lrs:
+            for a in alphas:
+                v_mem = 200.0 * a * a
+                v_st = 50.0 if law else v_mem * math.exp(-2.0)
+                cid = f"l{wd}_e{lr}_a{a}"
+                row, h = synth_cell(cid, lr=lr, wd=wd, V_mem=v_mem, V_st=v_st, init_scale=a,
+                                    every=20, seed=len(rows), **kw)
                 rows.append(row)
-                hists[row["cell"]] = h
-                i += 1
+                hists[cid] = h
     return pd.DataFrame(rows), hists
 
 
-def test_delay_fit_recovers_known_k_and_b_and_counts_exclusions():
-    rng = np.random.default_rng(0)
-    t_pred = rng.uniform(100, 3000, 30)
-    rows = [{"cell": f"c{i}", "regime": "delayed", "status": "finished", "delay": 1.6 * t + 250,
-             "T_pred": t, "lr": 0.01, "weight_decay": 1.0 + i, "op": "add"}
-            for i, t in enumerate(t_pred)]
-    rows += [{"cell": "x1", "regime": "no_fit", "delay": None, "T_pred": None, "lr": 0.01,
-              "weight_decay": 10, "op": "add"},
-             {"cell": "x2", "regime": "shortcut_persists", "delay": None, "T_pred": None,
-              "lr": 0.01, "weight_decay": 0.3, "op": "add"},
-             {"cell": "x3", "regime": "delayed", "delay": 500, "T_pred": None, "lr": 0.01,
-              "weight_decay": 0.3, "op": "add"},
-             {"cell": "x4", "regime": "diverged", "status": "diverged", "delay": 100.0,
-              "T_pred": 100.0, "lr": 0.01, "weight_decay": 0.3, "op": "add"}]
-    out = science.fit_delay_laws(pd.DataFrame(rows), n_boot=300, seed=1)
-    law = out["delay_law"]
-    assert law["k"] == pytest.approx(1.6) and law["b"] == pytest.approx(250)
-    assert law["n"] == 30 and law["r2"] == pytest.approx(1.0)
-    assert law["excluded"] == {"no_fit": 1, "shortcut_persists": 1, "no_T_pred": 1, "diverged": 1}
-    assert out["baseline_inverse_eta_lambda"]["n"] == 31
-    assert out["delay_law_log"]["n"] == 30
-    assert out["per_op"] == {}
+# ----------------------------------------------------------------------------- delay law
+
+
+def test_one_delay_law_fit_with_reasons_and_tautology():
+    cells, _ = grid(alphas=(1, 2), floor=False)
+    extra = [{"cell": "nf", "regime": "no_fit", "status": "finished", "T_mem": None,
+              "lr": 0.01, "weight_decay": 10},
+             {"cell": "dv", "regime": "diverged", "status": "diverged", "T_mem": 10.0,
+              "T_gen": 50.0, "delay": 40.0, "T_pred": 10.0, "lr": 0.01, "weight_decay": 1}]
+    grew = synth_cell("grew", V_mem=40.0, V_st=50.0 * 0.99)[0]
+    grew.update({"V_final": 60.0, "T_pred": math.log(40 / 60) / 0.02})
+    cens = synth_cell("cens", max_steps=600, V_st=1e-4)[0]
+    allc = pd.concat([cells, pd.DataFrame(extra + [grew, cens])], ignore_index=True)
+    fits = science.fit_delay_laws(allc, n_boot=200)
+    law = fits["delay_law"]
+    assert law["n"] == len(cells) and law["r2"] > 0.99
+    assert law["excluded"] == {"no_fit": 1, "diverged": 1, "norm_grew": 1, "censored": 1}
+    assert fits["censoring"]["n_censored"] == 1 and fits["censoring"]["caps"] == [400.0]
+    # V_final is read a fixed margin after T_gen and V decays exactly: T_pred = r (delay + margin)
+    assert law["tautology_r2"] > 0.99
+    assert law["tautology"]["decay_fraction_median"] == pytest.approx(1.0, abs=0.05)
+    # the same fit feeds fit.json (nht.scaling) and science.json
+    assert fit_cells(allc.to_dict("records"), n_boot=200)["delay_law"] == law
 
 
 def test_per_op_fits_when_several_ops():
     rows = []
     for op, k in (("add", 1.0), ("mul", 2.0)):
         for i in range(6):
-            rows.append({"cell": f"{op}{i}", "regime": "delayed", "op": op, "delay": k * (100 + 50 * i),
-                         "T_pred": 100 + 50 * i, "lr": 0.01, "weight_decay": 1 + i})
+            rows.append({"cell": f"{op}{i}", "regime": "delayed", "op": op, "T_mem": 100.0,
+                         "T_gen": 100 + k * (100 + 50 * i), "delay": k * (100 + 50 * i),
+                         "T_pred": 100 + 50 * i, "stop_step": 2000.0, "lr": 0.01,
+                         "weight_decay": 1 + i})
     out = science.fit_delay_laws(pd.DataFrame(rows), n_boot=100)
     assert set(out["per_op"]) == {"add", "mul"}
     assert out["per_op"]["mul"]["delay_law"]["k"] == pytest.approx(2.0)
 
 
-@pytest.mark.parametrize("factor", [1.0, 1.7])
-def test_decay_rate_recovers_known_gamma(factor):
-    row, hist = synth_cell("c", lr=0.01, wd=0.5, rate_factor=factor)
-    res = science.decay_rate(hist, row["T_mem"], row["T_gen"], row["lr"], row["weight_decay"])
-    # the last row of the window may sit on the V_st floor; the fit stays within 3 %
-    assert res["ratio"] == pytest.approx(factor, rel=0.03)
-    assert res["n_points"] >= 3
+def test_censored_delays_enter_the_kaplan_meier_median():
+    rows = [{"cell": f"o{i}", "T_mem": 0.0, "T_gen": float(d), "stop_step": d + 50.0}
+            for i, d in enumerate((100, 200, 300))]
+    rows += [{"cell": f"c{i}", "T_mem": 0.0, "T_gen": None, "stop_step": 1000.0}
+             for i in range(4)]
+    c = science.fit_delay_laws(pd.DataFrame(rows), n_boot=0)["censoring"]
+    assert c["n_censored"] == 4 and c["fitted_median_delay"] is None
+    assert c["km_median_delay"] is None and c["km_median_bound"] == "> 1000"
+    rows = rows[:3] + rows[3:4]
+    # survival 3/4 after 100, 2/4 after 200: the Kaplan-Meier median is 200
+    assert science.fit_delay_laws(pd.DataFrame(rows), n_boot=0)["censoring"]["km_median_delay"] == 200
+
+
+# ----------------------------------------------------------------------------- decay rate
+
+
+@pytest.mark.parametrize("factor,verdict", [(1.0, "consistent"), (0.5, "slower")])
+def test_decay_rate_ratio_to_theory_with_interval(factor, verdict):
+    cells, hists = grid(rate_factor=factor, noise=0.02, floor=False)
+    rates = science.decay_rates(cells, hists, n_boot=300)
+    rt = rates["ratio_to_theory"]
+    assert rt["median"] == pytest.approx(factor, rel=0.05) and rt["n"] == len(cells)
+    assert rates["verdict"] == verdict
+    assert rates["gamma_over_eta_lambda"]["median"] == pytest.approx(2 * rt["median"])
+    few = science.decay_rates(cells.iloc[:5], hists, n_boot=300)
+    assert few["ratio_to_theory"]["ci"] is None and few["verdict"] == "uncertain"
 
 
 def test_decay_rate_too_short_window_is_none():
@@ -116,161 +140,209 @@ def test_decay_rate_too_short_window_is_none():
     assert science.decay_rate(h, 10, 20, 0.01, 1)["ratio"] is None
 
 
-def test_prediction_reads_nothing_after_T_mem():
-    row, hist = synth_cell("c", noise=0.05, seed=3)
-    full = science.predict_T_gen(hist, row["T_mem"], row["lr"], row["weight_decay"], V_st=50.0)
-    truncated = science.predict_T_gen(hist[hist["step"] <= row["T_mem"]], row["T_mem"], row["lr"],
-                                      row["weight_decay"], V_st=50.0)
-    garbage = hist.copy()
-    after = garbage["step"] > row["T_mem"]
-    garbage.loc[after, [c for c in garbage.columns if c != "step"]] = np.nan
-    garbage.loc[after, "V"] = 1e9
-    scrambled = science.predict_T_gen(garbage, row["T_mem"], row["lr"], row["weight_decay"],
-                                      V_st=50.0)
-    assert full == truncated == scrambled
-    assert full["T_gen_pred"] is not None
+# ----------------------------------------------------------------------------- P6 prediction
 
 
-def test_prospective_prediction_ignores_the_cells_own_future():
-    cells, hists = synth_grid()
-    base = science.prospective_prediction(cells, hists, n_boot=50)
-    target = "c3"
+def test_nht_beats_baseline_when_the_norm_sets_the_delay_and_not_otherwise():
+    cells, hists = grid(law=True)
+    good = predictive_verdict(cells, hists, n_boot=300)
+    assert good["nht_beats_baseline"] is True and good["discriminating"]
+    assert good["loo_error"]["nht"]["median"] < 0.05
+    assert good["loo_error"]["baseline_inverse_eta_lambda"]["median"] > 0.1
+    assert good["paired_difference"]["ci"][0] > 0
+    assert good["n_groups"] == len(cells)
+    cells, hists = grid(law=False)
+    bad = predictive_verdict(cells, hists, n_boot=300)
+    assert bad["nht_beats_baseline"] is False
+    assert bad["loo_error"]["baseline_inverse_eta_lambda"]["median"] < 0.05
+    small = predictive_verdict(*grid(lams=(0.5, 1.0), lrs=(0.001,), alphas=(1, 2, 3)), n_boot=300)
+    assert small["paired_difference"]["n"] < 8 and small["nht_beats_baseline"] == "uncertain"
+    for name in ("nht", "nht_theory", "baseline_inverse_eta_lambda", "per_lambda_mean"):
+        assert {"median", "ci", "n"} <= set(good["loo_error"][name])
+
+
+def test_norm_shift_at_fixed_eta_lambda_holds_and_fails():
+    good = predictive_verdict(*grid(law=True), n_boot=300)["norm_shift"]
+    assert good["n_strata"] == 8 and good["slope"] == pytest.approx(1.0, abs=0.05)
+    assert good["verdict"] == "holds" and good["consistent_with_theory"]
+    bad = predictive_verdict(*grid(law=False), n_boot=300)["norm_shift"]
+    assert bad["verdict"] == "fails" and abs(bad["slope"]) < 0.05
+    few = predictive_verdict(*grid(lams=(0.5, 1.0), lrs=(0.001,)), n_boot=300)["norm_shift"]
+    assert few["verdict"] == "uncertain" and few["ci"] is None
+    only_lambda = predictive_verdict(*grid(alphas=(1,), lrs=(0.001,)), n_boot=300)
+    assert only_lambda["discriminating"] is False
+    assert only_lambda["norm_shift"]["verdict"] == "not_enough_data"
+
+
+def test_prediction_reads_nothing_of_the_held_out_group():
+    cells, hists = grid(alphas=(1, 2))
+    base = predictive_verdict(cells, hists, n_boot=0)["per_cell"]
+    target = cells.cell.iloc[3]
     t_mem = cells.loc[cells.cell == target, "T_mem"].item()
     cells2 = cells.copy()
     idx = cells2.index[cells2.cell == target]
-    cells2.loc[idx, ["T_gen", "V_gen", "V_final", "delay", "T_pred", "V_peak"]] = [
-        99999.0, 1e-6, 1e-6, 1.0, 1.0, 1e9]
+    cells2.loc[idx, ["T_gen", "V_gen", "V_final", "delay", "T_pred"]] = [9e4, 1e-6, 1e-6, 9e4, 1.0]
     h = hists[target].copy()
     h.loc[h.step > t_mem, "V"] = 1e9
-    h = h[h.step <= t_mem + 5 * EVAL]          # also truncated
-    hists2 = dict(hists, **{target: h})
-    new = science.prospective_prediction(cells2, hists2, n_boot=50)
-    assert new["per_cell"][target]["T_gen_pred"] == base["per_cell"][target]["T_gen_pred"]
-    assert new["per_cell"][target]["V_st"] == base["per_cell"][target]["V_st"]
+    new = predictive_verdict(cells2, dict(hists, **{target: h}), n_boot=0)["per_cell"]
+    for name in ("nht", "nht_theory", "baseline_inverse_eta_lambda", "per_lambda_mean",
+                 "V_st_hat"):
+        assert new[target][name] == base[target][name], name
 
 
-def test_prospective_prediction_is_accurate_when_the_law_holds_exactly():
-    cells, hists = synth_grid()
-    out = science.prospective_prediction(cells, hists, n_boot=100)
-    assert out["n"] == len(cells)
-    assert out["median_abs_rel_error"] < 0.02       # eval-grid rounding only
-    assert out["per_regime"]["delayed"]["n"] == len(cells)
-    assert all(c["peer_level"] == 1 for c in out["per_cell"].values())
+def test_censored_cells_get_a_stated_bound_and_stay_out_of_the_verdict():
+    cells, hists = grid(alphas=(1, 2))
+    row, h = synth_cell("cens", lr=0.001, wd=0.5, V_mem=800.0, V_st=1.0, max_steps=3000,
+                        init_scale=9, every=20)
+    out = predictive_verdict(pd.concat([cells, pd.DataFrame([row])]), dict(hists, cens=h),
+                             n_boot=0)
+    c = out["per_cell"]["cens"]
+    assert c["kind"] == "censored" and c["delay_or_cap"] == 2800
+    assert out["loo_error"]["nht"]["n_censored"] == 1
+    assert out["loo_error"]["nht"]["n"] == len(cells)
 
 
-def test_prospective_prediction_without_peers_is_counted():
-    row, hist = synth_cell("solo")
-    out = science.prospective_prediction(pd.DataFrame([row]), {"solo": hist}, n_boot=10)
-    assert out["n"] == 0 and out["not_predicted"] == {"no_peer": 1}
+# ----------------------------------------------------------------------------- P5 S and nulls
 
 
-def _transition(sharp):
+def _oscillating(i, level=5.0):
+    """V decays with a wobble; reliance = [ln V > level] exactly (the norm sets the state)."""
     steps = np.arange(0, 3000, 10.0)
-    V = np.where(steps < 500, 100 + steps, 600 * np.exp(-0.002 * (steps - 500)))
-    if sharp:       # grokking-like: accuracy jumps from chance to 1 when ln V crosses a level
-        acc = np.where(np.log(V) < np.log(600) - 1.5, 1.0, 1 / 31)
-    else:           # gradual: accuracy rises smoothly as ln V falls
-        acc = 1 / (1 + np.exp(-(np.log(600) - np.log(V) - 1.5) * 4))
-    return pd.DataFrame({"step": steps, "V": V, "test_acc": acc})
+    t0 = 300 + 60 * i
+    lv = np.where(steps < t0, 4 + steps / t0 * 2.5,
+                  6.5 - 0.0008 * (steps - t0) + 0.6 * np.sin(steps / (90 + 17 * i) + i))
+    acc = np.where(lv > level, 1 / 31, 1.0)
+    return pd.DataFrame({"step": steps, "V": np.exp(lv), "test_acc": acc}), t0
 
 
-@pytest.mark.parametrize("sharp", [True, False])
-def test_S_is_one_on_clean_transition_and_near_zero_when_shuffled(sharp):
-    clean = _transition(sharp)
-    res = science.clean_norm_separation_cell(clean)
-    assert res["S"] == pytest.approx(1.0)
-    assert res["peak_step"] == 500
-    if sharp:       # the Spearman form cannot reach 1 on a step: why it is not the primary S
-        assert res["S_spearman"] < 0.87
-    else:
-        assert res["S_spearman"] == pytest.approx(1.0)
-    rng = np.random.default_rng(0)
-    shuffled_S = []
-    for _ in range(20):
-        sh = clean.copy()
-        # keep the norm curve; only the pairing of accuracy with V is destroyed
-        sh["test_acc"] = rng.permutation(sh["test_acc"].to_numpy())
-        shuffled_S.append(science.clean_norm_separation_cell(sh)["S"])
-    assert abs(np.mean(shuffled_S)) < 0.05
-    assert max(abs(s) for s in shuffled_S) < 0.25
-    reversed_ = clean.assign(test_acc=1 - clean["test_acc"] + 1 / 31)
-    assert science.clean_norm_separation_cell(reversed_)["S"] == pytest.approx(-1.0)
+def _sep_cells(n=6, shuffle=False):
+    rows, hists = [], {}
+    for i in range(n):
+        h, t0 = _oscillating(i)
+        rows.append({"cell": f"c{i}", "regime": "delayed", "T_mem": float(t0)})
+        hists[f"c{i}"] = h
+    if shuffle:           # each cell's V paired with another cell's reliance
+        accs = [hists[f"c{(i + 1) % n}"]["test_acc"].to_numpy() for i in range(n)]
+        hists = {f"c{i}": hists[f"c{i}"].assign(test_acc=accs[i]) for i in range(n)}
+    return pd.DataFrame(rows), hists
 
 
-def test_S_undefined_on_short_window_and_experiment_verdicts():
+def test_S_holds_above_its_nulls_and_fails_on_a_shuffled_pairing():
+    cells, hists = _sep_cells()
+    sep = science.clean_norm_separation(cells, hists, n_boot=200, n_null=300)
+    assert sep["S"] == pytest.approx(1.0)
+    assert sep["null_pairing"]["q95"] < 0.95 and sep["null_circular"]["q95"] < 0.95
+    assert sep["verdict"] == "holds"
+    cells, hists = _sep_cells(shuffle=True)
+    shuffled = science.clean_norm_separation(cells, hists, n_boot=200, n_null=300)
+    assert shuffled["S"] <= shuffled["null_pairing"]["q95"] and shuffled["verdict"] == "fails"
+
+
+def test_steady_fall_plus_one_rise_gives_S_1_but_not_above_the_pairing_null():
+    cells, hists = grid(alphas=(1, 2))
+    sep = science.clean_norm_separation(cells, hists, n_boot=200, n_null=200)
+    assert sep["S"] == pytest.approx(1.0)          # S alone would "hold" by construction
+    assert sep["null_pairing"]["q95"] == pytest.approx(1.0) and sep["verdict"] == "fails"
+    assert science.clean_norm_separation(cells.iloc[:2], hists, n_null=50)["verdict"] == \
+        "not_enough_data"
+
+
+def test_S_cell_definitions():
+    h, t0 = _oscillating(0)
+    assert science.clean_norm_separation_cell(h, T_mem=t0)["S"] == pytest.approx(1.0)
+    rev = h.assign(test_acc=1 - h["test_acc"] + 1 / 31)
+    assert science.clean_norm_separation_cell(rev, T_mem=t0)["S"] == pytest.approx(-1.0)
     short = pd.DataFrame({"step": [0, 10, 20], "V": [1.0, 2.0, 3.0], "test_acc": [0, 0, 1.0]})
     assert science.clean_norm_separation_cell(short)["S"] is None
-    never = _transition(True).assign(test_acc=0.03)
-    res = science.clean_norm_separation_cell(never)
-    assert res["S"] is None and "no structured phase" in res["reason"]
-    # a norm that keeps rising through the transition: after its peak only structured rows
-    # remain (undefined), but from T_mem on it scores against the claim
+    never = h.assign(test_acc=0.03)
+    assert "no structured phase" in science.clean_norm_separation_cell(never)["reason"]
     steps = np.arange(0, 2000, 10.0)
     rising = pd.DataFrame({"step": steps, "V": 100 + steps,
                            "test_acc": np.where(steps >= 1000, 1.0, 0.03)})
     assert science.clean_norm_separation_cell(rising)["S"] is None
-    res = science.clean_norm_separation_cell(rising, T_mem=200)
-    assert res["S"] == pytest.approx(-1.0) and res["window_start"] == 200
-    cells, hists = synth_grid(noise=0.0)
-    sep = science.clean_norm_separation(cells, hists, n_boot=100)
-    assert sep["n"] == len(cells) and sep["verdict"] == "holds" and sep["S"] >= 0.8
-    # destroy the relation in every cell -> fails, and all cells are untrusted
-    rng = np.random.default_rng(1)
-    bad = {k: h.assign(test_acc=rng.permutation(h["test_acc"].to_numpy())) for k, h in hists.items()}
-    sep2 = science.clean_norm_separation(cells, bad, n_boot=100)
-    assert sep2["verdict"] == "fails"
-    assert len(sep2["untrusted_cells"]) >= len(cells) - 1
-    sep3 = science.clean_norm_separation(cells.iloc[:2], hists, n_boot=100)
-    assert sep3["verdict"] == "not_enough_data"
+    assert science.clean_norm_separation_cell(rising, T_mem=200)["S"] == pytest.approx(-1.0)
 
 
-def test_norm_regime_and_layer_orderings():
-    cells, hists = synth_grid()
-    no = science.norm_ordering(cells)
-    assert no["share"] == 1.0 and no["n"] == len(cells)
+def test_image_clean_norm_separation_with_nulls():
+    hists, rows = {}, []
+    for i in range(4):
+        h, t0 = _oscillating(i)
+        hists[f"t{i}"] = pd.DataFrame({"epoch": h["step"] / 10, "V": h["V"],
+                                       "reliance": 1 - h["test_acc"]})
+        rows.append({"cell": f"t{i}", "regime": "intermediate", "status": "ok",
+                     "transition_epoch": 150.0})
+    hists["weak"] = hists["t0"].assign(reliance=0.99)                 # never left the shortcut
+    rows.append({"cell": "weak", "regime": "weak", "status": "ok", "transition_epoch": None})
+    hists["never"] = hists["t0"].assign(reliance=0.1)                 # never fitted the shortcut
+    rows.append({"cell": "never", "regime": "weak", "status": "ok", "transition_epoch": None})
+    out = science.image_clean_norm_separation(pd.DataFrame(rows), hists, n_boot=100, n_null=200)
+    assert out["n"] == 4 and out["S"] == pytest.approx(1.0) and out["verdict"] == "holds"
+    assert set(out["per_cell"]) == {"t0", "t1", "t2", "t3", "weak"}
+    assert {u["cell"] for u in out["untrusted_cells"]} == {"weak"}
+    json.dumps(science.clean_json(out), allow_nan=False)
+
+
+# ----------------------------------------------------------------------------- P1, P2, P4
+
+
+def test_P1_compares_different_solutions_and_can_fail():
+    cells, hists = grid(law=True)
+    no = science.norm_ordering(cells, hists, n_boot=200)
+    assert no["share"] == 1.0 and no["n"] == len(cells) and no["same_cell_share"] == 1.0
+    # structured solutions of other cells with a larger norm than the shortcut: fails, although
+    # every cell's own V still fell after its fit (the same-cell statistic stays 1)
+    big = cells.assign(V_gen=cells["V_mem"].max() * 2)
+    bad = science.norm_ordering(big, hists, n_boot=200)
+    assert bad["share"] == 0.0 and bad["ci"] == [0.0, 0.0] and bad["same_cell_share"] == 1.0
+    generalised_at_fit = {k: h.assign(test_acc=1.0) for k, h in hists.items()}
+    assert science.norm_ordering(cells, generalised_at_fit)["skipped"] == \
+        {"not_reliant_at_fit": len(cells)}
+
+
+def test_P2_kendall_tau_b_does_not_count_ties_as_agreement():
+    def slices(regs, n=2):
+        return pd.DataFrame([{"cell": f"{wd}-{s}", "weight_decay": wd, "regime": reg,
+                              "lr": 0.01, "seed": s}
+                             for s in range(n) for wd, reg in zip((0.1, 1, 3, 10), regs)])
+    full = science.regime_ordering(slices(("shortcut_persists", "delayed", "immediate", "no_fit")))
+    assert full["all_present"] and full["tau_b"] == pytest.approx(5 / math.sqrt(30))
+    assert full["ci"] is None                     # 2 slices: no interval
+    flat = science.regime_ordering(slices(("delayed",) * 4))
+    assert flat["tau_b"] == 0.0                   # ties used to count as full agreement
+    rev = science.regime_ordering(slices(("no_fit", "delayed", "delayed", "shortcut_persists"), 9))
+    assert rev["tau_b"] < -0.8 and rev["ci"][1] < 0 and rev["n_slices"] == 9
+
+
+def test_P4_layer_hierarchy():
+    cells, _ = grid(alphas=(1,))
     lh = science.layer_hierarchy(cells)
-    assert lh["share_readout_max"] == 1.0 and lh["n"] == len(cells)
-    assert "hidden.bias" not in lh["median_contraction"]
-    # layers passed separately win over the column
+    assert lh["share_readout_max"] == 1.0 and "hidden.bias" not in lh["median_contraction"]
     flipped = {c: {"out.weight": {"V_mem": 1.0, "V_final": 0.9},
                    "hidden.weight": {"V_mem": 1.0, "V_final": 0.1}} for c in cells.cell}
     assert science.layer_hierarchy(cells, flipped)["share_readout_max"] == 0.0
-    rows = []
-    for s in range(2):
-        for wd, reg in ((0.1, "shortcut_persists"), (1, "delayed"), (3, "immediate"), (10, "no_fit")):
-            rows.append({"cell": f"{wd}-{s}", "weight_decay": wd, "regime": reg, "lr": 0.01, "seed": s})
-    rows.append({"cell": "d", "weight_decay": 5, "regime": "diverged", "lr": 0.01, "seed": 0})
-    ro = science.regime_ordering(pd.DataFrame(rows))
-    assert ro["all_present"] and ro["concordance"] == 1.0 and ro["n_pairs"] == 12
-    rows[0]["regime"] = "no_fit"      # lambda=0.1, seed 0 suppressed: discordant with 1 and 3 (not with 10)
-    ro = science.regime_ordering(pd.DataFrame(rows))
-    assert ro["n_discordant"] == 2 and ro["concordance"] == pytest.approx(1 - 2 / 12)
+
+
+# ----------------------------------------------------------------------------- end to end
 
 
 def test_analyse_modular_end_to_end(tmp_path):
-    cells, hists = synth_grid(noise=0.01)
-    extra = [synth_cell("persist", wd=0.5, max_steps=600)[0]]
-    extra_h = {"persist": synth_cell("persist", wd=0.5, max_steps=600)[1]}
-    extra.append({"cell": "nofit", "regime": "no_fit", "status": "finished", "T_mem": None,
-                  "T_gen": None, "delay": None, "T_pred": None, "lr": 0.01, "weight_decay": 10,
-                  "op": "add"})
-    extra.append({"cell": "nan", "regime": "diverged", "status": "diverged", "T_mem": None,
-                  "T_gen": None, "delay": None, "T_pred": None, "lr": 0.01, "weight_decay": 10,
-                  "op": "add"})
-    all_cells = pd.concat([cells, pd.DataFrame(extra)], ignore_index=True)
-    out = science.analyse_modular(all_cells, {**hists, **extra_h}, str(tmp_path / "fig"), n_boot=200)
+    cells, hists = grid(alphas=(1, 2), noise=0.002)
+    persist, ph = synth_cell("persist", wd=0.5, max_steps=600, V_st=1e-4)
+    nofit = {"cell": "nofit", "regime": "no_fit", "status": "finished", "T_mem": None,
+             "T_gen": None, "lr": 0.01, "weight_decay": 10, "op": "add"}
+    allc = pd.concat([cells, pd.DataFrame([persist, nofit])], ignore_index=True)
+    out = science.analyse_modular(allc, {**hists, "persist": ph}, str(tmp_path / "fig"),
+                                  n_boot=200, n_null=100)
     json.dumps(out, allow_nan=False)
-    for key in ("delay_law", "baseline_inverse_eta_lambda", "delay_law_log", "per_op",
-                "decay_rate", "prospective_prediction", "clean_norm_separation", "figures",
-                "norm_ordering", "regime_ordering", "layer_hierarchy"):
+    for key in ("nht", "baseline_inverse_eta_lambda", "per_lambda_mean"):
+        assert out["prediction"]["loo_error"][key]["median"] is not None
+    assert out["prediction"]["nht_beats_baseline"] in (True, False, "uncertain")
+    assert out["delay_law"]["tautology_r2"] is not None
+    assert out["decay_rate"]["ratio_to_theory"]["ci"] is not None
+    assert out["delay_law"]["excluded"] == {"censored": 1, "no_fit": 1}
+    for key in ("clean_norm_separation", "norm_ordering", "regime_ordering", "layer_hierarchy",
+                "censoring", "baseline_inverse_eta_lambda", "scaling_exponent", "per_op"):
         assert key in out, key
-    for key in ("k", "b", "r2", "n", "k_ci", "b_ci", "r2_ci"):
-        assert key in out["delay_law"] and key in out["baseline_inverse_eta_lambda"]
-    assert out["delay_law"]["n"] == len(cells)
-    assert out["delay_law"]["excluded"] == {"shortcut_persists": 1, "no_fit": 1, "diverged": 1}
-    assert out["decay_rate"]["median"] == pytest.approx(1.0, abs=0.05)
-    assert out["prospective_prediction"]["per_regime"]["shortcut_persists"]["n"] == 1
-    assert out["clean_norm_separation"]["threshold"] == 0.8
     names = {os.path.basename(p) for p in out["figures"]}
     for stem in ("delay_law_bootstrap", "prospective", "norm_fits", "decay_rate",
                  "clean_separation"):
@@ -279,38 +351,10 @@ def test_analyse_modular_end_to_end(tmp_path):
 
 
 def test_analyse_modular_with_no_transition_still_returns(tmp_path):
-    row, h = synth_cell("p", max_steps=500)
-    out = science.analyse_modular(pd.DataFrame([row]), {"p": h}, str(tmp_path), n_boot=50)
+    row, h = synth_cell("p", max_steps=500, V_st=1e-4)
+    out = science.analyse_modular(pd.DataFrame([row]), {"p": h}, str(tmp_path), n_boot=50,
+                                  n_null=20)
     json.dumps(out, allow_nan=False)
     assert out["delay_law"]["k"] is None and out["delay_law"]["n"] == 0
     assert out["clean_norm_separation"]["verdict"] == "not_enough_data"
-
-
-def test_S_accepts_an_image_style_history():
-    clean = _transition(True)
-    img = pd.DataFrame({"epoch": clean["step"] / 10, "V": clean["V"],
-                        "reliance": 1 - clean["test_acc"]})
-    assert science.clean_norm_separation_cell(img, phi_column="reliance")["S"] == pytest.approx(1.0)
-
-
-def test_image_clean_norm_separation():
-    clean = _transition(True)
-    epochs = clean["step"] / 10
-    good = pd.DataFrame({"epoch": epochs, "V": clean["V"], "reliance": 1 - clean["test_acc"]})
-    hists, rows = {}, []
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        hists[f"t{i}"] = good
-        rows.append({"cell": f"t{i}", "regime": "intermediate", "status": "ok",
-                     "transition_epoch": 150.0})
-    hists["weak"] = good.assign(reliance=0.99)                     # never left the shortcut
-    rows.append({"cell": "weak", "regime": "weak", "status": "ok", "transition_epoch": None})
-    hists["noisy"] = good.assign(reliance=rng.permutation(good["reliance"].to_numpy()))
-    rows.append({"cell": "noisy", "regime": "strong", "status": "ok", "transition_epoch": None})
-    hists["never"] = good.assign(reliance=0.1)                     # never fitted the shortcut
-    rows.append({"cell": "never", "regime": "weak", "status": "ok", "transition_epoch": None})
-    out = science.image_clean_norm_separation(pd.DataFrame(rows), hists, n_boot=100)
-    assert out["n"] == 4 and out["S"] == pytest.approx(1.0) and out["verdict"] == "holds"
-    assert set(out["per_cell"]) == {"t0", "t1", "t2", "t3", "weak", "noisy"}
-    assert {u["cell"] for u in out["untrusted_cells"]} == {"weak", "noisy"}
-    json.dumps(science.clean_json(out), allow_nan=False)
+    assert out["prediction"]["nht_beats_baseline"] == "uncertain"

@@ -10,24 +10,33 @@ from nht import scorecard as sc
 EPS = 1e-6
 
 
-def modular_summary(share1=0.9, concordance=0.95, share4=0.9, S=0.9, r2=0.95, all_present=True,
-                    n=10):
+def modular_summary(share1=0.9, tau=0.95, share4=0.9, S=0.9, diff=0.2, beats=True,
+                    all_present=True, n=10, null_q95=0.5, width=0.05):
+    """A summary whose statistics sit at the given values, each with a +-``width`` interval."""
+    ci = (lambda v: [v - width, v + width]) if n >= 8 else (lambda v: None)
     return {
         "kind": "modular",
         "regimes": {"delayed": n},
-        "norm_ordering": {"share": share1, "ci": [share1 - 0.1, min(1, share1 + 0.05)], "n": n},
-        "regime_ordering": {"concordance": concordance, "n_pairs": 30, "n_discordant": 1,
-                            "n_lambda": 4, "all_present": all_present,
+        "norm_ordering": {"share": share1, "ci": ci(share1), "n": n, "same_cell_share": 1.0},
+        "regime_ordering": {"tau_b": tau, "ci": ci(tau), "n_slices": n, "n_pairs": 30,
+                            "n_discordant": 1, "n_lambda": 4, "all_present": all_present,
                             "counts": {"weak (shortcut_persists)": 2 if all_present else 0,
                                        "transition (delayed/immediate)": 6,
                                        "suppressed (no_fit)": 2}},
-        "layer_hierarchy": {"share_readout_max": share4, "ci": [0.5, 1.0], "n": n},
-        "clean_norm_separation": {"S": S, "S_ci": [S - 0.05, S + 0.05], "n": n,
-                                  "untrusted_cells": []},
-        "delay_law": {"k": 1.6, "b": 10.0, "r2": r2, "n": n, "k_ci": [1.2, 2], "b_ci": [0, 20],
-                      "r2_ci": [r2 - 0.05, min(1, r2 + 0.02)]},
-        "baseline_inverse_eta_lambda": {"k": 1, "b": 0, "r2": 0.5, "n": n, "r2_ci": [0.2, 0.7]},
-        "scaling_exponent": {"k": 0.95, "k_ci": [0.8, 1.1], "n": n},
+        "layer_hierarchy": {"share_readout_max": share4, "ci": ci(share4), "n": n},
+        "clean_norm_separation": {
+            "S": S, "S_ci": ci(S), "n": n, "untrusted_cells": [],
+            "null_pairing": {"q95": null_q95}, "null_circular": {"q95": null_q95 - 0.2},
+            "verdict": ("not_enough_data" if n < 3 else
+                        "holds" if S >= 0.8 and S > null_q95 else "fails")},
+        "prediction": {"nht_beats_baseline": beats, "discriminating": True,
+                       "paired_difference": {"median": diff, "ci": ci(diff), "n": n},
+                       "loo_error": {"nht": {"median": 0.1, "ci": [0.05, 0.2]},
+                                     "baseline_inverse_eta_lambda": {"median": 0.3, "ci": None}},
+                       "norm_shift": {"slope": 1.1, "ci": [0.8, 1.4], "verdict": "holds"}},
+        "delay_law": {"k": 1.6, "b": 10.0, "r2": 0.97, "n": n, "tautology_r2": 0.99},
+        "baseline_inverse_eta_lambda": {"k": 1, "b": 0, "r2": 0.96, "n": n},
+        "decay_rate": {"ratio_to_theory": {"median": 0.4, "ci": [0.3, 0.5], "n": n}},
     }
 
 
@@ -57,23 +66,49 @@ def test_modular_card_has_all_keys_and_is_json():
 
 MODULAR_KNOBS = {
     "P1_norm_ordering": ("share1", 0.8),
-    "P2_three_regimes": ("concordance", 0.8),
+    "P2_three_regimes": ("tau", 0.8),
     "P4_layer_hierarchy": ("share4", 0.8),
-    "P5_clean_separation": ("S", 0.8),
-    "P6_delay_scaling": ("r2", 0.9),
 }
 
 
 @pytest.mark.parametrize("pred", list(MODULAR_KNOBS))
-def test_modular_verdict_flips_at_threshold(pred):
+def test_modular_verdict_is_an_interval_verdict(pred):
     knob, thr = MODULAR_KNOBS[pred]
     assert sc.THRESHOLDS["modular"][pred] == thr
-    below = sc.build_scorecard(modular_summary(**{knob: thr - EPS}), "modular")[pred]
-    at = sc.build_scorecard(modular_summary(**{knob: thr}), "modular")[pred]
-    above = sc.build_scorecard(modular_summary(**{knob: thr + EPS}), "modular")[pred]
-    assert below["verdict"] == "fails"
-    assert at["verdict"] == "holds" and above["verdict"] == "holds"
-    assert below["statistic"] == pytest.approx(thr - EPS) and below["threshold"] == thr
+    card = lambda v, **kw: sc.build_scorecard(modular_summary(**{knob: v}, **kw), "modular")[pred]
+    assert card(thr + 0.05 + EPS)["verdict"] == "holds"          # whole interval above
+    assert card(thr - 0.05 - EPS)["verdict"] == "fails"          # whole interval below
+    straddle = card(thr + 0.01)
+    assert straddle["verdict"] == "uncertain" and straddle["point_verdict"] == "holds"
+    small = card(0.99, n=5)                                      # n < 8: no interval
+    assert small["verdict"] == "uncertain" and small["ci"] is None
+    # P1/P4 count cells (< 3: not enough); P2 counts slices of >= 3 lambdas (still judged)
+    assert card(0.99, n=2)["verdict"] == ("uncertain" if pred == "P2_three_regimes"
+                                          else "not_enough_data")
+
+
+def test_P5_needs_S_above_threshold_and_above_its_nulls():
+    card = lambda **kw: sc.build_scorecard(modular_summary(**kw))["P5_clean_separation"]
+    assert card(S=0.9, null_q95=0.5)["verdict"] == "holds"
+    above_threshold_not_null = card(S=0.9, null_q95=0.95)
+    assert above_threshold_not_null["verdict"] == "fails"
+    assert "null" in above_threshold_not_null["detail"]["reason"]
+    assert card(S=0.79, null_q95=0.3)["verdict"] == "fails"
+    assert card(n=2)["verdict"] == "not_enough_data"
+
+
+@pytest.mark.parametrize("beats,verdict", [(True, "holds"), (False, "fails"),
+                                           ("uncertain", "uncertain")])
+def test_P6_is_the_out_of_sample_comparison(beats, verdict):
+    e = sc.build_scorecard(modular_summary(beats=beats))["P6_delay_scaling"]
+    assert e["verdict"] == verdict and e["threshold"] == 0.0 and e["comparison"] == ">"
+    assert e["detail"]["retrospective_r2"] == 0.97 and e["detail"]["tautology_r2"] == 0.99
+    assert e["detail"]["decay_ratio_to_theory"] == 0.4
+    s = modular_summary()
+    s["prediction"]["discriminating"] = False
+    assert "cannot be separated" in sc.build_scorecard(s)["P6_delay_scaling"]["detail"]["reason"]
+    s.pop("prediction")
+    assert sc.build_scorecard(s)["P6_delay_scaling"]["verdict"] == "not_enough_data"
 
 
 def test_modular_not_enough_data_and_missing_regime():
@@ -88,16 +123,6 @@ def test_modular_not_enough_data_and_missing_regime():
     s = modular_summary()
     s["regime_ordering"]["n_lambda"] = 2
     assert sc.build_scorecard(s)["P2_three_regimes"]["verdict"] == "not_enough_data"
-
-
-def test_ci_verdict_reports_uncertainty():
-    s = modular_summary(r2=0.92)
-    s["delay_law"]["r2_ci"] = [0.85, 0.97]
-    e = sc.build_scorecard(s)["P6_delay_scaling"]
-    assert e["verdict"] == "holds" and e["ci_verdict"] == "uncertain"
-    s["delay_law"]["r2_ci"] = [0.91, 0.97]
-    assert sc.build_scorecard(s)["P6_delay_scaling"]["ci_verdict"] == "holds"
-    assert sc.build_scorecard(s)["P6_delay_scaling"]["detail"]["inverse_lambda_consistent"] is True
 
 
 def test_image_verdicts_flip_at_thresholds():
@@ -128,7 +153,7 @@ def test_image_verdicts_flip_at_thresholds():
     # P5/P6 fields, when an image summary has them, use the modular rules
     s = image_summary()
     s.update({k: v for k, v in modular_summary(S=0.79).items()
-              if k in ("clean_norm_separation", "delay_law")})
+              if k in ("clean_norm_separation", "prediction")})
     card = sc.build_scorecard(s)
     assert card["P5_clean_separation"]["verdict"] == "fails"
     assert card["P6_delay_scaling"]["verdict"] == "holds"
@@ -140,7 +165,7 @@ def test_unknown_kind_raises():
 
 
 def test_markdown_shows_measured_beside_paper_and_differences():
-    mod = modular_summary(r2=0.15)
+    mod = modular_summary(beats=False)
     mod["scorecard"] = sc.build_scorecard(mod)
     img = image_summary()
     img["provenance"] = {"config": {"dataset": "cifar10"}}
@@ -162,7 +187,7 @@ def test_markdown_shows_measured_beside_paper_and_differences():
 
 
 def test_html_rendering_has_the_tables():
-    mod = modular_summary(r2=0.15)
+    mod = modular_summary(beats=False)
     page = sc.scorecard_html({"experiments": {"mlp <x>": mod}})
     assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
     assert page.count("<table>") == 3          # measured, paper, detail

@@ -1,0 +1,123 @@
+"""Per-cell records as the science layer reads them: one dict per cell with the ``norms.json``
+fields (:func:`nht.norms.extract_norms`) and the cell's axes. Shared by :mod:`nht.delay_law`,
+:mod:`nht.prediction`, :mod:`nht.separation` and :mod:`nht.verdict_inputs`.
+
+Conventions: V is the *squared* L2 norm; modular time is in optimizer steps (image time in
+epochs); ``eta`` = ``lr``, ``lambda`` = ``weight_decay``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nht.stats import finite_or_none as num
+
+AXES = ("op", "p", "train_frac", "split_seed", "lr", "weight_decay", "init_scale", "seed",
+        "model", "optimizer")
+SEED_AXES = ("seed", "split_seed")
+#: a *group* is all cells equal in every non-seed axis (its seeds are replicates)
+GROUP_AXES = tuple(a for a in AXES if a not in SEED_AXES)
+#: settings that define "the same task" when peers at the same lambda are looked up
+TASK_AXES = ("op", "p", "train_frac", "model", "optimizer")
+
+
+def clean_json(obj: Any) -> Any:
+    """Recursively turn numpy scalars/arrays into Python types and NaN/inf into ``None``."""
+    if isinstance(obj, dict):
+        return {str(k): clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [clean_json(v) for v in obj.tolist()]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return num(obj)
+    if obj is None or isinstance(obj, str):
+        return obj
+    try:
+        if pd.isna(obj):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return obj
+
+
+def records(cells: pd.DataFrame | list[dict]) -> list[dict]:
+    """Rows of a cells table (or a list of norms dicts) as dicts, with missing values ``None``."""
+    rows = cells.to_dict("records") if isinstance(cells, pd.DataFrame) else list(cells)
+    return [{k: (None if (not isinstance(v, (dict, list)) and pd.isna(v)) else v)
+             for k, v in rec.items()} for rec in rows]
+
+
+def eta_lambda(rec: dict) -> float | None:
+    """``lr * weight_decay`` (per step), ``None`` when missing or not positive."""
+    lr, wd = num(rec.get("lr")), num(rec.get("weight_decay"))
+    if lr is None or wd is None or lr * wd <= 0:
+        return None
+    return lr * wd
+
+
+def key_of(rec: dict, axes) -> tuple:
+    """The values of ``axes`` (as strings, missing = ``"None"``) identifying a group/stratum."""
+    return tuple(str(rec.get(a)) for a in axes)
+
+
+def group_of(rec: dict) -> tuple:
+    """The cell's group: every non-seed axis (:data:`GROUP_AXES`)."""
+    return key_of(rec, GROUP_AXES)
+
+
+def is_diverged(rec: dict) -> bool:
+    return rec.get("status") == "diverged" or rec.get("regime") == "diverged"
+
+
+def delay_status(rec: dict) -> tuple[str, float | None]:
+    """How the cell's delay is known: ``("observed", delay)``; ``("censored", cap)`` when it
+    memorised but had not generalised when the run stopped (delay > cap = stop_step - T_mem,
+    steps); otherwise ``(reason, None)`` with reason ``diverged``, ``no_fit`` or
+    ``no_stop_step``."""
+    if is_diverged(rec):
+        return "diverged", None
+    t_mem = num(rec.get("T_mem"))
+    if t_mem is None:
+        return "no_fit", None
+    t_gen = num(rec.get("T_gen"))
+    if t_gen is not None:
+        d = num(rec.get("delay"))
+        return "observed", (t_gen - t_mem) if d is None else d
+    cap = num(rec.get("delay_lower_bound"))
+    stop = num(rec.get("stop_step"))
+    if cap is None and stop is not None:
+        cap = stop - t_mem
+    return ("censored", cap) if cap is not None else ("no_stop_step", None)
+
+
+def time_sorted(history: pd.DataFrame) -> pd.DataFrame:
+    """The history sorted by time, with an image history's ``epoch`` column named ``step``."""
+    if "step" not in history.columns and "epoch" in history.columns:
+        history = history.rename(columns={"epoch": "step"})
+    return history.sort_values("step", kind="stable").reset_index(drop=True)
+
+
+def value_at_fit(history: pd.DataFrame | None, T_mem, column: str = "V",
+                 fallback=None) -> float | None:
+    """``column`` at the last evaluation with ``step <= T_mem``: reads nothing after the fit.
+    Without a history (or no such row), ``fallback``."""
+    T_mem = num(T_mem)
+    if history is None or T_mem is None or column not in history.columns:
+        return num(fallback)
+    h = time_sorted(history)
+    prefix = h.loc[h["step"] <= T_mem]
+    if prefix.empty:
+        return num(fallback)
+    return num(prefix[column].iloc[-1])
+
+
+def count(d: dict, key: str) -> None:
+    d[key] = d.get(key, 0) + 1

@@ -1,0 +1,249 @@
+"""Inputs of the P1, P2, P4 entries and the decay-rate line, from per-cell records and histories.
+V is the squared norm; time in steps; ``eta lambda`` per step.
+
+**Decay rate.** Per cell with a delay, OLS of ``ln V_t`` on ``t`` over ``T_mem <= t <= T_gen`` (>= 3
+rows) gives ``gamma`` (per step). ``ratio_to_theory = gamma / (2 eta lambda)`` (the theory: V
+decays as ``exp(-2 eta lambda t)``, ratio 1, i.e. ``gamma / (eta lambda) = 2``): median over cells
+with a BCa interval (>= 8 cells); ``verdict`` ``consistent`` (interval contains 1), ``slower`` /
+``faster`` (interval below / above 1), ``uncertain`` without an interval.
+
+**P1, norm ordering between different solutions.** ``V_sc`` = ``V_mem`` of a cell that was
+shortcut-reliant at its fit (test accuracy at ``T_mem`` below 0.5); ``V_st`` = ``V_gen`` of the
+*other* cells that generalised at the same lambda and task (a cell is never compared with itself
+before and after decay). Per reliant cell, ``q`` = share of those peers with ``V_st < V_sc`` (ties
+half); statistic = mean of ``q`` (the probability that a shortcut solution has a higher squared
+norm than a structured one at the same lambda), BCa interval over cells (>= 8). The old
+same-cell statistic (share with ``V_mem > V_final``, true by construction under decay) is given
+beside as ``same_cell_share``.
+
+**P2, regime ordering.** Regimes ranked weak ``shortcut_persists`` 0 < ``delayed``/``immediate`` 1 <
+suppressed ``no_fit`` 2 (``diverged`` out). Per slice (cells equal in every setting but lambda),
+Kendall's tau-b of (lambda, rank) (:func:`scipy.stats.kendalltau`; ties in rank are not agreement);
+a slice with one regime only scores 0 (no ordering). Statistic: mean over slices weighted by the
+number of lambda pairs; BCa interval over slices (>= 8).
+
+**P4, layer hierarchy.** Per ``delayed`` cell and weight tensor (not normalisation layers):
+``c = ln(V_mem,l / V_final,l)``; statistic: share of cells whose readout has the largest ``c``
+(Wilson interval).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats as st
+
+from nht import stats
+from nht.cellrecords import (TASK_AXES, count, eta_lambda, is_diverged, key_of, num, records,
+                             time_sorted)
+
+READOUT_NAMES = ("out.weight", "head.weight")
+REGIME_RANK = {"shortcut_persists": 0, "delayed": 1, "immediate": 1, "no_fit": 2}
+SLICE_KEYS = ("lr", "init_scale", "seed", "op", "p", "train_frac", "split_seed", "model",
+              "optimizer")
+
+
+# ----------------------------------------------------------------------------- decay rate
+
+def decay_rate(history: pd.DataFrame, T_mem, T_gen, lr, weight_decay) -> dict:
+    """``ln V_t = a - gamma t`` over ``T_mem <= step <= T_gen``. Returns ``{gamma, ratio, a,
+    r2, n_points, window}`` with ``ratio = gamma / (2 eta lambda)``; ``None`` below 3 rows."""
+    out = {"gamma": None, "ratio": None, "a": None, "r2": None, "n_points": 0,
+           "window": [num(T_mem), num(T_gen)]}
+    if num(T_mem) is None or num(T_gen) is None:
+        return out
+    h = time_sorted(history)
+    h = h[(h["step"] >= T_mem) & (h["step"] <= T_gen)]
+    fit = stats.exp_decay_fit(h["step"].to_numpy(float), h["V"].to_numpy(float))
+    out.update({"gamma": fit["gamma"], "a": fit["a"], "r2": fit["r2"], "n_points": fit["n"]})
+    el = eta_lambda({"lr": lr, "weight_decay": weight_decay})
+    if fit["gamma"] is not None and el is not None:
+        out["ratio"] = fit["gamma"] / (2.0 * el)
+    return out
+
+
+def decay_rates(cells, histories: dict, n_boot: int = 1000, seed: int = 0) -> dict:
+    """:func:`decay_rate` of every cell with a delay, summarised (module docstring).
+
+    Returns ``{ratio_to_theory: {median, ci, ci_method, n}, gamma_over_eta_lambda: {median, ci},
+    theory_gamma_over_eta_lambda: 2, verdict, median, min, max, n, per_cell, excluded,
+    by_optimizer}``.
+    """
+    per_cell, excluded, by_opt = {}, {}, {}
+    for rec in records(cells):
+        if num(rec.get("delay")) is None or is_diverged(rec):
+            count(excluded, rec.get("regime") or "no_delay")
+            continue
+        if rec["cell"] not in histories:
+            count(excluded, "no_history")
+            continue
+        res = decay_rate(histories[rec["cell"]], rec.get("T_mem"), rec.get("T_gen"),
+                         rec.get("lr"), rec.get("weight_decay"))
+        per_cell[rec["cell"]] = res
+        if res["ratio"] is None:
+            count(excluded, "too_few_points")
+        else:
+            by_opt.setdefault(str(rec.get("optimizer")), []).append(res["ratio"])
+    ratios = [r for v in by_opt.values() for r in v]
+    med = stats.median_ci(ratios, n_boot=n_boot, seed=seed)
+    if med["ci"] is None:
+        verdict = "uncertain" if ratios else "not_enough_data"
+    else:
+        lo, hi = med["ci"]
+        verdict = "consistent" if lo <= 1.0 <= hi else ("slower" if hi < 1.0 else "faster")
+    return {"ratio_to_theory": {k: med[k] for k in ("median", "ci", "ci_method", "n")},
+            "gamma_over_eta_lambda": {"median": None if med["median"] is None
+                                      else 2 * med["median"],
+                                      "ci": None if med["ci"] is None
+                                      else [2 * med["ci"][0], 2 * med["ci"][1]]},
+            "theory_gamma_over_eta_lambda": 2.0, "verdict": verdict,
+            "median": med["median"], "min": float(np.min(ratios)) if ratios else None,
+            "max": float(np.max(ratios)) if ratios else None, "n": len(ratios),
+            "per_cell": per_cell, "excluded": excluded,
+            "by_optimizer": {k: {"median": float(np.median(v)), "n": len(v)}
+                             for k, v in by_opt.items()},
+            "definition": "gamma/(2 eta lambda), gamma = -d ln V/dt between T_mem and T_gen"}
+
+
+# ----------------------------------------------------------------------------- P1
+
+def _reliant_at_fit(rec: dict, histories: dict) -> bool | None:
+    acc = num(rec.get("test_acc_at_T_mem"))
+    h = histories.get(rec["cell"])
+    if acc is None and h is not None and "test_acc" in h.columns:
+        h = time_sorted(h)
+        prefix = h.loc[h["step"] <= float(rec["T_mem"])]
+        acc = num(prefix["test_acc"].iloc[-1]) if not prefix.empty else None
+    return None if acc is None else acc < 0.5
+
+
+def norm_ordering(cells, histories: dict | None = None, n_boot: int = 1000,
+                  seed: int = 0) -> dict:
+    """P1 between different solutions (module docstring). Returns ``{share, ci, ci_method, n,
+    n_pairs, skipped, same_cell_share, same_cell_n, definition}``."""
+    histories = histories or {}
+    recs = [r for r in records(cells) if not is_diverged(r)]
+    gen = [r for r in recs if num(r.get("T_gen")) is not None and (num(r.get("V_gen")) or 0) > 0]
+    q, n_pairs, skipped = [], 0, {}
+    for r in recs:
+        v_sc = num(r.get("V_mem"))
+        if num(r.get("T_mem")) is None or v_sc is None:
+            continue
+        if _reliant_at_fit(r, histories) is not True:
+            count(skipped, "not_reliant_at_fit")
+            continue
+        peers = [num(g["V_gen"]) for g in gen if g["cell"] != r["cell"]
+                 and str(g.get("weight_decay")) == str(r.get("weight_decay"))
+                 and key_of(g, TASK_AXES) == key_of(r, TASK_AXES)]
+        if not peers:
+            count(skipped, "no_generalised_peer_at_lambda")
+            continue
+        p = np.asarray(peers)
+        q.append(float(((p < v_sc).sum() + 0.5 * (p == v_sc).sum()) / p.size))
+        n_pairs += p.size
+    ci, method = stats.bootstrap_ci((np.asarray(q),), np.mean, n_boot=n_boot, seed=seed)
+    delayed = [(num(r.get("V_mem")), num(r.get("V_final"))) for r in recs
+               if r.get("regime") == "delayed"]
+    delayed = [(m, f) for m, f in delayed if m is not None and f is not None]
+    return {"share": float(np.mean(q)) if q else None, "ci": ci, "ci_method": method,
+            "n": len(q), "n_pairs": n_pairs, "skipped": skipped,
+            "same_cell_share": (sum(m > f for m, f in delayed) / len(delayed)
+                                if delayed else None),
+            "same_cell_n": len(delayed),
+            "definition": "P(V_mem of a shortcut-reliant cell > V_gen of another generalised "
+                          "cell at the same lambda)"}
+
+
+# ----------------------------------------------------------------------------- P2
+
+def regime_ordering(cells, n_boot: int = 1000, seed: int = 0) -> dict:
+    """P2: Kendall tau-b of regime rank with lambda within slices (module docstring)."""
+    recs = [r for r in records(cells) if r.get("regime") in REGIME_RANK
+            and num(r.get("weight_decay")) is not None]
+    names = ["weak (shortcut_persists)", "transition (delayed/immediate)", "suppressed (no_fit)"]
+    counts = dict.fromkeys(names, 0)
+    for r in recs:
+        counts[names[REGIME_RANK[r["regime"]]]] += 1
+    keys = [k for k in SLICE_KEYS if any(k in r for r in recs)]
+    slices: dict[tuple, list] = {}
+    for r in recs:
+        slices.setdefault(key_of(r, keys), []).append(r)
+    taus, weights, n_disc, n_pairs = [], [], 0, 0
+    for members in slices.values():
+        lam = np.array([float(r["weight_decay"]) for r in members])
+        rank = np.array([REGIME_RANK[r["regime"]] for r in members])
+        pairs = int(sum((lam[i] != lam[j]) for i in range(len(lam)) for j in range(i)))
+        if pairs == 0:
+            continue
+        n_pairs += pairs
+        n_disc += int(sum((lam[i] - lam[j]) * (rank[i] - rank[j]) < 0
+                          for i in range(len(lam)) for j in range(i)))
+        tau = 0.0 if np.ptp(rank) == 0 else num(st.kendalltau(lam, rank, variant="b").statistic)
+        taus.append(0.0 if tau is None else tau)
+        weights.append(pairs)
+    taus_a, w_a = np.asarray(taus), np.asarray(weights, float)
+    ci, method = stats.bootstrap_ci((taus_a, w_a), lambda t, w: np.sum(t * w) / np.sum(w),
+                                    n_boot=n_boot, seed=seed)
+    return {"tau_b": float(np.sum(taus_a * w_a) / w_a.sum()) if taus else None,
+            "ci": ci, "ci_method": method, "n_slices": len(taus), "counts": counts,
+            "all_present": all(v > 0 for v in counts.values()),
+            "n_lambda": len({float(r["weight_decay"]) for r in recs}),
+            "n_pairs": n_pairs, "n_discordant": n_disc,
+            "definition": "pair-weighted mean over slices of Kendall tau-b(lambda, regime rank)"}
+
+
+# ----------------------------------------------------------------------------- P4
+
+def _is_weight_tensor(name: str) -> bool:
+    parts = name.lower().split(".")
+    if not parts[-1].endswith("weight"):
+        return False
+    return not any("norm" in p or p.startswith("ln") for p in parts[:-1])
+
+
+def _layers_of(rec: dict, layers: dict | None) -> dict:
+    if layers is not None and rec["cell"] in layers:
+        return layers[rec["cell"]] or {}
+    if isinstance(rec.get("layers"), dict):
+        return rec["layers"]
+    out: dict[str, dict] = {}
+    for key, val in rec.items():
+        if key.startswith("layer_") and ":" in key:
+            field, name = key[len("layer_"):].split(":", 1)
+            out.setdefault(name, {})[field] = val
+    return out
+
+
+def layer_hierarchy(cells, layers: dict | None = None) -> dict:
+    """P4 input: per-layer contraction ``ln(V_mem,l / V_final,l)`` over ``delayed`` cells."""
+    per_layer: dict[str, list[float]] = {}
+    n_cells = readout_max = 0
+    skipped: dict[str, int] = {}
+    for rec in records(cells):
+        if rec.get("regime") != "delayed":
+            continue
+        contr = {}
+        for name, vals in _layers_of(rec, layers).items():
+            if not _is_weight_tensor(name) or not isinstance(vals, dict):
+                continue
+            vm, vf = num(vals.get("V_mem")), num(vals.get("V_final"))
+            if vm and vf and vm > 0 and vf > 0:
+                contr[name] = math.log(vm / vf)
+        readout = next((n for n in READOUT_NAMES if n in contr), None)
+        if readout is None or len(contr) < 2:
+            count(skipped, "no_layers" if not contr else "no_readout_or_single_layer")
+            continue
+        n_cells += 1
+        readout_max += contr[readout] >= max(contr.values())
+        for name, c in contr.items():
+            per_layer.setdefault(name, []).append(c)
+    medians = {k: float(np.median(v)) for k, v in per_layer.items()}
+    return {"share_readout_max": readout_max / n_cells if n_cells else None,
+            "ci": stats.wilson_interval(readout_max, n_cells), "n": n_cells,
+            "median_contraction": medians,
+            "spread": (max(medians.values()) - min(medians.values())) if medians else None,
+            "skipped": skipped,
+            "definition": "share of delayed cells whose readout weight has the largest "
+                          "ln(V_mem/V_final) among weight tensors"}
