@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(VENV)/bin/snakemake --cores $(CORES) --workflow-profile workflow/profiles/default
+	$(VENV)/bin/snakemake --cores $(CORES)
 
 test: $(VENV)/.installed
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q

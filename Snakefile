@@ -20,7 +20,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/dvc.smk"
+include: "workflow/rules/recompute.smk"
 include: "workflow/rules/modular.smk"
 include: "workflow/rules/images.smk"
 include: "workflow/rules/summary.smk"

@@ -95,10 +95,52 @@ def code_set(*modules: str, root: Path = ROOT) -> list[str]:
 
 def code_fingerprint(*modules: str, root: Path = ROOT) -> str:
     """Hex digest of the code set of ``modules`` (see module doc): equal iff the code is."""
+    return _digest(code_set(*modules, root=root), root)
+
+
+def _digest(mods, root: Path) -> str:
     h = hashlib.sha256()
-    for mod in code_set(*modules, root=root):
+    for mod in mods:
         h.update(mod.encode() + b"\0" + _parse(mod, root)[0].encode() + b"\0")
     return h.hexdigest()[:16]
+
+
+def dispatcher_code_set(module: str, function: str, root: Path = ROOT) -> list[str]:
+    """Code set of one command of a dispatcher module: the module itself, its top-level imports
+    and the imports inside ``function`` (transitively), not the other commands' imports."""
+    path = module_file(module, root)
+    tree = ast.parse(path.read_text(), str(path))
+    nodes = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    for n in tree.body:
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == function:
+            nodes += [m for m in ast.walk(n) if isinstance(m, (ast.Import, ast.ImportFrom))]
+            break
+    else:
+        raise KeyError(f"{module} has no function {function!r}")
+    pkg = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    wanted = set()
+    for n in nodes:
+        if isinstance(n, ast.Import):
+            wanted.update(a.name for a in n.names)
+        else:
+            mod = ".".join(pkg[:len(pkg) - n.level + 1] + ([n.module] if n.module else [])) if n.level \
+                else (n.module or "")
+            wanted.add(mod)
+            wanted.update(f"{mod}.{a.name}" for a in n.names)
+    wanted = [m for m in wanted if m.split(".")[0] == PACKAGE]
+    parts = module.split(".")
+    return sorted(set(code_set(*wanted, *(".".join(parts[:i]) for i in range(1, len(parts))), root=root))
+                  | {module})
+
+
+def module_hashes(mods: list[str], root: Path = ROOT) -> dict[str, str]:
+    """Per-module digests of a code set (to say which module changed)."""
+    return {m: hashlib.sha256(_parse(m, root)[0].encode()).hexdigest()[:12] for m in sorted(mods)}
+
+
+def entry_fingerprint(mods: list[str], root: Path = ROOT) -> str:
+    """Hex digest of an explicit, already closed code set (see :func:`dispatcher_code_set`)."""
+    return _digest(sorted(mods), root)
 
 
 _RULE_START = re.compile(r"^(?:rule|checkpoint)\s+(\w+)\s*:", re.M)

@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--nondeterministic", action="store_true")
+    ap.add_argument("--deterministic", dest="nondeterministic", action="store_false",
+                    help="deterministic algorithms (the default)")
     ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
     a = ap.parse_args(argv)
     from nht.train import train_job  # torch is imported only here

@@ -10,6 +10,7 @@ from snakemake.exceptions import WorkflowError
 from nht import paths as P
 from nht.config import ConfigError, cell_index, dataset_id, validate_config
 from nht.costs import modular_job_work, priority
+from nht.recompute.decide import Recompute
 
 try:
     validate_config(config)
@@ -28,6 +29,14 @@ R = config["results_dir"]
 D = config["data_dir"]
 CELLS, JOBS, JOB_OF = cell_index(config)
 SUMMARY = P.fill(P.SUMMARY, config)
+
+# Content-based recompute (nht.recompute; docs/dvc.md): every rule is registered here, takes its
+# inputs, outputs and params from its handle, and runs its command through the JOB wrapper,
+# which records what the job read, ran and wrote.
+_RULES_DIR = os.path.join(workflow.basedir, "workflow", "rules")
+RC = Recompute(records_dir=f"{R}/.records", rule_files=[os.path.join(workflow.basedir, "Snakefile")]
+               + [os.path.join(_RULES_DIR, f) for f in sorted(os.listdir(_RULES_DIR)) if f.endswith(".smk")])
+JOB = ("python -m nht.recompute job --tag {params.nht:q} --inputs {input:q} --outputs {output:q} -- ")
 
 
 wildcard_constraints:

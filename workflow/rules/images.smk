@@ -11,11 +11,21 @@
 include: "images_common.smk"
 
 
+IMAGE_FETCH_RULE = RC.rule(
+    "image_fetch",
+    inputs={},
+    outputs={"raw": f"{D}/image/raw/{{fetch}}.npz"},
+    params={"spec": lambda w: _img_json.dumps(IMAGE_FETCH[w.fetch], sort_keys=True, default=str)},
+)
+
+
 rule image_fetch:
+    input:
+        unpack(IMAGE_FETCH_RULE.input),
     output:
-        f"{D}/image/raw/{{fetch}}.npz",
+        **IMAGE_FETCH_RULE.output,
     params:
-        spec=lambda w: _img_q(IMAGE_FETCH[w.fetch]),
+        **IMAGE_FETCH_RULE.params,
     conda:
         "../envs/nht.yaml"
     log:
@@ -27,19 +37,30 @@ rule image_fetch:
         mem_mb=8000,
         runtime=30,
     shell:
-        "python -m nht.images fetch --spec {params.spec} --out {output} > {log} 2>&1"
+        JOB + "python -m nht.images fetch --spec {params.spec:q} --out {output.raw:q} > {log:q} 2>&1"
+
+
+IMAGE_SHORTCUT_RULE = RC.rule(
+    "image_shortcut",
+    inputs=lambda w: {"raw": f"{D}/image/raw/{_img_fetch_id(w.experiment)}.npz"},
+    outputs={"data": f"{D}/image/{{experiment}}/{{shortcut}}.npz"},
+    params={
+        "spec": lambda w: _img_json.dumps(config["experiments"][w.experiment]["dataset"], sort_keys=True,
+                                          default=str),
+        "rho": lambda w: IMAGE_SHORTCUTS[(w.experiment, w.shortcut)][0],
+        "border": lambda w: IMAGE_SHORTCUTS[(w.experiment, w.shortcut)][1],
+        "seed": lambda w: IMAGE_SHORTCUTS[(w.experiment, w.shortcut)][2],
+    },
+)
 
 
 rule image_shortcut:
     input:
-        lambda w: f"{D}/image/raw/{_img_fetch_id(w.experiment)}.npz",
+        unpack(IMAGE_SHORTCUT_RULE.input),
     output:
-        f"{D}/image/{{experiment}}/{{shortcut}}.npz",
+        **IMAGE_SHORTCUT_RULE.output,
     params:
-        spec=lambda w: _img_q(config["experiments"][w.experiment]["dataset"]),
-        rho=lambda w: IMAGE_SHORTCUTS[(w.experiment, w.shortcut)][0],
-        border=lambda w: IMAGE_SHORTCUTS[(w.experiment, w.shortcut)][1],
-        seed=lambda w: IMAGE_SHORTCUTS[(w.experiment, w.shortcut)][2],
+        **IMAGE_SHORTCUT_RULE.params,
     wildcard_constraints:
         experiment=_IMG_EXP_RE,
     conda:
@@ -53,22 +74,32 @@ rule image_shortcut:
         mem_mb=4000,
         runtime=10,
     shell:
-        "python -m nht.images inject --raw {input} --spec {params.spec} --rho {params.rho} "
-        "--border {params.border} --seed {params.seed} --out {output} > {log} 2>&1"
+        JOB + "python -m nht.images inject --raw {input.raw:q} --spec {params.spec:q} --rho {params.rho:q}"
+        " --border {params.border:q} --seed {params.seed:q} --out {output.data:q} > {log:q} 2>&1"
+
+
+IMAGE_TRAIN_RULE = RC.rule(
+    "image_train",
+    inputs=lambda w: {"data": f"{D}/image/{w.experiment}/{_img_shortcut_id(CELLS[w.cell])}.npz"},
+    outputs={"history": f"{R}/{{experiment}}/cells/{{cell}}/history.csv",
+             "norms": f"{R}/{{experiment}}/cells/{{cell}}/norms.json"},
+    params={
+        "settings": lambda w: _img_json.dumps(_img_settings(CELLS[w.cell]), sort_keys=True, default=str),
+        "outdir": lambda w: f"{R}/{w.experiment}/cells/{w.cell}",
+        "device": config.get("device", "auto"),
+        "det": "" if config.get("deterministic", True) else "--nondeterministic",
+        "tf32": "--tf32" if config.get("precision", "fp32") == "tf32" else "",
+    },
+)
 
 
 rule image_train:
     input:
-        lambda w: f"{D}/image/{w.experiment}/{_img_shortcut_id(CELLS[w.cell])}.npz",
+        unpack(IMAGE_TRAIN_RULE.input),
     output:
-        history=f"{R}/{{experiment}}/cells/{{cell}}/history.csv",
-        norms=f"{R}/{{experiment}}/cells/{{cell}}/norms.json",
+        **IMAGE_TRAIN_RULE.output,
     params:
-        settings=lambda w: _img_q(_img_settings(CELLS[w.cell])),
-        outdir=lambda w: f"{R}/{w.experiment}/cells/{w.cell}",
-        device=config.get("device", "auto"),
-        flags=("" if config.get("deterministic", True) else "--nondeterministic ")
-        + ("--tf32" if config.get("precision", "fp32") == "tf32" else ""),
+        **IMAGE_TRAIN_RULE.params,
     wildcard_constraints:
         experiment=_IMG_EXP_RE,
         cell=_IMG_CELL_RE,
@@ -84,26 +115,32 @@ rule image_train:
         runtime=lambda w: config["experiments"][w.experiment]["runtime_min"],
         gpu=lambda w: config["experiments"][w.experiment]["gpus"],
     shell:
-        "python -m nht.images train --settings {params.settings} --data {input} --out {params.outdir} "
-        "--cell {wildcards.cell} --device {params.device} --threads {threads} {params.flags} > {log} 2>&1"
+        JOB + "python -m nht.images train --settings {params.settings:q} --data {input.data:q}"
+        " --out {params.outdir:q} --cell {wildcards.cell:q} --device {params.device:q} --threads {threads}"
+        " {params.det} {params.tf32} > {log:q} 2>&1"
+
+
+IMAGE_FIGURE_NAMES = ("clean_acc_vs_rho", "norm_curves", "phase_diagram", "layer_norms")
+IMAGE_FIGURES_RULE = RC.rule(
+    "image_figures",
+    inputs=lambda w: {"norms": [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in IMAGE_CELLS[w.experiment]],
+                      "history": [f"{R}/{w.experiment}/cells/{c.id}/history.csv"
+                                  for c in IMAGE_CELLS[w.experiment]]},
+    outputs={name: report(f"{R}/{{experiment}}/figures/{name}.png", caption=f"../report/images_{name}.rst",
+                          category="image")
+             for name in IMAGE_FIGURE_NAMES},
+    params={"config": lambda w: _img_json.dumps(config["experiments"][w.experiment], sort_keys=True, default=str),
+            "outdir": lambda w: f"{R}/{w.experiment}/figures"},
+)
 
 
 rule image_figures:
     input:
-        norms=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in IMAGE_CELLS[w.experiment]],
-        history=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/history.csv" for c in IMAGE_CELLS[w.experiment]],
+        unpack(IMAGE_FIGURES_RULE.input),
     output:
-        report(f"{R}/{{experiment}}/figures/clean_acc_vs_rho.png",
-               caption="../report/images_clean_acc_vs_rho.rst", category="image"),
-        report(f"{R}/{{experiment}}/figures/norm_curves.png",
-               caption="../report/images_norm_curves.rst", category="image"),
-        report(f"{R}/{{experiment}}/figures/phase_diagram.png",
-               caption="../report/images_phase_diagram.rst", category="image"),
-        report(f"{R}/{{experiment}}/figures/layer_norms.png",
-               caption="../report/images_layer_norms.rst", category="image"),
+        **IMAGE_FIGURES_RULE.output,
     params:
-        config=lambda w: _img_q(config["experiments"][w.experiment]),
-        outdir=lambda w: f"{R}/{w.experiment}/figures",
+        **IMAGE_FIGURES_RULE.params,
     wildcard_constraints:
         experiment=_IMG_EXP_RE,
     conda:
@@ -117,20 +154,28 @@ rule image_figures:
         mem_mb=2000,
         runtime=10,
     shell:
-        "python -m nht.images figures --norms {input.norms} --out-dir {params.outdir} "
-        "--config {params.config} > {log} 2>&1"
+        JOB + "python -m nht.images figures --norms {input.norms:q} --out-dir {params.outdir:q}"
+        " --config {params.config:q} > {log:q} 2>&1"
+
+
+IMAGE_SUMMARY_RULE = RC.rule(
+    "image_experiment_summary",
+    inputs=lambda w: {"norms": [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in IMAGE_CELLS[w.experiment]],
+                      "history": [f"{R}/{w.experiment}/cells/{c.id}/history.csv"
+                                  for c in IMAGE_CELLS[w.experiment]],
+                      "figures": [f"{R}/{w.experiment}/figures/{name}.png" for name in IMAGE_FIGURE_NAMES]},
+    outputs={"summary": f"{R}/{{experiment}}/experiment_summary.json", "table": f"{R}/{{experiment}}/cells.csv"},
+    params={"config": lambda w: _img_json.dumps(config["experiments"][w.experiment], sort_keys=True, default=str)},
+)
 
 
 rule image_experiment_summary:
     input:
-        norms=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in IMAGE_CELLS[w.experiment]],
-        history=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/history.csv" for c in IMAGE_CELLS[w.experiment]],
-        figures=rules.image_figures.output,
+        unpack(IMAGE_SUMMARY_RULE.input),
     output:
-        summary=f"{R}/{{experiment}}/experiment_summary.json",
-        table=f"{R}/{{experiment}}/cells.csv",
+        **IMAGE_SUMMARY_RULE.output,
     params:
-        config=lambda w: _img_q(config["experiments"][w.experiment]),
+        **IMAGE_SUMMARY_RULE.params,
     wildcard_constraints:
         experiment=_IMG_EXP_RE,
     conda:
@@ -144,6 +189,6 @@ rule image_experiment_summary:
         mem_mb=1000,
         runtime=5,
     shell:
-        "python -m nht.images summarize --experiment {wildcards.experiment} --norms {input.norms} "
-        "--figures {input.figures} --config {params.config} --out {output.summary} "
-        "--table {output.table} > {log} 2>&1"
+        JOB + "python -m nht.images summarize --experiment {wildcards.experiment:q} --norms {input.norms:q}"
+        " --figures {input.figures:q} --config {params.config:q} --out {output.summary:q}"
+        " --table {output.table:q} > {log:q} 2>&1"

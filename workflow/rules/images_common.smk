@@ -3,14 +3,8 @@
 
 import json as _img_json
 import re as _img_re
-import shlex as _img_shlex
 
 from nht.config import stable_hash as _img_hash
-
-
-def _img_q(obj):
-    """A JSON value quoted for the shell."""
-    return _img_shlex.quote(_img_json.dumps(obj, sort_keys=True, default=str))
 
 
 IMAGE_EXPERIMENTS = list(experiments_of_kind("image"))

@@ -1,17 +1,22 @@
-# Per-cell norm extraction takes about a second: on a cluster it runs on the submitting node
-# rather than as one batch job per cell.
-localrules:
-    extract_norms,
+# Modular-arithmetic experiments: data -> train (per job) -> norms (per cell) -> fit, science,
+# figures, experiment summary (per experiment). Inputs, outputs and params come from the rule's
+# handle in nht.recompute (registered just above each rule); every path is quoted in the shell.
 
+MODULAR_DATA = RC.rule(
+    "make_modular_data",
+    inputs={},
+    outputs={"data": f"{D}/modular/{{dataset}}.npz"},
+    params={"ds": lambda w: MODULAR_DATASETS[w.dataset]},
+)
 
-# Modular-arithmetic experiments: data -> train (per job) -> norms (per cell) -> fit, figures,
-# experiment summary (per experiment).
 
 rule make_modular_data:
+    input:
+        unpack(MODULAR_DATA.input),
     output:
-        f"{D}/modular/{{dataset}}.npz",
+        **MODULAR_DATA.output,
     params:
-        ds=lambda w: MODULAR_DATASETS[w.dataset],
+        **MODULAR_DATA.params,
     conda:
         "../envs/nht.yaml"
     log:
@@ -23,25 +28,35 @@ rule make_modular_data:
         mem_mb=500,
         runtime=5,
     shell:
-        "python -m nht make-data --op {params.ds[op]} --p {params.ds[p]}"
-        " --train-frac {params.ds[train_frac]} --split-seed {params.ds[split_seed]}"
-        " --out {output} > {log} 2>&1"
+        JOB + "python -m nht make-data --op {params.ds[op]:q} --p {params.ds[p]:q}"
+        " --train-frac {params.ds[train_frac]:q} --split-seed {params.ds[split_seed]:q}"
+        " --out {output.data:q} > {log:q} 2>&1"
+
+
+TRAIN_MODULAR = RC.rule(
+    "train_modular",
+    inputs=lambda w: {"dataset": f"{D}/modular/{JOBS[w.job].cells[0].dataset_id}.npz"},
+    outputs={"history": f"{R}/{{experiment}}/jobs/{{job}}/history.csv",
+             "meta": f"{R}/{{experiment}}/jobs/{{job}}/meta.json"},
+    params={
+        "job": lambda w: json.dumps(job_spec(w.job)),
+        "checkpoint": lambda w: P.fill(P.JOB_CHECKPOINT, config, experiment=w.experiment, job=w.job),
+        "device": config["device"],
+        "deterministic": "--deterministic" if config["deterministic"] else "--nondeterministic",
+        "precision": config["precision"],
+    },
+)
 
 
 rule train_modular:
     input:
-        dataset=lambda w: f"{D}/modular/{JOBS[w.job].cells[0].dataset_id}.npz",
+        unpack(TRAIN_MODULAR.input),
     wildcard_constraints:
         experiment=experiment_pattern("modular"),
     output:
-        history=f"{R}/{{experiment}}/jobs/{{job}}/history.csv",
-        meta=f"{R}/{{experiment}}/jobs/{{job}}/meta.json",
+        **TRAIN_MODULAR.output,
     params:
-        job=lambda w: json.dumps(job_spec(w.job)),
-        checkpoint=lambda w: P.fill(P.JOB_CHECKPOINT, config, experiment=w.experiment, job=w.job),
-        device=config["device"],
-        flags=("" if config["deterministic"] else " --nondeterministic")
-        + f" --precision {config['precision']}",
+        **TRAIN_MODULAR.params,
     conda:
         "../envs/nht.yaml"
     log:
@@ -55,22 +70,31 @@ rule train_modular:
         runtime=job_setting("runtime_min"),
         gpu=job_setting("gpus"),
     shell:
-        "python -m nht train --job {params.job:q} --dataset {input.dataset}"
-        " --history {output.history} --meta {output.meta} --checkpoint {params.checkpoint}"
-        " --device {params.device} --threads {threads}{params.flags} > {log} 2>&1"
+        JOB + "python -m nht train --job {params.job:q} --dataset {input.dataset:q}"
+        " --history {output.history:q} --meta {output.meta:q} --checkpoint {params.checkpoint:q}"
+        " --device {params.device:q} --threads {threads} {params.deterministic}"
+        " --precision {params.precision:q} > {log:q} 2>&1"
+
+
+EXTRACT_NORMS = RC.rule(
+    "extract_norms",
+    inputs=lambda w: {"history": f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/history.csv",
+                      "meta": f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/meta.json"},
+    outputs={"history": f"{R}/{{experiment}}/cells/{{cell}}/history.csv",
+             "norms": f"{R}/{{experiment}}/cells/{{cell}}/norms.json"},
+    params={"settings": lambda w: json.dumps(CELLS[w.cell].settings)},
+)
 
 
 rule extract_norms:
     input:
-        history=lambda w: f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/history.csv",
-        meta=lambda w: f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/meta.json",
+        unpack(EXTRACT_NORMS.input),
     wildcard_constraints:
         experiment=experiment_pattern("modular"),
     output:
-        history=f"{R}/{{experiment}}/cells/{{cell}}/history.csv",
-        norms=f"{R}/{{experiment}}/cells/{{cell}}/norms.json",
+        **EXTRACT_NORMS.output,
     params:
-        settings=lambda w: json.dumps(CELLS[w.cell].settings),
+        **EXTRACT_NORMS.params,
     conda:
         "../envs/nht.yaml"
     log:
@@ -82,19 +106,32 @@ rule extract_norms:
         mem_mb=500,
         runtime=5,
     shell:
-        "python -m nht norms --job-history {input.history} --job-meta {input.meta} --cell {wildcards.cell}"
-        " --settings {params.settings:q} --out-history {output.history} --out-norms {output.norms}"
-        " > {log} 2>&1"
+        JOB + "python -m nht norms --job-history {input.history:q} --job-meta {input.meta:q}"
+        " --cell {wildcards.cell:q} --settings {params.settings:q} --out-history {output.history:q}"
+        " --out-norms {output.norms:q} > {log:q} 2>&1"
+
+
+def cell_files(experiment, name):
+    """One file per cell of an experiment, e.g. cell_files(e, 'norms.json')."""
+    return [f"{R}/{experiment}/cells/{c.id}/{name}" for c in cells_of(experiment)]
+
+
+FIT_MODULAR = RC.rule(
+    "fit_modular",
+    inputs=lambda w: {"norms": cell_files(w.experiment, "norms.json")},
+    outputs={"fit": f"{R}/{{experiment}}/fit.json", "table": f"{R}/{{experiment}}/cells.csv"},
+)
 
 
 rule fit_modular:
     input:
-        norms=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in cells_of(w.experiment)],
+        unpack(FIT_MODULAR.input),
     wildcard_constraints:
         experiment=experiment_pattern("modular"),
     output:
-        fit=f"{R}/{{experiment}}/fit.json",
-        table=f"{R}/{{experiment}}/cells.csv",
+        **FIT_MODULAR.output,
+    params:
+        **FIT_MODULAR.params,
     conda:
         "../envs/nht.yaml"
     log:
@@ -106,32 +143,33 @@ rule fit_modular:
         mem_mb=1000,
         runtime=10,
     shell:
-        "python -m nht fit --norms {input.norms} --out-fit {output.fit} --out-table {output.table} > {log} 2>&1"
+        JOB + "python -m nht fit --norms {input.norms:q} --out-fit {output.fit:q}"
+        " --out-table {output.table:q} > {log:q} 2>&1"
 
 
-MODULAR_FIGURES = [f"{name}.{ext}" for name in ("curves", "delay_law", "regimes") for ext in ("png", "pdf")]
+MODULAR_FIGURES = {f"{name}_{ext}": f"{R}/{{experiment}}/figures/{name}.{ext}"
+                   for name in ("curves", "delay_law", "regimes") for ext in ("png", "pdf")}
+FIGURES_MODULAR = RC.rule(
+    "figures_modular",
+    inputs=lambda w: {"table": f"{R}/{w.experiment}/cells.csv", "fit": f"{R}/{w.experiment}/fit.json",
+                      "histories": cell_files(w.experiment, "history.csv")},
+    outputs={k: (report(v, caption=f"../report/{k[:-4]}.rst", category=k[:-4].replace("_", " ").title(),
+                        subcategory="{experiment}") if k.endswith("png") else v)
+             for k, v in MODULAR_FIGURES.items()},
+    params={"out_dir": lambda w: f"{R}/{w.experiment}/figures",
+            "max_cells": lambda w: config["experiments"][w.experiment]["figure_cells_max"]},
+)
 
 
 rule figures_modular:
     input:
-        table=f"{R}/{{experiment}}/cells.csv",
-        fit=f"{R}/{{experiment}}/fit.json",
-        histories=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/history.csv" for c in cells_of(w.experiment)],
+        unpack(FIGURES_MODULAR.input),
     wildcard_constraints:
         experiment=experiment_pattern("modular"),
     output:
-        report(f"{R}/{{experiment}}/figures/curves.png", caption="../report/curves.rst",
-               category="Curves", subcategory="{experiment}"),
-        f"{R}/{{experiment}}/figures/curves.pdf",
-        report(f"{R}/{{experiment}}/figures/delay_law.png", caption="../report/delay_law.rst",
-               category="Delay law", subcategory="{experiment}"),
-        f"{R}/{{experiment}}/figures/delay_law.pdf",
-        report(f"{R}/{{experiment}}/figures/regimes.png", caption="../report/regimes.rst",
-               category="Regimes", subcategory="{experiment}"),
-        f"{R}/{{experiment}}/figures/regimes.pdf",
+        **FIGURES_MODULAR.output,
     params:
-        out_dir=f"{R}/{{experiment}}/figures",
-        max_cells=lambda w: config["experiments"][w.experiment]["figure_cells_max"],
+        **FIGURES_MODULAR.params,
     conda:
         "../envs/nht.yaml"
     log:
@@ -143,8 +181,9 @@ rule figures_modular:
         mem_mb=2000,
         runtime=10,
     shell:
-        "python -m nht figures --cells-table {input.table} --histories {input.histories} --fit {input.fit}"
-        " --out-dir {params.out_dir} --max-cells {params.max_cells} > {log} 2>&1"
+        JOB + "python -m nht figures --cells-table {input.table:q} --histories {input.histories:q}"
+        " --fit {input.fit:q} --out-dir {params.out_dir:q} --max-cells {params.max_cells}"
+        " > {log:q} 2>&1"
 
 
 SCIENCE_REPORT = {
@@ -154,24 +193,28 @@ SCIENCE_REPORT = {
     "decay_rate": ("Decay rate", "../report/decay_rate.rst"),
     "clean_separation": ("Clean norm separation", "../report/clean_separation.rst"),
 }
+SCIENCE_MODULAR = RC.rule(
+    "science_modular",
+    inputs=lambda w: {"norms": cell_files(w.experiment, "norms.json"),
+                      "histories": cell_files(w.experiment, "history.csv")},
+    outputs={"science": f"{R}/{{experiment}}/science.json",
+             **{f"{stem}_png": report(f"{R}/{{experiment}}/figures/{stem}.png", caption=cap, category=cat,
+                                      subcategory="{experiment}")
+                for stem, (cat, cap) in SCIENCE_REPORT.items()},
+             **{f"{stem}_pdf": f"{R}/{{experiment}}/figures/{stem}.pdf" for stem in SCIENCE_REPORT}},
+    params={"figure_dir": lambda w: f"{R}/{w.experiment}/figures"},
+)
 
 
 rule science_modular:
     input:
-        norms=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in cells_of(w.experiment)],
-        histories=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/history.csv" for c in cells_of(w.experiment)],
+        unpack(SCIENCE_MODULAR.input),
     wildcard_constraints:
         experiment=experiment_pattern("modular"),
     output:
-        science=f"{R}/{{experiment}}/science.json",
-        figures=[
-            report(f"{R}/{{experiment}}/figures/{stem}.png", caption=cap, category=cat,
-                   subcategory="{experiment}")
-            for stem, (cat, cap) in SCIENCE_REPORT.items()
-        ]
-        + [f"{R}/{{experiment}}/figures/{stem}.pdf" for stem in SCIENCE_REPORT],
+        **SCIENCE_MODULAR.output,
     params:
-        figure_dir=f"{R}/{{experiment}}/figures",
+        **SCIENCE_MODULAR.params,
     conda:
         "../envs/nht.yaml"
     log:
@@ -183,22 +226,29 @@ rule science_modular:
         mem_mb=2000,
         runtime=10,
     shell:
-        "python -m nht science --norms {input.norms} --histories {input.histories} --out {output.science}"
-        " --figure-dir {params.figure_dir} > {log} 2>&1"
+        JOB + "python -m nht science --norms {input.norms:q} --histories {input.histories:q}"
+        " --out {output.science:q} --figure-dir {params.figure_dir:q} > {log:q} 2>&1"
+
+
+EXPERIMENT_SUMMARY_MODULAR = RC.rule(
+    "experiment_summary_modular",
+    inputs=lambda w: {"fit": f"{R}/{w.experiment}/fit.json", "science": f"{R}/{w.experiment}/science.json",
+                      "figures": [p.format(experiment=w.experiment) for p in MODULAR_FIGURES.values()],
+                      "metas": [f"{R}/{w.experiment}/jobs/{j.id}/meta.json" for j in jobs_of(w.experiment)]},
+    outputs={"summary": f"{R}/{{experiment}}/experiment_summary.json"},
+    params={"settings": lambda w: json.dumps(config["experiments"][w.experiment])},
+)
 
 
 rule experiment_summary_modular:
     input:
-        fit=f"{R}/{{experiment}}/fit.json",
-        science=f"{R}/{{experiment}}/science.json",
-        figures=[f"{R}/{{experiment}}/figures/{name}" for name in MODULAR_FIGURES],
-        metas=lambda w: [f"{R}/{w.experiment}/jobs/{j.id}/meta.json" for j in jobs_of(w.experiment)],
+        unpack(EXPERIMENT_SUMMARY_MODULAR.input),
     wildcard_constraints:
         experiment=experiment_pattern("modular"),
     output:
-        f"{R}/{{experiment}}/experiment_summary.json",
+        **EXPERIMENT_SUMMARY_MODULAR.output,
     params:
-        settings=lambda w: json.dumps(config["experiments"][w.experiment]),
+        **EXPERIMENT_SUMMARY_MODULAR.params,
     conda:
         "../envs/nht.yaml"
     log:
@@ -210,6 +260,7 @@ rule experiment_summary_modular:
         mem_mb=500,
         runtime=5,
     shell:
-        "python -m nht experiment-summary --experiment {wildcards.experiment} --settings {params.settings:q}"
-        " --fit {input.fit} --figures {input.figures} --job-metas {input.metas} --science {input.science}"
-        " --out {output} > {log} 2>&1"
+        JOB + "python -m nht experiment-summary --experiment {wildcards.experiment:q}"
+        " --settings {params.settings:q} --fit {input.fit:q} --figures {input.figures:q}"
+        " --job-metas {input.metas:q} --science {input.science:q} --out {output.summary:q}"
+        " > {log:q} 2>&1"

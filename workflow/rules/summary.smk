@@ -1,16 +1,23 @@
 # The final aggregate: every experiment's summary (of any kind) merged into results/summary.json.
 
+SUMMARY_RULE = RC.rule(
+    "summary",
+    inputs=lambda w: {"summaries": [f"{R}/{name}/experiment_summary.json" for name in config["experiments"]]},
+    outputs={"summary": SUMMARY, "markdown": P.fill("{results}/scorecard.md", config),
+             "html": report(P.fill("{results}/scorecard.html", config), caption="../report/scorecard.rst",
+                            category="Scorecard")},
+    params={"paths": lambda w: json.dumps({name: f"{R}/{name}/experiment_summary.json"
+                                           for name in config["experiments"]})},
+)
+
 
 rule summary:
     input:
-        [f"{R}/{name}/experiment_summary.json" for name in config["experiments"]],
+        unpack(SUMMARY_RULE.input),
     output:
-        summary=SUMMARY,
-        markdown=P.fill("{results}/scorecard.md", config),
-        html=report(P.fill("{results}/scorecard.html", config), caption="../report/scorecard.rst",
-                    category="Scorecard"),
+        **SUMMARY_RULE.output,
     params:
-        paths=lambda w, input: json.dumps(dict(zip(config["experiments"], input))),
+        **SUMMARY_RULE.params,
     conda:
         "../envs/nht.yaml"
     log:
@@ -22,4 +29,5 @@ rule summary:
         mem_mb=500,
         runtime=5,
     shell:
-        "python -m nht summary --experiment-summaries {params.paths:q} --out {output.summary} > {log} 2>&1"
+        JOB + "python -m nht summary --experiment-summaries {params.paths:q} --out {output.summary:q}"
+        " > {log:q} 2>&1"

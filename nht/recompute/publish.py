@@ -1,0 +1,155 @@
+"""End of a run (``onsuccess``/``onerror``): quarantine what is not current, then snapshot into DVC.
+
+Runs in Snakemake's main process after the jobs (never in a dry run: Snakemake calls neither
+handler then), and only does work when a job of this run wrote a record:
+
+1. Outputs of this run's jobs that are *not current* are moved to ``.nht/quarantine/<time>/``:
+   those of stale jobs that did not rerun (a job failed upstream, the run was cut short) and any
+   output whose content differs from its record (a partial file). So a stale or corrupt file is
+   never left in place looking current, and never enters DVC.
+2. With DVC on (``dvc.enabled``: auto = when ``.dvc/`` exists), ``dvc add`` snapshots the data,
+   results and log directories into DVC's cache (``data.dvc``, ``results.dvc``, ``logs.dvc``),
+   ready for ``dvc push``; and the top level of ``dvc.yaml`` (metrics, plots, params) is written,
+   for ``dvc metrics/plots/params``. Both under a file lock of ours and DVC's own repository lock,
+   so two runs, or a run beside ``dvc push``, wait for each other instead of losing a write.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from nht.recompute.records import QUARANTINE_DIR, file_md5, load_records, record_path
+
+LOCK_FILE = ".dvc/tmp/nht-publish.lock"
+DVC_LOCK_RETRY_S = 120
+
+def is_enabled(config: dict, root: str | Path = ".") -> bool:
+    """``dvc.enabled``: true, false or "auto" (on when ``<root>/.dvc`` exists); NHT_DVC=0 turns it off."""
+    env = os.environ.get("NHT_DVC")
+    if env is not None and env.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    setting = (config.get("dvc") or {}).get("enabled", "auto")
+    has_dvc = (Path(root) / ".dvc").is_dir()
+    if setting == "auto":
+        return has_dvc
+    if setting and not has_dvc:
+        raise RuntimeError("config dvc.enabled is true but there is no .dvc/ directory here; "
+                           "run `dvc init` (see docs/dvc.md) or set dvc.enabled: auto")
+    return bool(setting)
+
+@contextmanager
+def file_lock(path: str | Path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+def quarantine(paths: list[str], root: Path, why: str) -> list[str]:
+    """Move files out of the way, keeping their relative paths under a timestamped folder."""
+    moved = []
+    dest_root = root / QUARANTINE_DIR / time.strftime("%Y%m%dT%H%M%S")
+    for p in paths:
+        src = root / p
+        if not src.is_file():
+            continue
+        dest = dest_root / p
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(src), str(dest))
+        moved.append(p)
+    if moved:
+        print(f"nht: moved {len(moved)} file(s) that are not current ({why}) to {dest_root}/: "
+              + ", ".join(moved[:5]) + (" ..." if len(moved) > 5 else ""), file=sys.stderr)
+    return moved
+
+def not_current(decisions: dict, records_dir: str, started: float, root: Path) -> list[str]:
+    """Outputs of this run's jobs that are stale or differ from their record."""
+    records = load_records(root / records_dir)
+    out = []
+    for stage, d in decisions.items():
+        rec = records.get(stage)
+        rewritten = record_path(root / records_dir, stage).exists() and \
+            record_path(root / records_dir, stage).stat().st_mtime >= started
+        if d.status == "stale" and not rewritten and rec:
+            out += list((rec.get("outputs") or {}))
+        elif rec and rec.get("outputs"):
+            out += [p for p, m in rec["outputs"].items() if (root / p).exists() and file_md5(root / p) != m]
+    return sorted(set(out))
+
+def ran_since(records_dir: Path, started: float) -> bool:
+    return records_dir.is_dir() and any(p.stat().st_mtime >= started for p in records_dir.glob("*.json"))
+
+def _dvc() -> str:
+    here = Path(sys.executable).parent / "dvc"
+    return str(here) if here.exists() else (shutil.which("dvc") or "dvc")
+
+def dvc(*args: str, root: Path) -> subprocess.CompletedProcess:
+    """Run the DVC CLI, waiting (up to DVC_LOCK_RETRY_S) while another DVC process holds its lock."""
+    deadline = time.monotonic() + DVC_LOCK_RETRY_S
+    while True:
+        proc = subprocess.run([_dvc(), *args], cwd=root, capture_output=True, text=True)
+        if proc.returncode == 0 or "lock" not in (proc.stderr + proc.stdout).lower() \
+                or time.monotonic() > deadline:
+            return proc
+        time.sleep(1.0)
+
+def tracked_dirs(config: dict, root: Path) -> list[str]:
+    dirs = [config.get("data_dir", "data"), config.get("results_dir", "results"), "logs"]
+    return [d for d in dict.fromkeys(dirs) if (root / d).is_dir()]
+
+def newest_record(records_dir: Path) -> float:
+    """mtime of the newest record (0 when there is none)."""
+    if not records_dir.is_dir():
+        return 0.0
+    return max((p.stat().st_mtime for p in records_dir.glob("*.json")), default=0.0)
+
+
+def snapshot_time(config: dict, root: Path) -> float:
+    """When DVC last snapshotted the results (mtime of ``<results_dir>.dvc``; 0 if never)."""
+    p = root / (config.get("results_dir", "results").rstrip("/") + ".dvc")
+    return p.stat().st_mtime if p.exists() else 0.0
+
+
+def finish(config: dict, decisions: dict, records_dir: str, started: float, root: str | Path = ".") -> None:
+    """See the module doc. A failure to publish is reported with what to do; the results stay."""
+    root = Path(root)
+    try:
+        newest = newest_record(root / records_dir)
+        dvc_on = is_enabled(config, root)
+        if newest < started and not (dvc_on and newest > snapshot_time(config, root)):
+            return                                  # nothing ran, nothing left to snapshot
+        with file_lock(root / LOCK_FILE) if (root / ".dvc").is_dir() else _nolock():
+            if newest >= started:
+                quarantine(not_current(decisions, records_dir, started, root), root, "stale or partial")
+            if not dvc_on:
+                return
+            from nht.recompute.dvc_yaml import write_top_level
+            write_top_level(root, config)
+            t0 = time.perf_counter()
+            targets = tracked_dirs(config, root)
+            proc = dvc("add", "--quiet", *targets, root=root)
+            if proc.returncode != 0:
+                print(f"nht: WARNING: `dvc add {' '.join(targets)}` failed ({proc.returncode}): "
+                      f"{(proc.stderr or proc.stdout).strip()[-2000:]}\nThe results are in place; run "
+                      f"`dvc add {' '.join(targets)}` by hand before `dvc push`.", file=sys.stderr)
+                return
+            print(f"nht: DVC snapshot of {', '.join(targets)} in {time.perf_counter() - t0:.1f} s "
+                  f"(`dvc push` shares it)", file=sys.stderr)
+    except Exception as err:   # noqa: BLE001 - the run's results stay; say what to do
+        print(f"nht: WARNING: publishing the run failed: {err!r}", file=sys.stderr)
+
+
+@contextmanager
+def _nolock():
+    yield
+
