@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,8 +31,9 @@ def copy_workflow(dest: Path, config: dict) -> Path:
     """Copy the Snakefile and workflow/ into ``dest`` and write ``config`` as its config.yaml."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "Snakefile", dest / "Snakefile")
-    shutil.copytree(REPO / "workflow", dest / "workflow", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("workflow", "profiles"):
+        shutil.copytree(REPO / name, dest / name, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     with open(dest / "config.yaml", "w") as fh:
         yaml.safe_dump(config, fh)
     return dest
@@ -49,3 +52,35 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 
 @pytest.fixture
 def tiny_config() -> dict:
     return {"experiments": {"tiny": tiny_modular()}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def moto_server(tmp_path):
+    """A real S3 server (moto) on loopback; skipped without moto[server], except under CI=true."""
+    moto_bin = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
+    if moto_bin is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("moto[server] is not installed but CI=true: the S3 remote test must run in CI")
+        pytest.skip("moto[server] not installed (pip install 'moto[server]'): S3 remote not tested")
+    port = _free_port()
+    proc = subprocess.Popen([moto_bin, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=open(tmp_path / "moto.log", "w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("moto_server did not start: " + (tmp_path / "moto.log").read_text())
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)

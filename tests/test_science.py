@@ -161,6 +161,19 @@ def test_nht_beats_baseline_when_the_norm_sets_the_delay_and_not_otherwise():
         assert {"median", "ci", "n"} <= set(good["loo_error"][name])
 
 
+def test_paired_comparison_is_uncertain_when_the_interval_straddles_zero():
+    from nht.prediction import paired_comparison
+    rng = np.random.default_rng(0)
+    cells = {f"c{i}": {"kind": "observed", "delay_or_cap": 100.0,
+                       "a": 100.0 * (1 + e), "b": 100.0 * (1 + abs(e) + d)}
+             for i, (e, d) in enumerate(zip(rng.uniform(-0.3, 0.3, 30), rng.normal(0, 0.2, 30)))}
+    out = paired_comparison(cells, "a", "b", n_boot=300, seed=0)
+    assert out["ci"][0] < 0 < out["ci"][1] and out["a_better"] == "uncertain"
+    shifted = {k: dict(c, b=c["b"] + 40.0) for k, c in cells.items()}
+    assert paired_comparison(shifted, "a", "b", n_boot=300, seed=0)["a_better"] is True
+    assert paired_comparison(shifted, "b", "a", n_boot=300, seed=0)["a_better"] is False
+
+
 def test_norm_shift_at_fixed_eta_lambda_holds_and_fails():
     good = predictive_verdict(*grid(law=True), n_boot=300)["norm_shift"]
     assert good["n_strata"] == 8 and good["slope"] == pytest.approx(1.0, abs=0.05)

@@ -184,6 +184,10 @@ def test_markdown_shows_measured_beside_paper_and_differences():
     assert "`cifar_cpu` vs paper CIFAR-10" in md
     assert "broken" not in md
     assert sc.scorecard_markdown(summary["experiments"]) == md
+    mod["censoring"] = {"n_censored": 3, "km_median_delay": 4300.0}
+    mod["delay_law"]["excluded"] = {"censored": 3, "norm_grew": 2}
+    md = sc.scorecard_markdown({"experiments": {"m": mod}})
+    assert "Cells: 3 censored" in md and "censored 3, norm_grew 2" in md
 
 
 def test_html_rendering_has_the_tables():
