@@ -21,8 +21,9 @@ Errors: relative ``|pred - delay| / delay`` per cell with an observed delay (> 0
 (no T_gen by the stop, delay > cap) get the stated lower bound ``max(0, 1 - pred / cap)``; they
 are reported apart (``median_with_censored_bound``, ``censored_beyond_cap``) and stay out of the
 verdict. ``nht_beats_baseline``: over cells predicted by both, the paired difference
-``error_baseline - error_nht``; its median with a BCa interval (>= 8 cells, else
-``"uncertain"``); true only when the interval lies above 0.
+``error_baseline - error_nht``; its median with a BCa interval (>= 8 cells); true only when the
+interval lies above 0, false when it lies at or below 0, ``"uncertain"`` when it straddles 0 or
+with fewer than 8 cells.
 
 Where only lambda varies the law and ``1/(eta lambda)`` are nearly proportional and no data can
 separate them (``discriminating`` is false). The law's own discriminating prediction is tested in
@@ -159,18 +160,21 @@ def _summary(per_cell: dict, name: str, n_boot: int, seed: int) -> dict:
 
 def paired_comparison(per_cell: dict, a: str, b: str, n_boot: int, seed: int) -> dict:
     """Median of ``error_b - error_a`` over observed cells predicted by both, BCa interval;
-    ``a_better`` is true when the interval lies above 0, false when it does not, and
-    ``"uncertain"`` below :data:`nht.stats.MIN_BOOT_N` cells."""
+    ``a_better`` is true when the interval lies above 0, false when it lies at or below 0, and
+    ``"uncertain"`` when it straddles 0 or below :data:`nht.stats.MIN_BOOT_N` cells (no
+    interval)."""
     diffs = []
     for c in per_cell.values():
         if c["kind"] == "observed" and c[a] is not None and c[b] is not None:
             diffs.append(_error(c[b], "observed", c["delay_or_cap"])
                          - _error(c[a], "observed", c["delay_or_cap"]))
     med = stats.median_ci(diffs, n_boot=n_boot, seed=seed)
-    if med["ci"] is None:
-        better = "uncertain"
+    if med["ci"] is not None and med["ci"][0] > 0:
+        better = True
+    elif med["ci"] is not None and med["ci"][1] <= 0:
+        better = False
     else:
-        better = bool(med["ci"][0] > 0)
+        better = "uncertain"
     return dict(med, a_better=better, definition=f"median over cells of error({b}) - error({a})")
 
 

@@ -81,10 +81,12 @@ def plot_prediction(pred: dict, figure_dir: str) -> list[str]:
         pts = [(c["delay_or_cap"], c[name]) for c in obs if c[name] is not None and c[name] > 0]
         if not pts:
             continue
-        err = pred["loo_error"][name]["median"]
+        loo = pred["loo_error"][name]
+        hidden = loo["n"] - len(pts)
         ax.scatter(*zip(*pts), s=22, marker=marker, color=f"C{i}",
-                   label=f"{name} (median err {err:.2f}, n={len(pts)})" if err is not None
-                   else name)
+                   label=f"{name} (median err {loo['median']:.2f}, n={loo['n']}"
+                   + (f"; {hidden} at ≤ 0 not shown)" if hidden else ")")
+                   if loo["median"] is not None else name)
         vals += [v for p in pts for v in p]
         cpts = [(c["delay_or_cap"], c[name]) for c in cens if c[name] is not None and c[name] > 0]
         if cpts:
@@ -197,6 +199,6 @@ def plot_clean_separation(sep: dict, figure_dir: str):
     s = sep["S"]
     ax.set_title("clean-norm separation S per cell\nexperiment S = "
                  + (f"{s:.2f}" if s is not None else "n/a") + f" → {sep['verdict']}", fontsize=9)
-    ax.set_xlabel("S = P(ln V reliant > ln V structured) − P(<), from min(norm peak, T_mem)")
+    ax.set_xlabel("S = P(ln V reliant > ln V structured) − P(<)")
     ax.legend(fontsize=7)
     return _save(fig, figure_dir, "clean_separation")

@@ -27,7 +27,8 @@ Modular experiments (fields from :func:`nht.science.analyse_modular`):
 * **P6_delay_scaling** -- out of sample: ``prediction.paired_difference.median`` = median over
   cells of (relative delay error of the ``1/(eta lambda)`` baseline) - (that of the NHT
   prediction), leave-one-group-out, known at ``T_mem`` (:mod:`nht.prediction`). holds when the
-  paired interval lies above 0 (``prediction.nht_beats_baseline`` true). The retrospective R^2,
+  paired interval lies above 0 (``prediction.nht_beats_baseline`` true), fails when it lies at or
+  below 0, uncertain when it straddles 0 or with fewer than 8 cells. The retrospective R^2,
   the tautology R^2, the baseline's R^2, the norm-shift test and the decay rate are in ``detail``.
 
 Image experiments (fields from ``nht.images.summary``):
@@ -228,7 +229,9 @@ def _delay_entry(s, threshold):
               "retrospective_r2": law.get("r2"), "tautology_r2": law.get("tautology_r2"),
               "baseline_r2": base.get("r2"), "paper_r2": 0.971,
               "decay_ratio_to_theory": rate.get("median"),
-              "decay_ratio_to_theory_ci": rate.get("ci")}
+              "decay_ratio_to_theory_ci": rate.get("ci"),
+              "excluded_from_law_fit": law.get("excluded"),
+              "n_censored": (s.get("censoring") or {}).get("n_censored")}
     n = paired.get("n") or 0
     if n < MIN_N or _num(paired.get("median")) is None:
         return _ned(threshold, d6, f"fewer than {MIN_N} cells predicted by both", n=n,

@@ -96,7 +96,30 @@ def scorecard_markdown(summary: dict) -> str:
                          f"{e['comparison'] if e['threshold'] is not None else ''} "
                          f"{_fmt(e['threshold'])} | {e['verdict'].replace('_', ' ')} | "
                          f"{e.get('ci_verdict') or '–'} | {_fmt(e.get('n'))} | {definition} |")
+        lines += _cells_note(exps[n])
     return "\n".join(lines) + "\n"
+
+
+def _cells_note(exp: dict) -> list[str]:
+    """How many cells the delay-law fit and the P6 prediction left out, and why."""
+    excluded = (exp.get("delay_law") or {}).get("excluded")
+    cens = exp.get("censoring") or {}
+    pred = exp.get("prediction") or {}
+    if not excluded and not cens and not pred:
+        return []
+    parts = []
+    if cens:
+        parts.append(f"{cens.get('n_censored', 0)} censored (delay > cap, not in the fits; "
+                     f"Kaplan-Meier median delay {_fmt(cens.get('km_median_delay'))}"
+                     + (f", {cens['km_median_bound']}" if cens.get("km_median_bound") else "")
+                     + ")")
+    if excluded:
+        parts.append("left out of the delay-law fit: "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(excluded.items())))
+    if pred.get("not_predicted"):
+        parts.append("not predicted: " + ", ".join(f"{k} {v}" for k, v in
+                                                   sorted(pred["not_predicted"].items())))
+    return ["", "Cells: " + "; ".join(parts) + "."]
 
 
 def _inline_html(text: str) -> str:

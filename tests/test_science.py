@@ -164,9 +164,10 @@ def test_nht_beats_baseline_when_the_norm_sets_the_delay_and_not_otherwise():
 def test_paired_comparison_is_uncertain_when_the_interval_straddles_zero():
     from nht.prediction import paired_comparison
     rng = np.random.default_rng(0)
-    cells = {f"c{i}": {"kind": "observed", "delay_or_cap": 100.0,
-                       "a": 100.0 * (1 + e), "b": 100.0 * (1 + abs(e) + d)}
-             for i, (e, d) in enumerate(zip(rng.uniform(-0.3, 0.3, 30), rng.normal(0, 0.2, 30)))}
+    # errors 0.3 + u for a, and that +- 0.05 (symmetric) for b: no predictor is better
+    cells = {f"c{i}": {"kind": "observed", "delay_or_cap": 100.0, "a": 130.0 + 100 * u,
+                       "b": 130.0 + 100 * u + (5.0 if i % 2 else -5.0) + rng.normal(0, 0.5)}
+             for i, u in enumerate(rng.uniform(0, 0.2, 30))}
     out = paired_comparison(cells, "a", "b", n_boot=300, seed=0)
     assert out["ci"][0] < 0 < out["ci"][1] and out["a_better"] == "uncertain"
     shifted = {k: dict(c, b=c["b"] + 40.0) for k, c in cells.items()}
