@@ -134,7 +134,49 @@ def validate_config(config: dict) -> dict:
             for p in _as_list(exp["p"]):
                 if "div" in ops and not _is_prime(p):
                     raise ConfigError(f"invalid config key '{prefix}.p' = {p}: op 'div' needs a prime p")
+        check_measurable(prefix, exp)
     return config
+
+
+# Sizes (train, test) of the datasets whose size is known without loading them, for the checks below.
+KNOWN_IMAGE_SIZES = {"digits": (1437, 360), "cifar10": (50000, 10000)}
+
+
+def check_measurable(prefix: str, exp: dict) -> None:
+    """Checks across keys: refuse a config that cannot produce a measurement, naming the key.
+
+    Modular: every (op, p, train_frac) leaves a non-empty train and test set; eval_every <= max_steps
+    (otherwise only step 0 is evaluated). Image: n_train / n_test within the dataset (when its
+    size is known from the config or the dataset), borders thinner than half the image.
+    """
+    if exp["kind"] == "modular":
+        for op in _as_list(exp["op"]):
+            for p in _as_list(exp["p"]):
+                n = p * (p - 1) if op == "div" else p * p
+                for frac in _as_list(exp["train_frac"]):
+                    n_train = int(round(frac * n))
+                    if not 0 < n_train < n:
+                        raise ConfigError(f"invalid config key '{prefix}.train_frac' = {frac}: with p = {p} "
+                                          f"({n} pairs) it leaves {n_train} training and {n - n_train} test pairs")
+        for steps in _as_list(exp["max_steps"]):
+            for every in _as_list(exp.get("eval_every", 1)):
+                if every > steps:
+                    raise ConfigError(f"invalid config key '{prefix}.eval_every' = {every}: larger than "
+                                      f"max_steps = {steps}, so nothing after step 0 would be measured")
+        return
+    ds = exp["dataset"]
+    sizes = KNOWN_IMAGE_SIZES.get(ds.get("name"))
+    for key, i in (("n_train", 0), ("n_test", 1)):
+        cap = ds.get("max_train" if i == 0 else "max_test") or (sizes[i] if sizes else None)
+        want = ds.get(key)
+        if want is not None and cap is not None and want > cap:
+            raise ConfigError(f"invalid config key '{prefix}.dataset.{key}' = {want}: the "
+                              f"{ds.get('name')} {'training' if i == 0 else 'test'} set has only {cap} images")
+    side = (8 + 2 * ds.get("pad", 4)) if ds.get("name") == "digits" else (ds.get("image_size") or 32)
+    for width in _as_list(exp.get("border", 0)):
+        if 2 * width >= side:
+            raise ConfigError(f"invalid config key '{prefix}.border' = {width}: a {side}x{side} image "
+                              "would be all border")
 
 
 def load_config(path: str | Path) -> dict:
