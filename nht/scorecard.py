@@ -51,7 +51,6 @@ Image experiments (fields from ``nht.images.summary``):
 
 from __future__ import annotations
 
-import math
 import re
 
 from nht import stats
