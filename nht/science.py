@@ -35,7 +35,7 @@ from nht.verdict_inputs import (decay_rate, decay_rates, layer_hierarchy, norm_o
 __all__ = ["analyse_modular", "clean_json", "fit_delay_laws", "predictive_verdict",
            "clean_norm_separation", "clean_norm_separation_cell", "image_clean_norm_separation",
            "decay_rate", "decay_rates", "norm_ordering", "regime_ordering", "layer_hierarchy",
-           "S_THRESHOLD", "_save"]
+           "S_THRESHOLD"]
 
 
 def analyse_modular(cells: pd.DataFrame, histories: dict[str, pd.DataFrame], figure_dir: str,
