@@ -64,6 +64,10 @@ KINDS: dict[str, KindSpec] = {
     ),
 }
 
+# Settings that only steer the workflow around a cell, never what its jobs compute.
+WORKFLOW_ONLY_KEYS = ("description", "batch_over", "max_cells_per_job", "mem_mb", "runtime_min", "gpus",
+                      "figure_cells_max")
+
 # Axes of a dataset: cells with equal values share one generated dataset file.
 DATASET_AXES = {"modular": ("op", "p", "train_frac", "split_seed"), "image": ("rho", "border", "seed")}
 
@@ -224,6 +228,12 @@ class Cell:
     @property
     def dataset_id(self) -> str:
         return dataset_id(self.kind, self.settings)
+
+    @property
+    def run_settings(self) -> dict:
+        """The settings a job of this cell receives: all but those that only steer the workflow
+        (scheduling, figures, descriptions), so editing those reruns no training or extraction."""
+        return {k: v for k, v in self.settings.items() if k not in WORKFLOW_ONLY_KEYS}
 
 
 def dataset_id(kind: str, settings: dict) -> str:

@@ -77,7 +77,7 @@ def job_spec(job_id):
     return {
         "experiment": job.experiment,
         "job": job.id,
-        "cells": [{"id": c.id, "settings": c.settings} for c in job.cells],
+        "cells": [{"id": c.id, "settings": c.run_settings} for c in job.cells],
     }
 
 

@@ -71,7 +71,7 @@ def image_experiment_summary_files():
 
 
 def _img_settings(cell):
-    return dict(cell.settings, experiment=cell.experiment)
+    return dict(cell.run_settings, experiment=cell.experiment)
 
 
 def _img_exp_threads(exp):

@@ -82,7 +82,7 @@ EXTRACT_NORMS = RC.rule(
                       "meta": f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/meta.json"},
     outputs={"history": f"{R}/{{experiment}}/cells/{{cell}}/history.csv",
              "norms": f"{R}/{{experiment}}/cells/{{cell}}/norms.json"},
-    params={"settings": lambda w: json.dumps(CELLS[w.cell].settings)},
+    params={"settings": lambda w: json.dumps(CELLS[w.cell].run_settings)},
 )
 
 
