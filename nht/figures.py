@@ -73,14 +73,14 @@ def plot_curves(cells: pd.DataFrame, histories: dict[str, pd.DataFrame], out_dir
 
 
 def plot_delay_law(cells: pd.DataFrame, fit: dict, out_dir) -> list[str]:
-    ok = cells[cells["regime"].isin(["delayed", "immediate"]) & cells["T_pred"].notna()]
+    ok = cells[cells["regime"].isin(["delayed", "immediate"]) & (cells["T_pred"] > 0)]   # as fitted
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     panels = (("T_pred", fit["delay_law"], "T_pred = ln(V_mem/V_final)/(2ηλ) [steps]"),
               ("inv_eta_lambda", fit["baseline_inverse_eta_lambda"], "1/(ηλ) [steps]"))
     for ax, (col, f, xlabel) in zip(axes, panels):
         x = ok["T_pred"] if col == "T_pred" else 1.0 / (ok["lr"] * ok["weight_decay"])
         ax.scatter(x, ok["delay"], c=[REGIME_COLORS[r] for r in ok["regime"]], s=18)
-        if len(x) and not math.isnan(f["k"]):
+        if len(x) and f.get("k") is not None and math.isfinite(f["k"]):
             xs = np.linspace(0, float(np.max(x)) * 1.05, 50)
             ax.plot(xs, f["k"] * xs + f["b"], "k-", lw=1,
                     label=f"delay = {f['k']:.3g}·x + {f['b']:.3g}\nR² = {f['r2']:.3f}, n = {f['n']}")
