@@ -30,3 +30,5 @@ rule all:
     default_target: True
     input:
         SUMMARY,
+        # stale or restorable recorded jobs (nht.recompute): their force stamps are built first
+        lambda w: RC.force_targets([SUMMARY]),

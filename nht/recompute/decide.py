@@ -24,6 +24,14 @@ stale       definition, code or an input changed, an upstream job reruns,    + `
             the record is unreadable, or outputs exist with no record
 new         no record and no output yet                                      as they are
 ==========  ===============================================================  ======================
+
+Snakemake builds a missing file only when a target or a job that must run needs it, so the force
+stamps are also inputs of the target rule ``all`` (:meth:`Recompute.force_targets`, which decides
+every recorded job of the current config up front). With an explicit target instead of ``all``,
+a stale job is reported with the ``--forcerun`` that reruns it.
+
+Records of a job live next to its outputs' tree: ``<data_dir>/.records`` for jobs writing under
+the data directory (datasets are shared by configs), ``<results_dir>/.records`` otherwise.
 """
 
 from __future__ import annotations
@@ -80,8 +88,10 @@ class Wildcards(dict):
 class RuleHandle:
     """What a rule takes from :class:`Recompute`: ``input`` (for ``unpack``), ``output``, ``params``."""
 
-    def __init__(self, rc: "Recompute", name: str, inputs: Callable, outputs: dict, params: dict):
+    def __init__(self, rc: "Recompute", name: str, inputs: Callable, outputs: dict, params: dict,
+                 exists: Callable):
         self.rc, self.name, self.inputs, self.outputs, self.user_params = rc, name, inputs, outputs, params
+        self.exists = exists
         for key, value in list(params.items()) + [("inputs", inputs)]:
             if callable(value) and len(inspect.signature(value).parameters) != 1:
                 raise ValueError(f"rule {name}: {key} must be a value or a function of the wildcards only")
@@ -103,8 +113,13 @@ class RuleHandle:
 class Recompute:
     """Registry of the workflow's rules and the decisions about their jobs (one per Snakemake run)."""
 
-    def __init__(self, records_dir: str, rule_files: list[str], root: str | Path = "."):
+    def __init__(self, records_dir: str, rule_files: list[str], root: str | Path = ".",
+                 data_records_dir: str | None = None):
         self.records_dir = records_dir
+        self.data_records_dir = data_records_dir or records_dir
+        self._data_root = str(Path(self.data_records_dir).parent) + "/"
+        self._targets_evaluated = False
+        self._warned: set[str] = set()
         self.root = Path(root)
         self.rule_files = list(rule_files)
         self.rules: dict[str, RuleHandle] = {}
@@ -114,12 +129,16 @@ class Recompute:
         self._producer: dict[str, str] = {}
         self._md5: dict[str, str | None] = {}
         self._decisions: dict[str, Decision] = {}
+        self._patterns: list | None = None
         self._cache = dvc_cache_dir(self.root)
 
     # -- registration ---------------------------------------------------------------------------
-    def rule(self, name: str, inputs: Callable | dict, outputs: dict, params: dict | None = None) -> RuleHandle:
+    def rule(self, name: str, inputs: Callable | dict, outputs: dict, params: dict | None = None,
+             exists: Callable | None = None) -> RuleHandle:
+        """Register a rule. ``exists(wildcards)``: whether a recorded job of this rule is part of
+        the current config (default: always)."""
         fn = inputs if callable(inputs) else _constant(inputs)
-        handle = RuleHandle(self, name, fn, outputs, params or {})
+        handle = RuleHandle(self, name, fn, outputs, params or {}, exists or _constant(True))
         self.rules[name] = handle
         return handle
 
@@ -140,7 +159,8 @@ class Recompute:
     @property
     def records(self) -> dict[str, dict]:
         if self._records is None:
-            self._records = load_records(self.records_dir)
+            self._records = load_records(self.data_records_dir)
+            self._records.update(load_records(self.records_dir))
             for stage, rec in self._records.items():
                 for path in (rec.get("outputs") or {}):
                     self._producer[path] = stage
@@ -165,10 +185,14 @@ class Recompute:
                "outputs": self.outputs_of(rule, w), "wildcards": dict(w)}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    def records_dir_of(self, rule: str, w: dict) -> str:
+        outs = self.outputs_of(rule, w)
+        return self.data_records_dir if outs and outs[0].startswith(self._data_root) else self.records_dir
+
     def tag(self, rule: str, w: dict) -> str:
         """The ``nht`` param of a job: what its wrapper needs to record it (constant per definition)."""
         return json.dumps({"stage": stage_name(rule, w), "rule": rule, "wildcards": dict(w),
-                           "definition": self.definition(rule, w), "records": self.records_dir},
+                           "definition": self.definition(rule, w), "records": self.records_dir_of(rule, w)},
                           sort_keys=True)
 
     # -- decisions ------------------------------------------------------------------------------
@@ -228,7 +252,52 @@ class Recompute:
             out[key] = [wrap(p) for p in value] if isinstance(value, (list, tuple)) else wrap(str(value))
         if d.status in ("stale", "restore"):
             out["nht_force"] = f"{FORCE_DIR}/{d.stage}"
+            if not self._targets_evaluated and d.stage not in self._warned:
+                self._warned.add(d.stage)
+                import sys
+                print(f"nht: {d.stage} is {d.status} ({d.reason}); with an explicit target it reruns only "
+                      f"with `--forcerun {rule}` (or run the default target)", file=sys.stderr)
         return out
+
+    def producer_of(self, path: str) -> tuple[str, Wildcards] | None:
+        """(rule, wildcards) of the registered rule whose output pattern matches ``path`` and whose
+        ``exists`` accepts the wildcards (the job Snakemake would pick), or None."""
+        if self._patterns is None:
+            self._patterns = [(name, _pattern_regex(str(pat))) for name, h in self.rules.items()
+                              for pat in h.outputs.values()]
+        for name, regex in self._patterns:
+            m = regex.fullmatch(path)
+            if m:
+                w = Wildcards(m.groupdict())
+                try:
+                    if self.rules[name].exists(w):
+                        return name, w
+                except (KeyError, AttributeError, TypeError):
+                    continue
+        return None
+
+    def force_targets(self, targets: list[str]) -> list[str]:
+        """Force stamps of every job upstream of ``targets`` that must rerun or be restored.
+
+        Inputs of the target rule ``all``, so Snakemake builds them (see the module doc). Walks
+        the jobs from the targets through the registered rules' input functions (the same jobs
+        Snakemake will build), deciding each one.
+        """
+        self._targets_evaluated = True
+        stamps, seen, todo = [], set(), list(targets)
+        while todo:
+            path = todo.pop()
+            if path in seen:
+                continue
+            seen.add(path)
+            found = self.producer_of(path)
+            if found is None:
+                continue
+            d = self.decide(*found)
+            if d.status in ("stale", "restore"):
+                stamps.append(f"{FORCE_DIR}/{d.stage}")
+            todo.extend(p for v in d.inputs.values() for p in _paths(v))
+        return sorted(set(stamps))
 
     @property
     def decisions(self) -> dict[str, Decision]:
@@ -238,6 +307,13 @@ class Recompute:
     def reason(self, stage: str) -> str:
         d = self._decisions.get(stage)
         return f"{stage}: {d.status}, {d.reason}" if d else f"{stage}: forced"
+
+
+def _pattern_regex(pattern: str):
+    """A Snakemake output pattern as a regex with one named group per wildcard."""
+    parts = re.split(r"\{(\w+)\}", pattern)
+    rx = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[^/]+)" for i, p in enumerate(parts))
+    return re.compile(rx)
 
 
 def _constant(value):

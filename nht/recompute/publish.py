@@ -72,14 +72,17 @@ def quarantine(paths: list[str], root: Path, why: str) -> list[str]:
               + ", ".join(moved[:5]) + (" ..." if len(moved) > 5 else ""), file=sys.stderr)
     return moved
 
-def not_current(decisions: dict, records_dir: str, started: float, root: Path) -> list[str]:
+def not_current(decisions: dict, records_dirs: list[str], started: float, root: Path) -> list[str]:
     """Outputs of this run's jobs that are stale or differ from their record."""
-    records = load_records(root / records_dir)
+    records, where = {}, {}
+    for d in records_dirs:
+        for stage, rec in load_records(root / d).items():
+            records[stage], where[stage] = rec, d
     out = []
     for stage, d in decisions.items():
         rec = records.get(stage)
-        rewritten = record_path(root / records_dir, stage).exists() and \
-            record_path(root / records_dir, stage).stat().st_mtime >= started
+        path = record_path(root / where.get(stage, records_dirs[0]), stage)
+        rewritten = path.exists() and path.stat().st_mtime >= started
         if d.status == "stale" and not rewritten and rec:
             out += list((rec.get("outputs") or {}))
         elif rec and rec.get("outputs"):
@@ -107,11 +110,9 @@ def tracked_dirs(config: dict, root: Path) -> list[str]:
     dirs = [config.get("data_dir", "data"), config.get("results_dir", "results"), "logs"]
     return [d for d in dict.fromkeys(dirs) if (root / d).is_dir()]
 
-def newest_record(records_dir: Path) -> float:
+def newest_record(records_dirs: list[Path]) -> float:
     """mtime of the newest record (0 when there is none)."""
-    if not records_dir.is_dir():
-        return 0.0
-    return max((p.stat().st_mtime for p in records_dir.glob("*.json")), default=0.0)
+    return max((p.stat().st_mtime for d in records_dirs if d.is_dir() for p in d.glob("*.json")), default=0.0)
 
 
 def snapshot_time(config: dict, root: Path) -> float:
@@ -120,17 +121,17 @@ def snapshot_time(config: dict, root: Path) -> float:
     return p.stat().st_mtime if p.exists() else 0.0
 
 
-def finish(config: dict, decisions: dict, records_dir: str, started: float, root: str | Path = ".") -> None:
+def finish(config: dict, decisions: dict, records_dirs: list[str], started: float, root: str | Path = ".") -> None:
     """See the module doc. A failure to publish is reported with what to do; the results stay."""
     root = Path(root)
     try:
-        newest = newest_record(root / records_dir)
+        newest = newest_record([root / d for d in records_dirs])
         dvc_on = is_enabled(config, root)
         if newest < started and not (dvc_on and newest > snapshot_time(config, root)):
             return                                  # nothing ran, nothing left to snapshot
         with file_lock(root / LOCK_FILE) if (root / ".dvc").is_dir() else _nolock():
             if newest >= started:
-                quarantine(not_current(decisions, records_dir, started, root), root, "stale or partial")
+                quarantine(not_current(decisions, records_dirs, started, root), root, "stale or partial")
             if not dvc_on:
                 return
             from nht.recompute.dvc_yaml import write_top_level

@@ -34,7 +34,7 @@ SUMMARY = P.fill(P.SUMMARY, config)
 # inputs, outputs and params from its handle, and runs its command through the JOB wrapper,
 # which records what the job read, ran and wrote.
 _RULES_DIR = os.path.join(workflow.basedir, "workflow", "rules")
-RC = Recompute(records_dir=f"{R}/.records", rule_files=[os.path.join(workflow.basedir, "Snakefile")]
+RC = Recompute(records_dir=f"{R}/.records", data_records_dir=f"{D}/.records", rule_files=[os.path.join(workflow.basedir, "Snakefile")]
                + [os.path.join(_RULES_DIR, f) for f in sorted(os.listdir(_RULES_DIR)) if f.endswith(".smk")])
 JOB = ("python -m nht.recompute job --tag {params.nht:q} --inputs {input:q} --outputs {output:q} -- ")
 

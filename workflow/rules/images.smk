@@ -13,6 +13,7 @@ include: "images_common.smk"
 
 IMAGE_FETCH_RULE = RC.rule(
     "image_fetch",
+    exists=lambda w: w.fetch in IMAGE_FETCH,
     inputs={},
     outputs={"raw": f"{D}/image/raw/{{fetch}}.npz"},
     params={"spec": lambda w: _img_json.dumps(IMAGE_FETCH[w.fetch], sort_keys=True, default=str)},
@@ -42,6 +43,7 @@ rule image_fetch:
 
 IMAGE_SHORTCUT_RULE = RC.rule(
     "image_shortcut",
+    exists=lambda w: (w.experiment, w.shortcut) in IMAGE_SHORTCUTS,
     inputs=lambda w: {"raw": f"{D}/image/raw/{_img_fetch_id(w.experiment)}.npz"},
     outputs={"data": f"{D}/image/{{experiment}}/{{shortcut}}.npz"},
     params={
@@ -80,6 +82,7 @@ rule image_shortcut:
 
 IMAGE_TRAIN_RULE = RC.rule(
     "image_train",
+    exists=lambda w: w.cell in CELLS and CELLS[w.cell].experiment == w.experiment and CELLS[w.cell].kind == "image",
     inputs=lambda w: {"data": f"{D}/image/{w.experiment}/{_img_shortcut_id(CELLS[w.cell])}.npz"},
     outputs={"history": f"{R}/{{experiment}}/cells/{{cell}}/history.csv",
              "norms": f"{R}/{{experiment}}/cells/{{cell}}/norms.json"},
@@ -123,6 +126,7 @@ rule image_train:
 IMAGE_FIGURE_NAMES = ("clean_acc_vs_rho", "norm_curves", "phase_diagram", "layer_norms")
 IMAGE_FIGURES_RULE = RC.rule(
     "image_figures",
+    exists=lambda w: w.experiment in IMAGE_EXPERIMENTS,
     inputs=lambda w: {"norms": [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in IMAGE_CELLS[w.experiment]],
                       "history": [f"{R}/{w.experiment}/cells/{c.id}/history.csv"
                                   for c in IMAGE_CELLS[w.experiment]]},
@@ -160,6 +164,7 @@ rule image_figures:
 
 IMAGE_SUMMARY_RULE = RC.rule(
     "image_experiment_summary",
+    exists=lambda w: w.experiment in IMAGE_EXPERIMENTS,
     inputs=lambda w: {"norms": [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in IMAGE_CELLS[w.experiment]],
                       "history": [f"{R}/{w.experiment}/cells/{c.id}/history.csv"
                                   for c in IMAGE_CELLS[w.experiment]],

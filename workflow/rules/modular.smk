@@ -4,6 +4,7 @@
 
 MODULAR_DATA = RC.rule(
     "make_modular_data",
+    exists=lambda w: w.dataset in MODULAR_DATASETS,
     inputs={},
     outputs={"data": f"{D}/modular/{{dataset}}.npz"},
     params={"ds": lambda w: MODULAR_DATASETS[w.dataset]},
@@ -35,6 +36,7 @@ rule make_modular_data:
 
 TRAIN_MODULAR = RC.rule(
     "train_modular",
+    exists=lambda w: w.job in JOBS and JOBS[w.job].experiment == w.experiment,
     inputs=lambda w: {"dataset": f"{D}/modular/{JOBS[w.job].cells[0].dataset_id}.npz"},
     outputs={"history": f"{R}/{{experiment}}/jobs/{{job}}/history.csv",
              "meta": f"{R}/{{experiment}}/jobs/{{job}}/meta.json"},
@@ -78,6 +80,7 @@ rule train_modular:
 
 EXTRACT_NORMS = RC.rule(
     "extract_norms",
+    exists=lambda w: w.cell in CELLS and CELLS[w.cell].experiment == w.experiment and CELLS[w.cell].kind == "modular",
     inputs=lambda w: {"history": f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/history.csv",
                       "meta": f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/meta.json"},
     outputs={"history": f"{R}/{{experiment}}/cells/{{cell}}/history.csv",
@@ -118,6 +121,7 @@ def cell_files(experiment, name):
 
 FIT_MODULAR = RC.rule(
     "fit_modular",
+    exists=lambda w: w.experiment in experiments_of_kind("modular"),
     inputs=lambda w: {"norms": cell_files(w.experiment, "norms.json")},
     outputs={"fit": f"{R}/{{experiment}}/fit.json", "table": f"{R}/{{experiment}}/cells.csv"},
 )
@@ -151,6 +155,7 @@ MODULAR_FIGURES = {f"{name}_{ext}": f"{R}/{{experiment}}/figures/{name}.{ext}"
                    for name in ("curves", "delay_law", "regimes") for ext in ("png", "pdf")}
 FIGURES_MODULAR = RC.rule(
     "figures_modular",
+    exists=lambda w: w.experiment in experiments_of_kind("modular"),
     inputs=lambda w: {"table": f"{R}/{w.experiment}/cells.csv", "fit": f"{R}/{w.experiment}/fit.json",
                       "histories": cell_files(w.experiment, "history.csv")},
     outputs={k: (report(v, caption=f"../report/{k[:-4]}.rst", category=k[:-4].replace("_", " ").title(),
@@ -195,6 +200,7 @@ SCIENCE_REPORT = {
 }
 SCIENCE_MODULAR = RC.rule(
     "science_modular",
+    exists=lambda w: w.experiment in experiments_of_kind("modular"),
     inputs=lambda w: {"norms": cell_files(w.experiment, "norms.json"),
                       "histories": cell_files(w.experiment, "history.csv")},
     outputs={"science": f"{R}/{{experiment}}/science.json",
@@ -232,6 +238,7 @@ rule science_modular:
 
 EXPERIMENT_SUMMARY_MODULAR = RC.rule(
     "experiment_summary_modular",
+    exists=lambda w: w.experiment in experiments_of_kind("modular"),
     inputs=lambda w: {"fit": f"{R}/{w.experiment}/fit.json", "science": f"{R}/{w.experiment}/science.json",
                       "figures": [p.format(experiment=w.experiment) for p in MODULAR_FIGURES.values()],
                       "metas": [f"{R}/{w.experiment}/jobs/{j.id}/meta.json" for j in jobs_of(w.experiment)]},

@@ -34,7 +34,7 @@ rule nht_force:
 def _rc_finish(log=None):
     from nht.recompute.publish import finish
 
-    finish(config, RC.decisions, RC.records_dir, _RC_STARTED)
+    finish(config, RC.decisions, [RC.records_dir, RC.data_records_dir], _RC_STARTED)
 
 
 onsuccess:
