@@ -116,7 +116,7 @@ def _summary(rows: list[dict]) -> dict:
 
 def _caps(rows: list[dict]) -> str:
     caps = sorted({r["cap"] for r in rows if r.get("cap")})
-    return "/".join(f"{c // 1000}k" for c in caps) or "?"
+    return "/".join(f"{c:,}" for c in caps) or "?"
 
 
 def build_table(nht: list[dict], comp: list[dict], source: dict, caps: dict[str, int], grid: int,
