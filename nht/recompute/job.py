@@ -9,6 +9,10 @@ Every rule's shell command starts with it. It
 3. otherwise runs COMMAND (signals are passed on to it) and, when it succeeded and wrote every
    output, writes the job's record atomically.
 
+With ``--log FILE`` everything the command prints goes to FILE, its progress lines (``[...] step``
+or ``[...] epoch``) also reach the terminal, at most one per job every PROGRESS_EVERY_S seconds,
+and when it fails the last lines of FILE are printed, so the error is seen without hunting for logs.
+
 A failed or killed command writes no record, so the previous record (if any) still describes the
 outputs it made, and the next run sees any difference.
 """
@@ -16,12 +20,15 @@ outputs it made, and the next run sees any difference.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as _dt
 import json
+import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from nht.fingerprint import entry_fingerprint, module_hashes
@@ -55,16 +62,39 @@ def try_restore(rec: dict | None, tag: dict, inputs: dict, code: str) -> bool:
     return True
 
 
-def run(command: list[str]) -> int:
-    """Run ``command``, passing SIGINT/SIGTERM on to it; its exit status."""
-    proc = subprocess.Popen(command)
+PROGRESS = re.compile(r"^\[[^\]]+\] (step|epoch) ")
+PROGRESS_EVERY_S = 20.0
+TAIL_LINES = 25
+
+
+def run(command: list[str], log, label: str) -> int:
+    """Run ``command``, passing SIGINT/SIGTERM on to it; its exit status. With ``log`` (a text
+    file), its output goes there and progress lines also to stderr (throttled)."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE if log else None,
+                            stderr=subprocess.STDOUT if log else None, text=True, bufsize=1)
 
     def forward(signum, _frame):
         proc.send_signal(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, forward)
+    if log is not None:
+        last = 0.0
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()
+            if PROGRESS.match(line) and time.monotonic() - last >= PROGRESS_EVERY_S:
+                last = time.monotonic()
+                print(f"  {label}: {line.rstrip()}", file=sys.stderr, flush=True)
     return proc.wait()
+
+
+def _tail(path: str, n: int = TAIL_LINES) -> str:
+    try:
+        with open(path, errors="replace") as fh:
+            return "".join(collections.deque(fh, maxlen=n))
+    except OSError:
+        return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", type=json.loads, required=True)
     ap.add_argument("--inputs", nargs="*", default=[])
     ap.add_argument("--outputs", nargs="+", required=True)
+    ap.add_argument("--log", default=None, help="file for the command's output (progress lines echoed)")
     a = ap.parse_args(argv[:cut])
     command = argv[cut + 1:]
     tag = a.tag
@@ -85,10 +116,20 @@ def main(argv: list[str] | None = None) -> int:
     inputs = {p: file_md5(p) for p in a.inputs if not p.startswith(FORCE_DIR + "/")}
     code, mods = _code_of(command)
     path = record_path(tag["records"], tag["stage"])
+    log = None
+    if a.log:
+        Path(a.log).parent.mkdir(parents=True, exist_ok=True)
+        log = open(a.log, "w")
+        sys.stdout = log                  # this wrapper's own messages go to the log too
+    label = tag["stage"].split("@")[0] + " " + ",".join(str(v) for v in tag["wildcards"].values())[:60]
     if try_restore(read_record(path), tag, inputs, code):
         return 0
-    status = run(command)
+    status = run(command, log, label)
     if status != 0:
+        if log is not None:
+            log.close()
+            print(f"nht: {tag['stage']} failed (exit {status}); last lines of {a.log}:\n{_tail(a.log)}",
+                  file=sys.stderr)
         return status
     missing = [p for p in a.outputs if not Path(p).exists()]
     if missing:

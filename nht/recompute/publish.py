@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from nht.recompute.records import QUARANTINE_DIR, file_md5, load_records, record_path
+from nht.recompute.records import QUARANTINE_DIR, file_md5, load_records
 
 LOCK_FILE = ".dvc/tmp/nht-publish.lock"
 DVC_LOCK_RETRY_S = 120
@@ -73,24 +73,23 @@ def quarantine(paths: list[str], root: Path, why: str) -> list[str]:
     return moved
 
 def not_current(decisions: dict, records_dirs: list[str], started: float, root: Path) -> list[str]:
-    """Outputs of this run's jobs that are stale or differ from their record."""
-    records, where = {}, {}
+    """Outputs of this run's jobs that are stale (decided stale, and neither recomputed nor
+    restored in this run) or differ from their record (partial files)."""
+    records = {}
     for d in records_dirs:
-        for stage, rec in load_records(root / d).items():
-            records[stage], where[stage] = rec, d
+        records.update(load_records(root / d))
     out = []
     for stage, d in decisions.items():
         rec = records.get(stage)
-        path = record_path(root / where.get(stage, records_dirs[0]), stage)
-        rewritten = path.exists() and path.stat().st_mtime >= started
-        if d.status == "stale" and not rewritten and rec:
-            out += list((rec.get("outputs") or {}))
-        elif rec and rec.get("outputs"):
-            out += [p for p, m in rec["outputs"].items() if (root / p).exists() and file_md5(root / p) != m]
+        outputs = (rec or {}).get("outputs") or {}
+        existing = [p for p in outputs if (root / p).exists()]
+        renewed = any((root / p).stat().st_mtime >= started for p in existing)
+        if d.status == "stale" and not renewed:
+            out += existing
+        else:
+            out += [p for p in existing if file_md5(root / p) != outputs[p]]
     return sorted(set(out))
 
-def ran_since(records_dir: Path, started: float) -> bool:
-    return records_dir.is_dir() and any(p.stat().st_mtime >= started for p in records_dir.glob("*.json"))
 
 def _dvc() -> str:
     here = Path(sys.executable).parent / "dvc"

@@ -36,7 +36,8 @@ SUMMARY = P.fill(P.SUMMARY, config)
 _RULES_DIR = os.path.join(workflow.basedir, "workflow", "rules")
 RC = Recompute(records_dir=f"{R}/.records", data_records_dir=f"{D}/.records", rule_files=[os.path.join(workflow.basedir, "Snakefile")]
                + [os.path.join(_RULES_DIR, f) for f in sorted(os.listdir(_RULES_DIR)) if f.endswith(".smk")])
-JOB = ("python -m nht.recompute job --tag {params.nht:q} --inputs {input:q} --outputs {output:q} -- ")
+JOB = ("python -m nht.recompute job --tag {params.nht:q} --inputs {input:q} --outputs {output:q}"
+       " --log {log:q} -- ")
 
 
 wildcard_constraints:

@@ -38,7 +38,7 @@ rule image_fetch:
         mem_mb=8000,
         runtime=30,
     shell:
-        JOB + "python -m nht.images fetch --spec {params.spec:q} --out {output.raw:q} > {log:q} 2>&1"
+        JOB + "python -m nht.images fetch --spec {params.spec:q} --out {output.raw:q}"
 
 
 IMAGE_SHORTCUT_RULE = RC.rule(
@@ -77,7 +77,7 @@ rule image_shortcut:
         runtime=10,
     shell:
         JOB + "python -m nht.images inject --raw {input.raw:q} --spec {params.spec:q} --rho {params.rho:q}"
-        " --border {params.border:q} --seed {params.seed:q} --out {output.data:q} > {log:q} 2>&1"
+        " --border {params.border:q} --seed {params.seed:q} --out {output.data:q}"
 
 
 IMAGE_TRAIN_RULE = RC.rule(
@@ -120,7 +120,7 @@ rule image_train:
     shell:
         JOB + "python -m nht.images train --settings {params.settings:q} --data {input.data:q}"
         " --out {params.outdir:q} --cell {wildcards.cell:q} --device {params.device:q} --threads {threads}"
-        " {params.det} {params.tf32} > {log:q} 2>&1"
+        " {params.det} {params.tf32}"
 
 
 IMAGE_FIGURE_NAMES = ("clean_acc_vs_rho", "norm_curves", "phase_diagram", "layer_norms")
@@ -159,7 +159,7 @@ rule image_figures:
         runtime=10,
     shell:
         JOB + "python -m nht.images figures --norms {input.norms:q} --out-dir {params.outdir:q}"
-        " --config {params.config:q} > {log:q} 2>&1"
+        " --config {params.config:q}"
 
 
 IMAGE_SUMMARY_RULE = RC.rule(
@@ -196,4 +196,4 @@ rule image_experiment_summary:
     shell:
         JOB + "python -m nht.images summarize --experiment {wildcards.experiment:q} --norms {input.norms:q}"
         " --figures {input.figures:q} --config {params.config:q} --out {output.summary:q}"
-        " --table {output.table:q} > {log:q} 2>&1"
+        " --table {output.table:q}"

@@ -31,7 +31,7 @@ rule make_modular_data:
     shell:
         JOB + "python -m nht make-data --op {params.ds[op]:q} --p {params.ds[p]:q}"
         " --train-frac {params.ds[train_frac]:q} --split-seed {params.ds[split_seed]:q}"
-        " --out {output.data:q} > {log:q} 2>&1"
+        " --out {output.data:q}"
 
 
 TRAIN_MODULAR = RC.rule(
@@ -75,7 +75,7 @@ rule train_modular:
         JOB + "python -m nht train --job {params.job:q} --dataset {input.dataset:q}"
         " --history {output.history:q} --meta {output.meta:q} --checkpoint {params.checkpoint:q}"
         " --device {params.device:q} --threads {threads} {params.deterministic}"
-        " --precision {params.precision:q} > {log:q} 2>&1"
+        " --precision {params.precision:q}"
 
 
 EXTRACT_NORMS = RC.rule(
@@ -111,7 +111,7 @@ rule extract_norms:
     shell:
         JOB + "python -m nht norms --job-history {input.history:q} --job-meta {input.meta:q}"
         " --cell {wildcards.cell:q} --settings {params.settings:q} --out-history {output.history:q}"
-        " --out-norms {output.norms:q} > {log:q} 2>&1"
+        " --out-norms {output.norms:q}"
 
 
 def cell_files(experiment, name):
@@ -148,7 +148,7 @@ rule fit_modular:
         runtime=10,
     shell:
         JOB + "python -m nht fit --norms {input.norms:q} --out-fit {output.fit:q}"
-        " --out-table {output.table:q} > {log:q} 2>&1"
+        " --out-table {output.table:q}"
 
 
 MODULAR_FIGURES = {f"{name}_{ext}": f"{R}/{{experiment}}/figures/{name}.{ext}"
@@ -188,7 +188,6 @@ rule figures_modular:
     shell:
         JOB + "python -m nht figures --cells-table {input.table:q} --histories {input.histories:q}"
         " --fit {input.fit:q} --out-dir {params.out_dir:q} --max-cells {params.max_cells}"
-        " > {log:q} 2>&1"
 
 
 SCIENCE_REPORT = {
@@ -233,7 +232,7 @@ rule science_modular:
         runtime=10,
     shell:
         JOB + "python -m nht science --norms {input.norms:q} --histories {input.histories:q}"
-        " --out {output.science:q} --figure-dir {params.figure_dir:q} > {log:q} 2>&1"
+        " --out {output.science:q} --figure-dir {params.figure_dir:q}"
 
 
 EXPERIMENT_SUMMARY_MODULAR = RC.rule(
@@ -270,4 +269,3 @@ rule experiment_summary_modular:
         JOB + "python -m nht experiment-summary --experiment {wildcards.experiment:q}"
         " --settings {params.settings:q} --fit {input.fit:q} --figures {input.figures:q}"
         " --job-metas {input.metas:q} --science {input.science:q} --out {output.summary:q}"
-        " > {log:q} 2>&1"

@@ -30,4 +30,3 @@ rule summary:
         runtime=5,
     shell:
         JOB + "python -m nht summary --experiment-summaries {params.paths:q} --out {output.summary:q}"
-        " > {log:q} 2>&1"
