@@ -36,7 +36,8 @@ def main() -> None:
     wd = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="nht-default-"))
     wd.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "Snakefile", wd)
-    shutil.copytree(REPO / "workflow", wd / "workflow", dirs_exist_ok=True)
+    for name in ("workflow", "profiles"):
+        shutil.copytree(REPO / name, wd / name, dirs_exist_ok=True)
     shutil.copy(args.config, wd / "config.yaml")
     shared = REPO.parent / "shared"
     if shared.exists() and not (wd.parent / "shared").exists():
@@ -66,13 +67,35 @@ def main() -> None:
               f"{m['cell_steps_per_second']:.0f} cell-steps/s")
     summary = json.loads((wd / "results/summary.json").read_text())
     for name, exp in summary["experiments"].items():
-        line = f"{name} ({exp['kind']}): regimes {exp.get('regimes')}"
-        if "delay_law" in exp:
-            law, base = exp["delay_law"], exp["baseline_inverse_eta_lambda"]
-            line += (f"; delay law R2 {law.get('r2')} k {law.get('k')} n {law.get('n')}; "
-                     f"1/(eta lambda) R2 {base.get('r2')}")
-        print(line)
+        print(f"{name} ({exp['kind']}): cells {exp.get('cells')}, regimes {exp.get('regimes')}")
+        law, base = exp.get("delay_law") or {}, exp.get("baseline_inverse_eta_lambda") or {}
+        if law:
+            print(f"  retrospective delay law R2 {_f(law.get('r2'))} {_ci(law.get('r2_ci'))} k {_f(law.get('k'))} "
+                  f"n {law.get('n')}; tautology R2 {_f(law.get('tautology_r2'))}; 1/(eta lambda) R2 {_f(base.get('r2'))}")
+        pred = exp.get("prediction") or {}
+        for key, err in (pred.get("loo_error") or {}).items():
+            if isinstance(err, dict):
+                print(f"  leave-one-group-out median relative delay error, {key}: {_f(err.get('median'))} "
+                      f"{_ci(err.get('ci'))} (n {err.get('n')})")
+        if pred:
+            print(f"  NHT beats 1/(eta lambda): {pred.get('nht_beats_baseline')}")
+        rate = (exp.get("decay_rate") or {}).get("ratio_to_theory")
+        if isinstance(rate, dict):
+            print(f"  decay rate / (2 eta lambda): {_f(rate.get('median', rate.get('value')))} {_ci(rate.get('ci'))}")
+        card = exp.get("scorecard") or {}
+        verdicts = {k: (v.get("verdict") if isinstance(v, dict) else v) for k, v in card.items()
+                    if k.startswith("P")}
+        if verdicts:
+            print("  scorecard: " + ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items())))
     print(f"results in {wd}")
+
+
+def _f(x) -> str:
+    return f"{x:.3g}" if isinstance(x, (int, float)) else str(x)
+
+
+def _ci(ci) -> str:
+    return f"[{_f(ci[0])}, {_f(ci[1])}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
 
 
 if __name__ == "__main__":

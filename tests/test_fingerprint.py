@@ -1,0 +1,84 @@
+"""Code fingerprints and stage code sets (nht.fingerprint): what reruns a stage when edited."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nht.fingerprint import code_fingerprint, code_set, rule_fingerprint, rule_sources
+from nht.recompute.decide import rule_code_set
+
+REPO = Path(__file__).resolve().parent.parent
+ANALYSIS = {"nht.scaling", "nht.delay_law", "nht.science", "nht.stats", "nht.figures", "nht.scorecard",
+            "nht.prediction", "nht.separation", "nht.verdict_inputs", "nht.science_figures",
+            "nht.scorecard_render", "nht.cellrecords"}
+
+
+@pytest.fixture
+def pkg(tmp_path):
+    shutil.copytree(REPO / "nht", tmp_path / "nht", ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_comments_docstrings_and_formatting_do_not_change_the_fingerprint(pkg):
+    before = code_fingerprint("nht.stages.fit", root=pkg)
+    f = pkg / "nht" / "scaling.py"
+    text = f.read_text()
+    body = text.split('"""', 2)[2]                      # drop the module docstring
+    f.write_text('"""A different docstring."""\n# a comment\n' + body.replace("\n\n", "\n\n\n", 3) + "\n# end\n")
+    assert code_fingerprint("nht.stages.fit", root=pkg) == before
+
+
+def test_a_real_change_changes_the_fingerprint_of_importers_only(pkg):
+    fit, train = code_fingerprint("nht.stages.fit", root=pkg), code_fingerprint("nht.stages.train", root=pkg)
+    (pkg / "nht" / "scaling.py").write_text((pkg / "nht" / "scaling.py").read_text() + "\nX = 1\n")
+    assert code_fingerprint("nht.stages.fit", root=pkg) != fit
+    assert code_fingerprint("nht.stages.train", root=pkg) == train
+
+
+def test_each_stage_code_set_and_training_never_imports_analysis():
+    files = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
+    sources = rule_sources(files)
+    sets = {name: rule_code_set(src) for name, src in sources.items() if "python -m nht" in src}
+    print(json.dumps(sets, indent=1))                   # the listing, in the test log
+    assert {"train_modular", "extract_norms", "fit_modular", "science_modular", "figures_modular",
+            "image_train", "image_figures"} <= set(sets)
+    for training in ("train_modular", "image_train", "make_modular_data", "image_fetch", "image_shortcut"):
+        assert not ANALYSIS & set(sets[training]), (training, ANALYSIS & set(sets[training]))
+    assert "nht.train" in sets["train_modular"] and "nht.models" in sets["train_modular"]
+    assert "nht.figures" in sets["figures_modular"] and "nht.figures" not in sets["fit_modular"]
+    assert "nht.images.train" in sets["image_train"]
+    for rule, mods in sets.items():                     # image stages never run modular science
+        if rule.startswith("image_"):
+            assert not {"nht.scaling", "nht.delay_law", "nht.train", "nht.models"} & set(mods), rule
+
+
+@pytest.mark.parametrize("stage", ["nht.stages.train", "nht.stages.make_data"])
+def test_training_import_closure_at_run_time(stage):
+    code = f"import sys, {stage}; print([m for m in sys.modules if m.startswith('nht')])"
+    loaded = set(json.loads(subprocess.run([sys.executable, "-c", code.replace("print(", "import json; print(json.dumps(")
+                                            + ")"], capture_output=True, text=True, check=True, cwd=REPO).stdout))
+    assert loaded and not ANALYSIS & loaded, ANALYSIS & loaded
+    assert set(code_set(stage)) >= loaded - {"nht.__main__"}
+
+
+def test_rule_fingerprint_ignores_comments_and_whitespace(tmp_path):
+    a = tmp_path / "a.smk"
+    a.write_text('rule x:\n    input: "a"\n    shell: "cat {input:q}"\n\n\nrule y:\n    shell: "true"\n')
+    b = tmp_path / "b.smk"
+    b.write_text('rule x:\n    # comment\n    input:   "a"\n\n    shell: "cat {input:q}"  # c\nrule y:\n    shell: "true"\n')
+    c = tmp_path / "c.smk"
+    c.write_text('rule x:\n    input: "a"\n    shell: "cat -n {input:q}"\n')
+    fa, fb, fc = (rule_fingerprint("x", rule_sources([p])) for p in (a, b, c))
+    assert fa == fb != fc
