@@ -10,7 +10,8 @@ from nht.config import expand_cells, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = sorted((REPO / "workflow" / "presets").glob("*.yaml"))
-IMAGE_PRESETS = ["cifar10-cpu", "cifar10-cpu-short", "paper-cifar10", "paper-resnet18", "paper-celeba", "paper-waterbirds"]
+IMAGE_PRESETS = ["cifar10-cpu", "cifar10-cpu-short", "paper-cifar10", "paper-resnet18", "paper-celeba", "paper-waterbirds",
+                 "digits-mlp-nht-cpu"]
 
 
 def sum_lr(n_train, batch, epochs, lr=1e-3):
@@ -47,3 +48,24 @@ def test_default_config_has_offline_digits_experiment():
     exp = cfg["experiments"]["digits_borders"]
     assert exp["kind"] == "image" and exp["dataset"] == {**exp["dataset"], "name": "digits", "source": "sklearn"}
     assert exp["border"] <= exp["dataset"]["pad"]
+
+
+def test_digits_nht_preset_is_the_searched_protocol():
+    """The issue-13 preset runs the search's no-noise protocol (benchmarks/image_transition_search.py)
+    over >= 4 lambdas x >= 3 seeds, plus a rho sweep including the no-information 1/10."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("search", REPO / "benchmarks" / "image_transition_search.py")
+    search = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(search)
+    proto = next(p for p in search.PROTOCOLS if p["name"] == "nonoise_long")
+    assert proto["classes"] is None and proto["alpha"] == 1.0          # nothing the pipeline cannot express
+    cfg = load_config(REPO / "workflow" / "presets" / "digits-mlp-nht-cpu.yaml")
+    lam = cfg["experiments"]["digits_mlp_nht_lambda"]
+    from nht.config import validate_config
+    searched = validate_config({"experiments": {"s": {**search.COMMON, **proto["exp"]}}})["experiments"]["s"]
+    for key in ("dataset", "rho", "border", "lr", "model", "optimizer", "lr_schedule", "batch_size"):
+        assert lam[key] == searched[key], key
+    assert not lam.get("input_noise") and not proto["exp"]["input_noise"]
+    assert len(lam["weight_decay"]) >= 4 and len(lam["seed"]) >= 3
+    rho = cfg["experiments"]["digits_mlp_nht_rho"]
+    assert 0.1 in rho["rho"] and 1.0 in rho["rho"]
