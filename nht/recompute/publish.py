@@ -126,10 +126,11 @@ def finish(config: dict, decisions: dict, records_dirs: list[str], started: floa
     try:
         newest = newest_record([root / d for d in records_dirs])
         dvc_on = is_enabled(config, root)
-        if newest < started and not (dvc_on and newest > snapshot_time(config, root)):
+        planned = newest >= started or any(d.status in ("stale", "restore") for d in decisions.values())
+        if not planned and not (dvc_on and newest > snapshot_time(config, root)):
             return                                  # nothing ran, nothing left to snapshot
         with file_lock(root / LOCK_FILE) if (root / ".dvc").is_dir() else _nolock():
-            if newest >= started:
+            if planned:
                 quarantine(not_current(decisions, records_dirs, started, root), root, "stale or partial")
             if not dvc_on:
                 return
