@@ -190,10 +190,12 @@ class Recompute:
         return self.data_records_dir if outs and outs[0].startswith(self._data_root) else self.records_dir
 
     def tag(self, rule: str, w: dict) -> str:
-        """The ``nht`` param of a job: what its wrapper needs to record it (constant per definition)."""
+        """The ``nht`` param of a job: what its wrapper needs to record it (constant per definition):
+        its stage name, definition hash, records directory, input and output paths."""
+        inputs = [p for v in self.rules[rule].inputs(w).values() for p in _paths(v)]
         return json.dumps({"stage": stage_name(rule, w), "rule": rule, "wildcards": dict(w),
-                           "definition": self.definition(rule, w), "records": self.records_dir_of(rule, w)},
-                          sort_keys=True)
+                           "definition": self.definition(rule, w), "records": self.records_dir_of(rule, w),
+                           "inputs": inputs, "outputs": self.outputs_of(rule, w)}, sort_keys=True)
 
     # -- decisions ------------------------------------------------------------------------------
     def decide(self, rule: str, w: dict) -> Decision:

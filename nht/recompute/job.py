@@ -1,4 +1,4 @@
-"""The job wrapper: ``python -m nht.recompute job --tag JSON --inputs ... --outputs ... -- COMMAND``.
+"""The job wrapper: ``python -m nht.recompute TAG LOG -- COMMAND`` (TAG: the job's ``nht`` param).
 
 Every rule's shell command starts with it. It
 
@@ -9,9 +9,9 @@ Every rule's shell command starts with it. It
 3. otherwise runs COMMAND (signals are passed on to it) and, when it succeeded and wrote every
    output, writes the job's record atomically.
 
-With ``--log FILE`` everything the command prints goes to FILE, its progress lines (``[...] step``
+Everything the command prints goes to LOG, its progress lines (``[...] step``
 or ``[...] epoch``) also reach the terminal, at most one per job every PROGRESS_EVERY_S seconds,
-and when it fails the last lines of FILE are printed, so the error is seen without hunting for logs.
+and when it fails the last lines of LOG are printed, so the error is seen without hunting for logs.
 
 A failed or killed command writes no record, so the previous record (if any) still describes the
 outputs it made, and the next run sees any difference.
@@ -19,7 +19,6 @@ outputs it made, and the next run sees any difference.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import datetime as _dt
 import json
@@ -33,7 +32,7 @@ from pathlib import Path
 
 from nht.fingerprint import entry_fingerprint, module_hashes
 from nht.recompute.decide import rule_code_set
-from nht.recompute.records import (FORCE_DIR, Unreadable, dvc_cache_dir, file_md5, read_record,
+from nht.recompute.records import (Unreadable, dvc_cache_dir, file_md5, read_record,
                                    record_path, restore_file, write_record)
 
 
@@ -99,46 +98,34 @@ def _tail(path: str, n: int = TAIL_LINES) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--" not in argv:
-        print("usage: python -m nht.recompute job --tag JSON --inputs ... --outputs ... -- COMMAND",
-              file=sys.stderr)
+    if len(argv) < 4 or argv[2] != "--":
+        print("usage: python -m nht.recompute TAG LOG -- COMMAND", file=sys.stderr)
         return 2
-    cut = argv.index("--")
-    ap = argparse.ArgumentParser(prog="python -m nht.recompute job")
-    ap.add_argument("--tag", type=json.loads, required=True)
-    ap.add_argument("--inputs", nargs="*", default=[])
-    ap.add_argument("--outputs", nargs="+", required=True)
-    ap.add_argument("--log", default=None, help="file for the command's output (progress lines echoed)")
-    a = ap.parse_args(argv[:cut])
-    command = argv[cut + 1:]
-    tag = a.tag
+    tag, log_path, command = json.loads(argv[0]), argv[1], argv[3:]
     started = _now()
-    inputs = {p: file_md5(p) for p in a.inputs if not p.startswith(FORCE_DIR + "/")}
+    inputs = {p: file_md5(p) for p in tag["inputs"]}
     code, mods = _code_of(command)
     path = record_path(tag["records"], tag["stage"])
-    log = None
-    if a.log:
-        Path(a.log).parent.mkdir(parents=True, exist_ok=True)
-        log = open(a.log, "w")
-        sys.stdout = log                  # this wrapper's own messages go to the log too
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "w")
+    sys.stdout = log                      # this wrapper's own messages go to the log too
     label = tag["stage"].split("@")[0] + " " + ",".join(str(v) for v in tag["wildcards"].values())[:60]
     if try_restore(read_record(path), tag, inputs, code):
         return 0
     status = run(command, log, label)
     if status != 0:
-        if log is not None:
-            log.close()
-            print(f"nht: {tag['stage']} failed (exit {status}); last lines of {a.log}:\n{_tail(a.log)}",
-                  file=sys.stderr)
+        log.close()
+        print(f"nht: {tag['stage']} failed (exit {status}); last lines of {log_path}:\n{_tail(log_path)}",
+              file=sys.stderr)
         return status
-    missing = [p for p in a.outputs if not Path(p).exists()]
+    missing = [p for p in tag["outputs"] if not Path(p).exists()]
     if missing:
         print(f"nht: {tag['stage']} did not write {', '.join(missing)}; no record written", file=sys.stderr)
         return 1
     write_record(path, {
         "stage": tag["stage"], "rule": tag["rule"], "wildcards": tag["wildcards"],
         "definition": tag["definition"], "code": code, "code_set": mods, "code_modules": module_hashes(mods),
-        "inputs": inputs, "outputs": {p: file_md5(p) for p in a.outputs},
+        "inputs": inputs, "outputs": {p: file_md5(p) for p in tag["outputs"]},
         "started": started, "finished": _now(), "host": socket.gethostname(),
     })
     return 0

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import sys
+import time
 
 from snakemake.exceptions import WorkflowError
 
@@ -25,19 +26,19 @@ PY = sys.executable
 # Rules call `python -m nht ...`: the Python that runs snakemake (e.g. .venv) comes first on the
 # jobs' PATH, unless a rule's conda environment is activated (--sdm conda).
 os.environ["PATH"] = os.path.dirname(PY) + os.pathsep + os.environ.get("PATH", "")
+RC_STARTED = time.time()
 R = config["results_dir"]
 D = config["data_dir"]
 CELLS, JOBS, JOB_OF = cell_index(config)
 SUMMARY = P.fill(P.SUMMARY, config)
 
 # Content-based recompute (nht.recompute; docs/dvc.md): every rule is registered here, takes its
-# inputs, outputs and params from its handle, and runs its command through the JOB wrapper,
-# which records what the job read, ran and wrote.
+# inputs, outputs and params from its handle, and runs its command through the job wrapper
+# (`python -m nht.recompute {params.nht:q} {log:q} -- COMMAND`), which records what the job read,
+# ran and wrote.
 _RULES_DIR = os.path.join(workflow.basedir, "workflow", "rules")
 RC = Recompute(records_dir=f"{R}/.records", data_records_dir=f"{D}/.records", rule_files=[os.path.join(workflow.basedir, "Snakefile")]
                + [os.path.join(_RULES_DIR, f) for f in sorted(os.listdir(_RULES_DIR)) if f.endswith(".smk")])
-JOB = ("python -m nht.recompute job --tag {params.nht:q} --inputs {input:q} --outputs {output:q}"
-       " --log {log:q} -- ")
 
 
 wildcard_constraints:
@@ -60,6 +61,11 @@ def experiment_pattern(kind):
 
 def cells_of(experiment):
     return [c for c in CELLS.values() if c.experiment == experiment]
+
+
+def cell_files(experiment, name):
+    """One file per cell of an experiment, e.g. cell_files(e, 'norms.json')."""
+    return [f"{R}/{experiment}/cells/{c.id}/{name}" for c in cells_of(experiment)]
 
 
 def jobs_of(experiment):
@@ -89,3 +95,10 @@ def job_setting(key):
 def job_priority(wildcards):
     """Longest (estimated) training job first: packs the jobs onto few cores with a short tail."""
     return priority(modular_job_work(JOBS[wildcards.job].cells))
+
+
+def recompute_finish(log=None):
+    """End of a run (onsuccess/onerror): quarantine what is not current, snapshot into DVC."""
+    from nht.recompute.publish import finish
+
+    finish(config, RC.decisions, [RC.records_dir, RC.data_records_dir], RC_STARTED)

@@ -1,11 +1,6 @@
 # Content-based recompute (nht.recompute; docs/dvc.md). A stale or restorable job has the input
 # .nht/force/<stage>, made here, so Snakemake runs it; its wrapper then restores or recomputes.
 # When a run ends, what is not current is quarantined and DVC snapshots the results.
-import time as _rc_time
-
-_RC_STARTED = _rc_time.time()
-
-
 localrules:
     nht_force,
 
@@ -19,6 +14,8 @@ rule nht_force:
         why=lambda w: RC.reason(w.stage),
     message:
         "nht: {params.why}"
+    conda:
+        "../envs/nht.yaml"
     log:
         "logs/nht_force/{stage}.log",
     benchmark:
@@ -31,15 +28,9 @@ rule nht_force:
         "echo {params.why:q} > {log:q} && touch {output:q}"
 
 
-def _rc_finish(log=None):
-    from nht.recompute.publish import finish
-
-    finish(config, RC.decisions, [RC.records_dir, RC.data_records_dir], _RC_STARTED)
-
-
 onsuccess:
-    _rc_finish()
+    recompute_finish()
 
 
 onerror:
-    _rc_finish()
+    recompute_finish()
