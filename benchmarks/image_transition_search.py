@@ -110,6 +110,8 @@ PROTOCOLS = [
     _mlp_case("nonoise_rho09_seeds", "rho .9, lambda 16, seeds 1-2 (seed check)", input_noise=0.0, epochs=1000,
               weight_decay=[16.0], rho=0.9, seed=[1, 2]),
     _mlp_case("nonoise_rho08", "rho .8", input_noise=0.0, epochs=1000, weight_decay=[8.0, 16.0], rho=0.8),
+    _mlp_case("nonoise_rho_ends", "rho .1 (no information), .5 and 1.0 at lambda 16", input_noise=0.0,
+              epochs=1000, weight_decay=[16.0], rho=[0.1, 0.5, 1.0]),
     _mlp_case("nonoise_weakcue", "weak cue: border blended at alpha .5", alpha=0.5, input_noise=0.0,
               epochs=1000, weight_decay=[8.0, 16.0]),
     _mlp_case("nonoise_cosine", "cosine lr (half the decay budget of constant)", lr_schedule="cosine",
