@@ -27,12 +27,6 @@ def _hist(V, clean=None, reliance=None):
                          "clean_acc": clean, "reliance": reliance})
 
 
-SUMMARY_PENDING = pytest.mark.xfail(
-    "init_decay" not in REGIMES, strict=True,
-    reason="norms emits init_decay once nht.images.summary.REGIMES lists it (a one-line change there)")
-
-
-@SUMMARY_PENDING
 def test_collapse_in_epoch_one_is_init_decay_not_weak():
     # V collapses from its initial value in epoch 1 and then creeps up: the decay from the peak is
     # 0 %, which the peak rule alone reads as "weak"
@@ -42,7 +36,6 @@ def test_collapse_in_epoch_one_is_init_decay_not_weak():
     assert s["regime"] == "init_decay"
 
 
-@SUMMARY_PENDING
 def test_monotone_shrinkage_from_init_is_init_decay_even_when_large():
     s = summarize_history(_hist([1000.0, 900.0, 500.0, 100.0]), {}, "ok")
     assert s["decay_pct"] == pytest.approx(100 * (900 - 100) / 900)

@@ -124,6 +124,24 @@ def test_train_outputs_and_resume_equivalence(tmp_path):
     pd.testing.assert_frame_equal(h_full.drop(columns="wall_s"), h_res.drop(columns="wall_s"))
 
 
+def test_checkpoint_of_other_code_or_cell_is_ignored_and_loads_weights_only(tmp_path, capsys):
+    cell, path = _cell(tmp_path)
+    train_cell(cell.settings, path, tmp_path / "c", threads=1, cell_id=cell.id, stop_after_epoch=1)
+    ckpt = tmp_path / "c" / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)               # only tensors and plain values inside
+    assert state["cell_id"] == cell.id and state["code"]
+    state["code"] = "0" * 16                                  # written by another version of the trainer
+    torch.save(state, ckpt)
+    res = train_cell(cell.settings, path, tmp_path / "c", threads=1, cell_id=cell.id)
+    assert res["status"] == "ok"
+    assert "trainer's code changed" in capsys.readouterr().err
+    h = pd.read_csv(tmp_path / "c" / "history.csv")
+    assert list(h["epoch"]) == [0, 1, 2, 3]                   # trained from scratch, complete
+    train_cell(cell.settings, path, tmp_path / "d", threads=1, cell_id=cell.id, stop_after_epoch=1)
+    train_cell(cell.settings, path, tmp_path / "d", threads=1, cell_id="another-cell", stop_after_epoch=2)
+    assert "belongs to cell" in capsys.readouterr().err
+
+
 def test_sigkill_then_resume(tmp_path):
     # long enough that the kill lands mid-run even with the faster channels-last training
     cell, path = _cell(tmp_path, epochs=40)

@@ -42,7 +42,9 @@ def cmd_inject(a):
     if s.get("name") == "digits" and a.border > s.get("pad", 4):
         print(f"warning: border {a.border} px exceeds the digits padding {s.get('pad', 4)} px; "
               "it overlaps the digit", file=sys.stderr)
-    out = inject(raw, a.rho, a.border, a.seed, s.get("n_train"), s.get("n_test"), s.get("subset_seed", 0))
+    classes = s.get("classes")
+    out = inject(raw, a.rho, a.border, a.seed, s.get("n_train"), s.get("n_test"), s.get("subset_seed", 0),
+                 alpha=s.get("border_alpha", 1.0), classes=tuple(classes) if classes else None)
     save_npz(out, a.out)
     print(f"injected rho={a.rho} border={a.border} seed={a.seed}: train {out['x_train'].shape} -> {a.out}")
 

@@ -156,18 +156,12 @@ def shortcut_phases(epochs, train_acc, clean_acc, reliance, V=None, decay_budget
     return out
 
 
-def _summary_counts_init_decay() -> bool:
-    from nht.images.summary import REGIMES
-    return "init_decay" in REGIMES
-
-
 def summarize_history(hist, settings: dict, status: str) -> dict:
     """Norm summary of one cell from its history table (pandas DataFrame, one row per epoch).
 
     V_peak is the maximum of V over epochs >= 1 (epoch 0 is the initialisation); decay_pct is
     100 * (V_peak - V_final) / V_peak. ``norm_grew`` is V_peak > V_init; ``regime`` follows
-    :func:`classify_regime` (``init_decay`` when the norm never grew above V_init; that label is used
-    as soon as ``nht.images.summary.REGIMES`` lists it, before that the peak rule alone applies), and
+    :func:`classify_regime` (``init_decay`` when the norm never grew above V_init), and
     ``regime_from_peak`` is the weak/intermediate/strong label the decay from the peak alone would give
     (kept for comparison; do not count it as a regime when ``norm_grew`` is False). ``phase_regime``,
     ``t_fit``, ``t_switch`` (epochs) and ``sustain_epochs`` come from :func:`shortcut_phases`, a rule on
@@ -193,9 +187,7 @@ def summarize_history(hist, settings: dict, status: str) -> dict:
         # False when V never rose above its initial value: the "decay" is then shrinkage of the
         # initialisation, not a peak-then-decay of a grown (shortcut) solution
         norm_grew=grew,
-        # the init_decay label is emitted once the experiment summary counts it (nht.images.summary.
-        # REGIMES; its figures index that tuple and would fail on a label it does not list)
-        regime=classify_regime(decay, status, tuple(th), grew if _summary_counts_init_decay() else None),
+        regime=classify_regime(decay, status, tuple(th), grew),
         regime_from_peak=classify_regime(decay, status, tuple(th)),
         transition_epoch=transition_epoch(hist["epoch"], hist["clean_acc"], hist["reliance"],
                                           settings.get("reliance_threshold", 0.5),

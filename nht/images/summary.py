@@ -36,8 +36,7 @@ import numpy as np
 import pandas as pd
 
 from nht.config import format_value
-
-REGIMES = ("weak", "intermediate", "strong", "diverged")
+from nht.images.norms import REGIME_LABELS as REGIMES  # the one regime vocabulary of image cells
 
 
 def mean_sd_n(values) -> list:
@@ -139,7 +138,8 @@ def load_histories(cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def write_summary(norms_paths, experiment: str, exp_config: dict, figures: list[str],
                   out: str | Path, table: str | Path | None = None) -> dict:
-    from nht.science import clean_json, image_clean_norm_separation
+    from nht.cellrecords import clean_json
+    from nht.separation import image_clean_norm_separation
 
     df = load_cells(norms_paths)
     if table:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from nht import device as devmod
+from nht.fingerprint import code_fingerprint
 from nht.images.data import load_npz
 from nht.images.models import build_model, n_params
 from nht.images.norms import squared_norms, summarize_history
@@ -98,8 +100,22 @@ def _make_optimizer(model, s: dict):
                            momentum=opt["momentum"])
 
 
+def _load_checkpoint(path: Path, dev, cell_id: str, code: str) -> tuple[dict | None, str]:
+    """(state, "") or (None, why). Loaded with ``weights_only=True`` (tensors and plain values only);
+    used only when it is this cell's and was written by the same trainer code."""
+    try:
+        state = torch.load(path, map_location=dev, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a corrupt or foreign checkpoint is not an error: start over
+        return None, f"unreadable ({type(err).__name__})"
+    if state.get("cell_id") != cell_id:
+        return None, f"it belongs to cell {state.get('cell_id')!r}"
+    if state.get("code") != code:
+        return None, "the trainer's code changed since it was written"
+    return state, ""
+
+
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -146,12 +162,15 @@ def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, devic
 
     rows, start_epoch, step, sum_lr, elapsed = [], 1, 0, 0.0, 0.0
     status = "running"
+    code = code_fingerprint("nht.images.train")
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=dev, weights_only=False)
-        if state.get("cell_id") == cell_id:
+        state, why = _load_checkpoint(ckpt_path, dev, cell_id, code)
+        if state is None:
+            print(f"[{cell_id}] ignoring checkpoint {ckpt_path}: {why}; starting fresh", file=sys.stderr, flush=True)
+        else:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
-            rows, start_epoch, step = state["rows"], state["epoch"] + 1, state["step"]
+            rows, start_epoch, step = json.loads(state["rows"]), state["epoch"] + 1, state["step"]
             sum_lr, elapsed = state["sum_lr"], state["elapsed"]
 
     def evaluate(epoch: int, loss: float, train_acc: float) -> dict:
@@ -216,10 +235,10 @@ def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, devic
         now = time.monotonic()
         stop_now = stop_after_epoch is not None and epoch >= stop_after_epoch
         if stop_now or (epoch < epochs and now - last_ckpt >= float(s["checkpoint_seconds"])):
-            state = {"cell_id": cell_id, "model": model.state_dict(), "opt": opt.state_dict(),
-                     "rows": rows, "epoch": epoch, "step": step, "sum_lr": sum_lr,
-                     "elapsed": elapsed + now - t0}
-            tmp = ckpt_path.with_name("checkpoint.pt.tmp")
+            state = {"cell_id": cell_id, "code": code, "model": model.state_dict(), "opt": opt.state_dict(),
+                     "rows": json.dumps(rows, default=float), "epoch": epoch, "step": step,
+                     "sum_lr": float(sum_lr), "elapsed": float(elapsed + now - t0)}
+            tmp = ckpt_path.with_name(f"checkpoint.pt.{os.getpid()}.{secrets.token_hex(4)}.tmp")
             torch.save(state, tmp)
             os.replace(tmp, ckpt_path)
             last_ckpt = now
@@ -245,8 +264,7 @@ def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, devic
         "provenance": {**devmod.describe(dev), "code_version": code_version()},
         "settings": s,
     })
-    hist.to_csv(out / "history.csv.tmp", index=False)
-    os.replace(out / "history.csv.tmp", out / "history.csv")
+    _atomic_write(out / "history.csv", hist.to_csv(index=False))
     _atomic_write(out / "norms.json", json.dumps(summary, indent=1, default=_json_default))
     if ckpt_path.exists():
         ckpt_path.unlink()
