@@ -6,7 +6,7 @@ clone after ``dvc pull`` — and a stale or corrupt output is never used or show
 
 How, with public interfaces only:
 
-* **Records** (:mod:`.records`): every job runs through ``python -m nht.recompute job`` (the
+* **Records** (:mod:`.records`): every job runs through ``python -m nht.recompute TAG LOG INPUT... -- COMMAND`` (the
   prefix of every rule's shell command), which hashes the job's inputs and its code set *before*
   the command starts, runs it, and after success writes one record per job,
   ``{results_dir}/.records/<stage>.json``, atomically: rule, wildcards, definition hash, code

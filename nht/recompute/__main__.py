@@ -1,4 +1,4 @@
-"""``python -m nht.recompute TAG LOG -- COMMAND``: the wrapper of every job (:mod:`nht.recompute.job`)."""
+"""``python -m nht.recompute TAG LOG INPUT... -- COMMAND``: the wrapper of every job (:mod:`nht.recompute.job`)."""
 
 import sys
 

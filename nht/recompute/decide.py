@@ -191,11 +191,11 @@ class Recompute:
 
     def tag(self, rule: str, w: dict) -> str:
         """The ``nht`` param of a job: what its wrapper needs to record it (constant per definition):
-        its stage name, definition hash, records directory, input and output paths."""
-        inputs = [p for v in self.rules[rule].inputs(w).values() for p in _paths(v)]
+        its stage name, definition hash, records directory and output paths (the inputs, which can
+        be thousands, follow as separate arguments: one argument may hold at most 128 KiB)."""
         return json.dumps({"stage": stage_name(rule, w), "rule": rule, "wildcards": dict(w),
                            "definition": self.definition(rule, w), "records": self.records_dir_of(rule, w),
-                           "inputs": inputs, "outputs": self.outputs_of(rule, w)}, sort_keys=True)
+                           "outputs": self.outputs_of(rule, w)}, sort_keys=True)
 
     # -- decisions ------------------------------------------------------------------------------
     def decide(self, rule: str, w: dict) -> Decision:

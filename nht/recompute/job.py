@@ -1,4 +1,4 @@
-"""The job wrapper: ``python -m nht.recompute TAG LOG -- COMMAND`` (TAG: the job's ``nht`` param).
+"""The job wrapper: ``python -m nht.recompute TAG LOG INPUT... -- COMMAND`` (TAG: the job's ``nht`` param).
 
 Every rule's shell command starts with it. It
 
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from nht.fingerprint import entry_fingerprint, module_hashes
 from nht.recompute.decide import rule_code_set
-from nht.recompute.records import (Unreadable, dvc_cache_dir, file_md5, read_record,
+from nht.recompute.records import (FORCE_DIR, Unreadable, dvc_cache_dir, file_md5, read_record,
                                    record_path, restore_file, write_record)
 
 
@@ -98,12 +98,13 @@ def _tail(path: str, n: int = TAIL_LINES) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) < 4 or argv[2] != "--":
-        print("usage: python -m nht.recompute TAG LOG -- COMMAND", file=sys.stderr)
+    if "--" not in argv or argv.index("--") < 2 or argv.index("--") == len(argv) - 1:
+        print("usage: python -m nht.recompute TAG LOG [INPUT ...] -- COMMAND", file=sys.stderr)
         return 2
-    tag, log_path, command = json.loads(argv[0]), argv[1], argv[3:]
+    cut = argv.index("--")
+    tag, log_path, command = json.loads(argv[0]), argv[1], argv[cut + 1:]
     started = _now()
-    inputs = {p: file_md5(p) for p in tag["inputs"]}
+    inputs = {p: file_md5(p) for p in argv[2:cut] if not p.startswith(FORCE_DIR + "/")}
     code, mods = _code_of(command)
     path = record_path(tag["records"], tag["stage"])
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ SUMMARY = P.fill(P.SUMMARY, config)
 
 # Content-based recompute (nht.recompute; docs/dvc.md): every rule is registered here, takes its
 # inputs, outputs and params from its handle, and runs its command through the job wrapper
-# (`python -m nht.recompute {params.nht:q} {log:q} -- COMMAND`), which records what the job read,
+# (`python -m nht.recompute {params.nht:q} {log:q} {input:q} -- COMMAND`), which records what the job read,
 # ran and wrote.
 _RULES_DIR = os.path.join(workflow.basedir, "workflow", "rules")
 RC = Recompute(records_dir=f"{R}/.records", data_records_dir=f"{D}/.records", rule_files=[os.path.join(workflow.basedir, "Snakefile")]

@@ -29,7 +29,7 @@ rule make_modular_data:
         mem_mb=500,
         runtime=5,
     shell:
-        "python -m nht.recompute {params.nht:q} {log:q} -- python -m nht make-data --op {params.ds[op]:q} --p {params.ds[p]:q}"
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht make-data --op {params.ds[op]:q} --p {params.ds[p]:q}"
         " --train-frac {params.ds[train_frac]:q} --split-seed {params.ds[split_seed]:q}"
         " --out {output.data:q}"
 
@@ -72,7 +72,7 @@ rule train_modular:
         runtime=job_setting("runtime_min"),
         gpu=job_setting("gpus"),
     shell:
-        "python -m nht.recompute {params.nht:q} {log:q} -- python -m nht train --job {params.job:q} --dataset {input.dataset:q}"
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht train --job {params.job:q} --dataset {input.dataset:q}"
         " --history {output.history:q} --meta {output.meta:q} --checkpoint {params.checkpoint:q}"
         " --device {params.device:q} --threads {threads} {params.deterministic}"
         " --precision {params.precision:q}"
@@ -109,7 +109,7 @@ rule extract_norms:
         mem_mb=500,
         runtime=5,
     shell:
-        "python -m nht.recompute {params.nht:q} {log:q} -- python -m nht norms --job-history {input.history:q} --job-meta {input.meta:q}"
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht norms --job-history {input.history:q} --job-meta {input.meta:q}"
         " --cell {wildcards.cell:q} --settings {params.settings:q} --out-history {output.history:q}"
         " --out-norms {output.norms:q}"
 
@@ -142,7 +142,7 @@ rule fit_modular:
         mem_mb=1000,
         runtime=10,
     shell:
-        "python -m nht.recompute {params.nht:q} {log:q} -- python -m nht fit --norms {input.norms:q} --out-fit {output.fit:q}"
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht fit --norms {input.norms:q} --out-fit {output.fit:q}"
         " --out-table {output.table:q}"
 
 
@@ -181,7 +181,7 @@ rule figures_modular:
         mem_mb=2000,
         runtime=10,
     shell:
-        "python -m nht.recompute {params.nht:q} {log:q} -- python -m nht figures --cells-table {input.table:q} --histories {input.histories:q}"
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht figures --cells-table {input.table:q} --histories {input.histories:q}"
         " --fit {input.fit:q} --out-dir {params.out_dir:q} --max-cells {params.max_cells}"
 
 
@@ -226,7 +226,7 @@ rule science_modular:
         mem_mb=2000,
         runtime=10,
     shell:
-        "python -m nht.recompute {params.nht:q} {log:q} -- python -m nht science --norms {input.norms:q} --histories {input.histories:q}"
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht science --norms {input.norms:q} --histories {input.histories:q}"
         " --out {output.science:q} --figure-dir {params.figure_dir:q}"
 
 
@@ -261,6 +261,6 @@ rule experiment_summary_modular:
         mem_mb=500,
         runtime=5,
     shell:
-        "python -m nht.recompute {params.nht:q} {log:q} -- python -m nht experiment-summary --experiment {wildcards.experiment:q}"
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht experiment-summary --experiment {wildcards.experiment:q}"
         " --settings {params.settings:q} --fit {input.fit:q} --figures {input.figures:q}"
         " --job-metas {input.metas:q} --science {input.science:q} --out {output.summary:q}"

@@ -29,4 +29,4 @@ rule summary:
         mem_mb=500,
         runtime=5,
     shell:
-        "python -m nht.recompute {params.nht:q} {log:q} -- python -m nht summary --experiment-summaries {params.paths:q} --out {output.summary:q}"
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht summary --experiment-summaries {params.paths:q} --out {output.summary:q}"
