@@ -32,12 +32,6 @@ def stage_name(rule: str, wildcards: dict) -> str:
     return rule + "@" + ",".join(f"{k}={wildcards[k]}" for k in sorted(wildcards))
 
 
-def parse_stage_name(stage: str) -> tuple[str, dict]:
-    """(rule, wildcards) of a stage name made by :func:`stage_name`."""
-    rule, _, rest = stage.partition("@")
-    return rule, dict(part.split("=", 1) for part in rest.split(",") if "=" in part)
-
-
 def file_md5(path: str | Path) -> str | None:
     """md5 of a file's bytes, or None when it does not exist."""
     h = hashlib.md5()
