@@ -305,7 +305,25 @@ def _image(s: dict) -> dict:
         s.get("clean_norm_separation"), th["P5_clean_separation"],
         "S with phi = shortcut reliance (nht.science.image_clean_norm_separation)")
     card["P6_delay_scaling"] = _delay_entry(s, th["P6_delay_scaling"])
+    why = _transition_reason(s.get("transitions"))
+    for key in ("P4_layer_hierarchy", "P5_clean_separation", "P6_delay_scaling"):
+        if why and card[key]["verdict"] == "not_enough_data":
+            card[key]["detail"]["reason"] = f"{why}; {card[key]['detail'].get('reason')}"
     return card
+
+
+def _transition_reason(t: dict | None) -> str | None:
+    """Why an image experiment has no data for P4-P6, in terms of its transitions."""
+    if not isinstance(t, dict) or t.get("n_delayed") is None:
+        return None
+    n, cells = t["n_delayed"], t.get("n_cells")
+    phases = ", ".join(f"{k} {v}" for k, v in sorted((t.get("phases") or {}).items()))
+    if n == 0:
+        return (f"no shortcut-to-shape transition at this scale: 0 of {cells} cells ({phases}); "
+                "docs/image_transition_search.md")
+    if n < MIN_N:
+        return f"only {n} of {cells} cells make the transition ({phases}), fewer than {MIN_N}"
+    return f"{n} of {cells} cells make the transition; the image delay law is not computed yet"
 
 
 # ----------------------------------------------------------------------------- public

@@ -205,3 +205,17 @@ def test_attach_scorecards_in_place():
     assert sc.attach_scorecards(s) is s
     assert list(s["experiments"]["m"]["scorecard"]) == list(sc.PREDICTIONS)
     assert "scorecard" not in s["experiments"]["x"]
+
+
+def test_image_scorecard_says_why_p4_to_p6_have_no_data():
+    from nht.scorecard import build_scorecard
+
+    none = {"kind": "image", "transitions": {"n_cells": 12, "n_delayed": 0, "cells": {},
+                                             "phases": {"shortcut_persists": 8, "no_shortcut": 4}}}
+    card = build_scorecard(none)
+    for key in ("P4_layer_hierarchy", "P5_clean_separation", "P6_delay_scaling"):
+        assert card[key]["verdict"] == "not_enough_data"
+        assert "no shortcut-to-shape transition at this scale: 0 of 12 cells" in card[key]["detail"]["reason"]
+    one = {"kind": "image", "transitions": {"n_cells": 3, "n_delayed": 1, "cells": {"c": {}},
+                                            "phases": {"delayed": 1, "shortcut_persists": 2}}}
+    assert "only 1 of 3 cells make the transition" in build_scorecard(one)["P6_delay_scaling"]["detail"]["reason"]

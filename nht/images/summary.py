@@ -96,6 +96,7 @@ def summarize(df: pd.DataFrame, experiment: str, exp_config: dict, figures: list
     status = df["status"].value_counts().to_dict()
     regimes = {r: int((df["regime"] == r).sum()) for r in REGIMES}
     return {
+        "transitions": transitions(df),
         "kind": "image",
         "experiment": experiment,
         "cells": int(len(df)),
@@ -128,6 +129,21 @@ def summarize(df: pd.DataFrame, experiment: str, exp_config: dict, figures: list
             "config": exp_config,
         },
     }
+
+
+def transitions(df: pd.DataFrame) -> dict:
+    """Shortcut-to-shape transitions by the behavioural rule (``phase_regime`` of each cell, see
+    nht.images.norms.shortcut_phases): counts per phase and, per transition cell, t_fit and t_switch
+    (epochs) and the decay budget Lambda at both."""
+    if "phase_regime" not in df.columns:
+        return {"n_cells": int(len(df)), "n_delayed": None, "phases": {}, "cells": {}}
+    phases = {str(k): int(v) for k, v in df["phase_regime"].fillna("unknown").value_counts().items()}
+    delayed = df[df["phase_regime"] == "delayed"]
+    cells = {c: {k: (None if pd.isna(r.get(k)) else float(r.get(k)))
+                 for k in ("weight_decay", "seed", "t_fit", "t_switch", "Lambda_fit", "Lambda_switch")
+                 if k in delayed.columns}
+             for c, r in zip(delayed["cell"], delayed.to_dict("records"))}
+    return {"n_cells": int(len(df)), "n_delayed": int(len(delayed)), "phases": phases, "cells": cells}
 
 
 def load_histories(cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
