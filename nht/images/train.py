@@ -46,6 +46,7 @@ from nht.fingerprint import code_fingerprint
 from nht.images.data import load_npz
 from nht.images.models import build_model, n_params
 from nht.images.norms import squared_norms, summarize_history
+from nht.io import write_atomic
 
 TEST_SETS = ("clean", "aligned", "conflicting", "shortcut_only")
 
@@ -112,12 +113,6 @@ def _load_checkpoint(path: Path, dev, cell_id: str, code: str) -> tuple[dict | N
     if state.get("code") != code:
         return None, "the trainer's code changed since it was written"
     return state, ""
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, device: str = "auto",
@@ -264,8 +259,8 @@ def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, devic
         "provenance": {**devmod.describe(dev), "code_version": code_version()},
         "settings": s,
     })
-    _atomic_write(out / "history.csv", hist.to_csv(index=False))
-    _atomic_write(out / "norms.json", json.dumps(summary, indent=1, default=_json_default))
+    write_atomic(out / "history.csv", hist.to_csv(index=False))
+    write_atomic(out / "norms.json", json.dumps(summary, indent=1, default=_json_default))
     if ckpt_path.exists():
         ckpt_path.unlink()
     return summary

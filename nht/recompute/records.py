@@ -22,6 +22,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from nht.io import write_atomic
+
 FORCE_DIR = ".nht/force"
 QUARANTINE_DIR = ".nht/quarantine"
 CHUNK = 1 << 20
@@ -68,17 +70,7 @@ def read_record(path: str | Path) -> dict | None:
 
 def write_record(path: str | Path, rec: dict) -> None:
     """Write a record atomically (unique temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(rec, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(rec, indent=1, sort_keys=True) + "\n")
 
 
 def load_records(records_dir: str | Path) -> dict[str, dict]:
