@@ -33,9 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from nht.config import expand_cells, load_config  # noqa: E402
-from nht.data import make_modular_dataset, save_dataset  # noqa: E402
-from nht.models import build_model  # noqa: E402
-from nht.train import train_job  # noqa: E402
+from nht.domains.modular.data import make_modular_dataset, save_dataset  # noqa: E402
+from nht.domains.modular.models import build_model  # noqa: E402
+from nht.domains.modular.train import train_job  # noqa: E402
 
 
 def matmul_flops_per_second(threads: int, n: int = 2048, reps: int = 5) -> float:

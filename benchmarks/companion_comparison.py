@@ -4,7 +4,7 @@ The companion (ClevixLab/grokking-norm-separation, scripts/s2_lambda_sweep_v2.py
 1-layer transformer on (a+b) mod 97 for 8 lambdas x 10 seeds and saved T_mem, T_grok, V_at_mem
 and V_final per run in data/summary2.json; the facts are copied, with their source, to
 docs/reference/companion_summary2.json. This script reads nht's per-cell norm records
-(``<results>/<experiment>/cells/<cell>/norms.json``, see nht/norms.py; cells with p 97, lr 1e-3 and
+(``<results>/<experiment>/cells/<cell>/norms.json``, see nht/core/events.py; cells with p 97, lr 1e-3 and
 the transformer model only) and writes a markdown table per lambda: cells, generalised/n, T_mem,
 T_grok, V_mem, V_final (mean ± sample sd), for nht and for the companion, plus a per-seed table
 for seeds present in both (with ``init: companion`` a seed gives both codes the same initial
@@ -185,9 +185,9 @@ def train(config_path: str, experiment: str, lambdas: list[float], seeds: list[i
     import torch  # noqa: F401  (imported here: the table alone needs no torch)
 
     from nht.config import group_jobs, expand_cells, load_config
-    from nht.data import make_modular_dataset
+    from nht.domains.modular.data import make_modular_dataset
     from nht.stages.norms import cell_norms
-    from nht.train import train_job
+    from nht.domains.modular.train import train_job
 
     config = load_config(config_path)
     cells = [c for c in expand_cells(config, experiment)

@@ -4,8 +4,8 @@ Meant for a short lent GPU session (one command), but runs anywhere (on a CPU-on
 checks the CPU). It prints one JSON object, and writes it to ``$OUT/gpu_check.json`` when ``$OUT``
 is set:
 
-* ``device``: what ``nht.device.resolve_device('auto')`` picked, GPU name, torch version;
-* ``stacked_vs_modules``: max |difference| between :func:`nht.models.stacked_forward` on the
+* ``device``: what ``nht.core.device.resolve_device('auto')`` picked, GPU name, torch version;
+* ``stacked_vs_modules``: max |difference| between :func:`nht.domains.modular.models.stacked_forward` on the
   device and each cell's ``nn.Module`` on the CPU (outputs and gradients), per model;
 * ``adamw_vs_torch``: max |difference| after 30 steps between the trainer's fused per-cell AdamW
   on the device and ``torch.optim.AdamW`` on the CPU, for one MLP cell (all parameters: the MLP
@@ -32,11 +32,11 @@ from torch.func import stack_module_state
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from nht import device as devmod  # noqa: E402
+from nht.core import device as devmod  # noqa: E402
 from nht.config import expand_cells, load_config  # noqa: E402
-from nht.data import make_modular_dataset  # noqa: E402
-from nht.models import build_model, scale_init, stacked_forward  # noqa: E402
-from nht.train import Trainer  # noqa: E402
+from nht.domains.modular.data import make_modular_dataset  # noqa: E402
+from nht.domains.modular.models import build_model, scale_init, stacked_forward  # noqa: E402
+from nht.domains.modular.train import Trainer  # noqa: E402
 
 MODELS = {"mlp": ({"name": "mlp", "embed_dim": 32, "hidden": 128}, 31),
           "transformer": ({"name": "transformer", "d_model": 128, "n_heads": 4, "d_ff": 512}, 97)}

@@ -2,8 +2,8 @@
 
     nice -n 19 .venv/bin/python benchmarks/image_transition_search.py [--only NAME ...] [--budget-min 60]
 
-Every protocol in :data:`PROTOCOLS` is run through nht's own image code (``nht.images.data`` loaders,
-``nht.images.shortcuts.inject``, ``nht.images.train.train_cell`` with the config validated by the image
+Every protocol in :data:`PROTOCOLS` is run through nht's own image code (``nht.domains.images.data`` loaders,
+``nht.domains.images.shortcuts.inject``, ``nht.domains.images.train.train_cell`` with the config validated by the image
 schema), one cell (lambda x seed) at a time on 1 torch thread, each cell capped by ``time_limit_s``.
 Cells already trained with identical settings (``norms.json`` present under ``--work``) are reused, so
 the search can be rerun or extended. Outputs, rewritten after every cell:
@@ -16,7 +16,7 @@ the search can be rerun or extended. Outputs, rewritten after every cell:
   fit on the cue in some cell): per seed, clean accuracy and reliance vs epoch, V on a second axis
   (log), one colour per lambda.
 
-Transition rule (``nht.images.norms.shortcut_phases``, the same rule every nht image cell now reports as
+Transition rule (``nht.domains.images.norms.shortcut_phases``, the same rule every nht image cell now reports as
 ``phase_regime``; all times in EPOCHS; Lambda is the decay budget accumulated up to that epoch's end):
 
 1. fit on the cue at t_fit: first epoch >= 1 with train accuracy >= FIT_TRAIN and reliance >= FIT_REL
@@ -51,10 +51,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from nht.config import expand_cells, stable_hash, validate_config  # noqa: E402
-from nht.images.data import load_dataset, load_npz, save_npz  # noqa: E402
-from nht.images.norms import PHASE_RULE, classify_regime, shortcut_phases, summarize_history  # noqa: E402
-from nht.images.shortcuts import inject  # noqa: E402
-from nht.images.train import train_cell  # noqa: E402
+from nht.domains.images.data import load_dataset, load_npz, save_npz  # noqa: E402
+from nht.domains.images.norms import PHASE_RULE, classify_regime, shortcut_phases, summarize_history  # noqa: E402
+from nht.domains.images.shortcuts import inject  # noqa: E402
+from nht.domains.images.train import train_cell  # noqa: E402
 
 FIT_TRAIN, FIT_REL = PHASE_RULE["fit_train"], PHASE_RULE["fit_reliance"]
 SUSTAIN_REL, SUSTAIN_MIN, SUSTAIN_FRAC = (PHASE_RULE[k] for k in ("sustain_reliance", "sustain_min", "sustain_frac"))
@@ -142,7 +142,7 @@ COMMON = {"kind": "image", "threads": 1, "checkpoint_seconds": 1.0e9, "eval_batc
 # ----------------------------------------------------------------------------- outcome rule
 
 def classify(hist: pd.DataFrame, structure: str = "clean_acc") -> dict:
-    """Outcome of one cell's history under the rule (:func:`nht.images.norms.shortcut_phases`), with
+    """Outcome of one cell's history under the rule (:func:`nht.domains.images.norms.shortcut_phases`), with
     ``structure`` (clean_acc, or conflicting_acc: shape label under a wrong border) as the accuracy
     that must rise."""
     return shortcut_phases(hist["epoch"], hist["train_acc"], hist[structure], hist["reliance"], hist["V"],

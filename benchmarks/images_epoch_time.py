@@ -15,8 +15,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from nht import device as devmod
-from nht.images.models import build_model, n_params
+from nht.core import device as devmod
+from nht.domains.images.models import build_model, n_params
 
 
 def main(argv=None):

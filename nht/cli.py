@@ -19,6 +19,11 @@ STAGES = {
     "science": "nht.stages.science",
     "experiment-summary": "nht.stages.experiment_summary",
     "summary": "nht.stages.summary",
+    "image-fetch": "nht.stages.image_fetch",
+    "image-shortcut": "nht.stages.image_shortcut",
+    "image-train": "nht.stages.image_train",
+    "image-figures": "nht.stages.image_figures",
+    "image-summary": "nht.stages.image_summary",
     "cells": "nht.stages.cells",
 }
 

@@ -11,7 +11,7 @@ import math
 
 
 def parameter_count(model_cfg: dict, p: int) -> int:
-    """Number of scalar parameters of :func:`nht.models.build_model` (tests check it on the models)."""
+    """Number of scalar parameters of :func:`nht.domains.modular.models.build_model` (tests check it on the models)."""
     name = model_cfg["name"]
     if name == "mlp":
         e, h = int(model_cfg.get("embed_dim", 32)), int(model_cfg.get("hidden", 128))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from nht.data import OPS, make_modular_dataset, modular_table
+from nht.domains.modular.data import OPS, make_modular_dataset, modular_table
 
 PYTHON_OPS = {
     "add": lambda a, b, p: (a + b) % p,

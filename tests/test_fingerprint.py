@@ -1,4 +1,4 @@
-"""Code fingerprints and stage code sets (nht.fingerprint): what reruns a stage when edited."""
+"""Code fingerprints and stage code sets (nht.core.fingerprint): what reruns a stage when edited."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from nht.fingerprint import code_fingerprint, code_set, rule_fingerprint, rule_sources
+from nht.core.fingerprint import code_fingerprint, code_set, rule_fingerprint, rule_sources
 from nht.recompute.decide import rule_code_set
 
 REPO = Path(__file__).resolve().parent.parent
-ANALYSIS = {"nht.scaling", "nht.delay_law", "nht.science", "nht.stats", "nht.figures", "nht.scorecard",
-            "nht.prediction", "nht.separation", "nht.verdict_inputs", "nht.science_figures",
-            "nht.scorecard_render", "nht.cellrecords"}
+ANALYSIS = {"nht.science.scaling", "nht.science.delay_law", "nht.science.analyse", "nht.science.stats", "nht.domains.modular.figures", "nht.science.scorecard",
+            "nht.science.prediction", "nht.science.separation", "nht.science.verdict_inputs", "nht.science.figures",
+            "nht.science.scorecard_render", "nht.science.cellrecords"}
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 def test_comments_docstrings_and_formatting_do_not_change_the_fingerprint(pkg):
     before = code_fingerprint("nht.stages.fit", root=pkg)
-    f = pkg / "nht" / "scaling.py"
+    f = pkg / "nht" / "science" / "scaling.py"
     text = f.read_text()
     body = text.split('"""', 2)[2]                      # drop the module docstring
     f.write_text('"""A different docstring."""\n# a comment\n' + body.replace("\n\n", "\n\n\n", 3) + "\n# end\n")
@@ -42,7 +42,7 @@ def test_comments_docstrings_and_formatting_do_not_change_the_fingerprint(pkg):
 
 def test_a_real_change_changes_the_fingerprint_of_importers_only(pkg):
     fit, train = code_fingerprint("nht.stages.fit", root=pkg), code_fingerprint("nht.stages.train", root=pkg)
-    (pkg / "nht" / "scaling.py").write_text((pkg / "nht" / "scaling.py").read_text() + "\nX = 1\n")
+    (pkg / "nht" / "science" / "scaling.py").write_text((pkg / "nht" / "science" / "scaling.py").read_text() + "\nX = 1\n")
     assert code_fingerprint("nht.stages.fit", root=pkg) != fit
     assert code_fingerprint("nht.stages.train", root=pkg) == train
 
@@ -56,12 +56,12 @@ def test_each_stage_code_set_and_training_never_imports_analysis():
             "image_train", "image_figures"} <= set(sets)
     for training in ("train_modular", "image_train", "make_modular_data", "image_fetch", "image_shortcut"):
         assert not ANALYSIS & set(sets[training]), (training, ANALYSIS & set(sets[training]))
-    assert "nht.train" in sets["train_modular"] and "nht.models" in sets["train_modular"]
-    assert "nht.figures" in sets["figures_modular"] and "nht.figures" not in sets["fit_modular"]
-    assert "nht.images.train" in sets["image_train"]
+    assert "nht.domains.modular.train" in sets["train_modular"] and "nht.domains.modular.models" in sets["train_modular"]
+    assert "nht.domains.modular.figures" in sets["figures_modular"] and "nht.domains.modular.figures" not in sets["fit_modular"]
+    assert "nht.domains.images.train" in sets["image_train"]
     for rule, mods in sets.items():                     # image stages never run modular science
         if rule.startswith("image_"):
-            assert not {"nht.scaling", "nht.delay_law", "nht.train", "nht.models"} & set(mods), rule
+            assert not {"nht.science.scaling", "nht.science.delay_law", "nht.domains.modular.train", "nht.domains.modular.models"} & set(mods), rule
 
 
 @pytest.mark.parametrize("stage", ["nht.stages.train", "nht.stages.make_data"])

@@ -22,12 +22,12 @@ IMAGE_COLUMNS = ("train_acc", "clean_acc", "reliance", "V")
 
 
 def measure(tmp: Path) -> dict:
-    from nht import data as mdata
+    from nht.domains.modular import data as mdata
     from nht.config import group_jobs, expand_cells, load_config
-    from nht.images import data as idata, shortcuts
-    from nht.images.train import train_cell
-    from nht.norms import extract_norms
-    from nht.train import train_job
+    from nht.domains.images import data as idata, shortcuts
+    from nht.domains.images.train import train_cell
+    from nht.core.events import extract_norms
+    from nht.domains.modular.train import train_job
 
     config = load_config(HERE / "config.yaml")
     out: dict = {}

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nht.images import data
-from nht.images.data import DatasetError
+from nht.domains.images import data
+from nht.domains.images.data import DatasetError
 
 
 # ----------------------------------------------------------------------------- fixtures

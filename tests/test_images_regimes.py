@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from nht.config import ConfigError, expand_cells, validate_config
-from nht.images import data, shortcuts
-from nht.images.models import build_model, n_params
-from nht.images.norms import REGIME_LABELS, classify_regime, summarize_history
-from nht.images.summary import REGIMES
-from nht.images.train import train_cell
+from nht.domains.images import data, shortcuts
+from nht.domains.images.models import build_model, n_params
+from nht.domains.images.norms import REGIME_LABELS, classify_regime, summarize_history
+from nht.domains.images.summary import REGIMES
+from nht.domains.images.train import train_cell
 
 TH = (1.0, 40.0)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nht.images import shortcuts as S
+from nht.domains.images import shortcuts as S
 
 
 def _raw(n_train=4000, n_test=500, k=10, hw=12, seed=0):

@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from nht.config import ConfigError, expand_cells, validate_config
-from nht.images import data, shortcuts
-from nht.images.models import ResNet18, SimpleCNN, build_model, n_params
-from nht.images.norms import classify_regime, squared_norms, transition_epoch
-from nht.images.summary import mean_sd_n, write_summary
-from nht.images.train import group_accuracies, train_cell
+from nht.domains.images import data, shortcuts
+from nht.domains.images.models import ResNet18, SimpleCNN, build_model, n_params
+from nht.domains.images.norms import classify_regime, squared_norms, transition_epoch
+from nht.domains.images.summary import mean_sd_n, write_summary
+from nht.domains.images.train import group_accuracies, train_cell
 
 
 def _cell(tmp_path, **over):
@@ -146,7 +146,7 @@ def test_sigkill_then_resume(tmp_path):
     # long enough that the kill lands mid-run even with the faster channels-last training
     cell, path = _cell(tmp_path, epochs=40)
     out = tmp_path / "cell"
-    cmd = [sys.executable, "-m", "nht.images", "train", "--settings", json.dumps(cell.settings),
+    cmd = [sys.executable, "-m", "nht", "image-train", "--settings", json.dumps(cell.settings),
            "--data", str(path), "--out", str(out), "--cell", cell.id, "--threads", "1", "--device", "cpu"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
@@ -184,7 +184,7 @@ def test_experiment_summary_keys(tmp_path):
             out = tmp_path / cell.id
             train_cell(cell.settings, path, out, threads=1, cell_id=cell.id)
             paths.append(str(out / "norms.json"))
-    from nht.images.figures import make_figures
+    from nht.domains.images.figures import make_figures
     figs = make_figures(paths, tmp_path / "figs")
     assert all(os.path.getsize(f) > 1000 for f in figs)
     res = write_summary(paths, "t", {"reference_weight_decay": None}, figs, tmp_path / "s.json",
@@ -209,6 +209,6 @@ def test_experiment_summary_keys(tmp_path):
             fitted.add(json.loads(open(p).read())["cell"])
     assert set(sep["per_cell"]) == fitted
     assert sep["verdict"] in ("holds", "fails", "not_enough_data")
-    from nht.scorecard import build_scorecard
+    from nht.science.scorecard import build_scorecard
     p5 = build_scorecard(res, "image")["P5_clean_separation"]
     assert p5["statistic"] == sep["S"]

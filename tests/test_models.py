@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nht.models import (COMPANION_NAMES, CompanionTransformer, GrokkingMLP, OneLayerTransformer, build_model,
+from nht.domains.modular.models import (COMPANION_NAMES, CompanionTransformer, GrokkingMLP, OneLayerTransformer, build_model,
                         from_companion_state, scale_init, squared_norm, to_companion_state)
 
 TRANSFORMERS = [{"name": "transformer", "d_model": 16, "n_heads": 4, "d_ff": 32},                    # companion
@@ -157,7 +157,7 @@ def test_legacy_init_and_pos_init_std():
 def test_stacked_forward_equals_each_module_output_and_gradient(cfg, p, shared_inputs):
     """The many-cell forward used in training computes, cell by cell, the module's function."""
     from torch.func import stack_module_state
-    from nht.models import stacked_forward
+    from nht.domains.modular.models import stacked_forward
 
     modules = []
     for c in range(3):

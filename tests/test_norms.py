@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nht.norms import classify_regime, delay_prediction, extract_norms
-from nht.scaling import fit_cells
+from nht.core.events import classify_regime, delay_prediction, extract_norms
+from nht.science.scaling import fit_cells
 
 SETTINGS = {"train_threshold": 0.99, "test_threshold": 0.99, "secondary_threshold": 0.9,
             "immediate_delay": 100, "lr": 0.01, "weight_decay": 0.5, "max_steps": 1700}
@@ -81,5 +81,5 @@ def test_fit_cells_is_the_one_delay_law_fit_and_excludes_by_reason():
     assert out["excluded"] == {"no_fit": 1, "censored": 1, "norm_grew": 1}
     assert out["censoring"]["n_censored"] == 1 and out["censoring"]["caps"] == [950.0]
     assert out["regimes"]["delayed"] == 5 and out["regimes"]["diverged"] == 0
-    from nht.delay_law import fit_delay_laws
+    from nht.science.delay_law import fit_delay_laws
     assert fit_delay_laws(recs)["delay_law"] == out["delay_law"]

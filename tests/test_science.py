@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nht import science
-from nht.prediction import predictive_verdict
-from nht.scaling import fit_cells
+from nht.science import analyse as science
+from nht.science.prediction import predictive_verdict
+from nht.science.scaling import fit_cells
 
 
 def synth_cell(cid, lr=0.01, wd=1.0, T_mem=200, V_mem=400.0, V_st=50.0, rate_factor=1.0,
@@ -90,7 +90,7 @@ def test_one_delay_law_fit_with_reasons_and_tautology():
     # V_final is read a fixed margin after T_gen and V decays exactly: T_pred = r (delay + margin)
     assert law["tautology_r2"] > 0.99
     assert law["tautology"]["decay_fraction_median"] == pytest.approx(1.0, abs=0.05)
-    # the same fit feeds fit.json (nht.scaling) and science.json
+    # the same fit feeds fit.json (nht.science.scaling) and science.json
     assert fit_cells(allc.to_dict("records"), n_boot=200)["delay_law"] == law
 
 
@@ -162,7 +162,7 @@ def test_nht_beats_baseline_when_the_norm_sets_the_delay_and_not_otherwise():
 
 
 def test_paired_comparison_is_uncertain_when_the_interval_straddles_zero():
-    from nht.prediction import paired_comparison
+    from nht.science.prediction import paired_comparison
     rng = np.random.default_rng(0)
     # errors 0.3 + u for a, and that +- 0.05 (symmetric) for b: no predictor is better
     cells = {f"c{i}": {"kind": "observed", "delay_or_cap": 100.0, "a": 130.0 + 100 * u,

@@ -1,11 +1,11 @@
-"""Tests of nht.scorecard: every verdict flips exactly when its statistic crosses its threshold."""
+"""Tests of nht.science.scorecard: every verdict flips exactly when its statistic crosses its threshold."""
 
 import copy
 import json
 
 import pytest
 
-from nht import scorecard as sc
+from nht.science import scorecard as sc
 
 EPS = 1e-6
 
@@ -208,7 +208,7 @@ def test_attach_scorecards_in_place():
 
 
 def test_image_scorecard_says_why_p4_to_p6_have_no_data():
-    from nht.scorecard import build_scorecard
+    from nht.science.scorecard import build_scorecard
 
     none = {"kind": "image", "transitions": {"n_cells": 12, "n_delayed": 0, "cells": {},
                                              "phases": {"shortcut_persists": 8, "no_shortcut": 4}}}

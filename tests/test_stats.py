@@ -1,4 +1,4 @@
-"""Tests of nht.stats: fits recover known parameters, BCa intervals have about nominal coverage,
+"""Tests of nht.science.stats: fits recover known parameters, BCa intervals have about nominal coverage,
 and small samples get no interval."""
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from nht import stats
+from nht.science import stats
 
 
 def test_line_fit_recovers_known_k_and_b_and_matches_linregress():

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from nht.config import expand_cells, validate_config
-from nht.data import make_modular_dataset
-from nht.models import build_model, scale_init
-from nht.train import Trainer, load_checkpoint, train_job, trainer_code_hash
+from nht.domains.modular.data import make_modular_dataset
+from nht.domains.modular.models import build_model, scale_init
+from nht.domains.modular.train import Trainer, load_checkpoint, train_job, trainer_code_hash
 
 from conftest import tiny_modular
 
@@ -106,7 +106,7 @@ def _train_cmd(cells, dataset, out, ckpt):
 
 
 def test_sigkill_and_rerun_resumes_to_identical_metrics(tmp_path):
-    from nht.data import save_dataset
+    from nht.domains.modular.data import save_dataset
 
     cells = cells_for(weight_decay=[0.5, 1.0], init_scale=1, batch_size=32, max_steps=3000,
                       stop_margin=10 ** 6, checkpoint_seconds=0)
@@ -175,7 +175,7 @@ def test_per_cell_adamw_matches_torch_adamw_for_each_cell_of_a_job():
 
 def test_sampling_with_replacement_is_the_companions_randint_stream():
     """set_seed(s); Model(p); then torch.randint(0, n, (b,)) per step: the companion's minibatches."""
-    from nht.models import CompanionTransformer
+    from nht.domains.modular.models import CompanionTransformer
 
     model = {"name": "transformer", "d_model": 16, "n_heads": 4, "d_ff": 32}
     cells = cells_for(model=model, seed=[3, 42], weight_decay=1.0, init_scale=1, batch_size=512)

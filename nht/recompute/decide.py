@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from nht.fingerprint import code_set, dispatcher_code_set, entry_fingerprint, module_hashes, rule_sources
+from nht.core.fingerprint import code_set, entry_fingerprint, module_hashes, rule_sources
 from nht.recompute.records import (FORCE_DIR, Unreadable, cache_object, dvc_cache_dir, file_md5,
                                    load_records, stage_name)
 
@@ -73,10 +73,10 @@ def rule_code_set(source: str) -> list[str]:
     if m is None:
         return []
     module, command = m.groups()
-    if module == "nht":
-        from nht.cli import STAGES
-        return code_set("nht.__main__", "nht.cli", STAGES[command])
-    return dispatcher_code_set(f"{module}.__main__", "cmd_" + command.replace("-", "_"))
+    if module != "nht":
+        raise ValueError(f"a rule's command must be `python -m nht <stage>`, not `python -m {module}`")
+    from nht.cli import STAGES
+    return code_set("nht.__main__", "nht.cli", STAGES[command])
 
 
 class Wildcards(dict):

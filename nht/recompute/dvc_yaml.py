@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from nht.io import write_atomic
+from nht.core.io import write_atomic
 
 X_COLUMNS = ("step", "epoch")
 Y_GROUPS = {"accuracy": ("train_acc", "test_acc", "clean_acc"), "loss": ("train_loss", "test_loss"),

@@ -3,7 +3,7 @@
 Every rule's shell command starts with it. It
 
 1. takes the job's provenance *before* the command starts: md5 of every input, the fingerprint of
-   the code the command runs (:mod:`nht.fingerprint`);
+   the code the command runs (:mod:`nht.core.fingerprint`);
 2. if the job's record already matches that provenance and DVC's cache holds every recorded
    output, restores the missing or corrupt outputs from the cache and stops (no recomputation);
 3. otherwise runs COMMAND (signals are passed on to it) and, when it succeeded and wrote every
@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from nht.fingerprint import entry_fingerprint, module_hashes
+from nht.core.fingerprint import entry_fingerprint, module_hashes
 from nht.recompute.decide import rule_code_set
 from nht.recompute.records import (FORCE_DIR, Unreadable, dvc_cache_dir, file_md5, read_record,
                                    record_path, restore_file, write_record)

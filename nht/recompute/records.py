@@ -4,7 +4,7 @@ A record is a JSON file ``<records_dir>/<stage>.json``::
 
     {"stage": "train_modular@experiment=e,job=j", "rule": "train_modular",
      "wildcards": {...}, "definition": "<hash of rule source, params, input list>",
-     "code": "<code fingerprint>", "code_set": ["nht.train", ...],
+     "code": "<code fingerprint>", "code_set": ["nht.domains.modular.train", ...],
      "inputs": {path: md5}, "outputs": {path: md5},
      "started": ISO time, "finished": ISO time, "host": ..., "nht": version}
 
@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from nht.io import write_atomic
+from nht.core.io import write_atomic
 
 FORCE_DIR = ".nht/force"
 QUARANTINE_DIR = ".nht/quarantine"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from nht import provenance
-from nht.io import read_json, write_json
-from nht.scorecard import build_scorecard
+from nht.core import provenance
+from nht.core.io import read_json, write_json
+from nht.science.scorecard import build_scorecard
 
 
 def experiment_summary(experiment: str, settings: dict, fit_json: str, figure_paths: list[str],

@@ -6,8 +6,8 @@ import argparse
 
 import pandas as pd
 
-from nht.io import read_json, write_atomic, write_json
-from nht.scaling import fit_cells
+from nht.core.io import read_json, write_atomic, write_json
+from nht.science.scaling import fit_cells
 
 
 def main(argv: list[str] | None = None) -> None:

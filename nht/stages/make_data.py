@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from nht import data
+from nht.domains.modular import data
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,8 +7,8 @@ import json
 
 import pandas as pd
 
-from nht.io import read_json, write_atomic, write_json
-from nht.norms import extract_norms
+from nht.core.io import read_json, write_atomic, write_json
+from nht.core.events import extract_norms
 
 AXES_IN_TABLE = ("op", "p", "train_frac", "split_seed", "lr", "weight_decay", "init_scale", "seed")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from nht.io import read_json, write_json
+from nht.core.io import read_json, write_json
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    from nht.science import analyse_modular  # matplotlib only where figures are drawn
+    from nht.science.analyse import analyse_modular  # matplotlib only where figures are drawn
 
     records = [read_json(p) for p in a.norms]
     layers = {r["cell"]: r.get("layers") or {} for r in records}

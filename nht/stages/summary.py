@@ -7,9 +7,9 @@ import argparse
 import json
 from pathlib import Path
 
-from nht import provenance
-from nht.io import read_json, write_atomic, write_json
-from nht.scorecard import attach_scorecards, scorecard_html, scorecard_markdown
+from nht.core import provenance
+from nht.core.io import read_json, write_atomic, write_json
+from nht.science.scorecard import attach_scorecards, scorecard_html, scorecard_markdown
 
 
 def main(argv: list[str] | None = None) -> None:

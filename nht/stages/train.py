@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from nht import data
+from nht.domains.modular import data
 from nht.config import Cell
 
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="deterministic algorithms (the default)")
     ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
     a = ap.parse_args(argv)
-    from nht.train import train_job  # torch is imported only here
+    from nht.domains.modular.train import train_job  # torch is imported only here
 
     cells = [Cell(a.job["experiment"], "modular", c["id"], c["settings"]) for c in a.job["cells"]]
     train_job(cells, data.load_dataset(a.dataset), a.history, a.meta, a.checkpoint, device=a.device,

@@ -1,5 +1,5 @@
 # Image shortcut experiments (issue 4). Included by the Snakefile, which defines config (validated),
-# CELLS, JOBS, JOB_OF, PY, R, D and experiments_of_kind(). Every rule calls one `nht.images` subcommand.
+# CELLS, JOBS, JOB_OF, PY, R, D and experiments_of_kind(). Every rule calls one `python -m nht` stage.
 #
 #   image_fetch               dataset -> {D}/image/raw/<fetch id>.npz             (decoded once, uint8)
 #   image_shortcut            raw -> {D}/image/<experiment>/<rho,border,seed>-<hash>.npz  (borders + 4 test sets)
@@ -38,7 +38,7 @@ rule image_fetch:
         mem_mb=8000,
         runtime=30,
     shell:
-        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht.images fetch --spec {params.spec:q} --out {output.raw:q}"
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht image-fetch --spec {params.spec:q} --out {output.raw:q}"
 
 
 IMAGE_SHORTCUT_RULE = RC.rule(
@@ -76,7 +76,7 @@ rule image_shortcut:
         mem_mb=4000,
         runtime=10,
     shell:
-        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht.images inject --raw {input.raw:q} --spec {params.spec:q} --rho {params.rho:q}"
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht image-shortcut --raw {input.raw:q} --spec {params.spec:q} --rho {params.rho:q}"
         " --border {params.border:q} --seed {params.seed:q} --out {output.data:q}"
 
 
@@ -118,7 +118,7 @@ rule image_train:
         runtime=lambda w: config["experiments"][w.experiment]["runtime_min"],
         gpu=lambda w: config["experiments"][w.experiment]["gpus"],
     shell:
-        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht.images train --settings {params.settings:q} --data {input.data:q}"
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht image-train --settings {params.settings:q} --data {input.data:q}"
         " --out {params.outdir:q} --cell {wildcards.cell:q} --device {params.device:q} --threads {threads}"
         " {params.det} {params.tf32}"
 
@@ -158,7 +158,7 @@ rule image_figures:
         mem_mb=2000,
         runtime=10,
     shell:
-        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht.images figures --norms {input.norms:q} --out-dir {params.outdir:q}"
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht image-figures --norms {input.norms:q} --out-dir {params.outdir:q}"
         " --config {params.config:q}"
 
 
@@ -194,6 +194,6 @@ rule image_experiment_summary:
         mem_mb=1000,
         runtime=5,
     shell:
-        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht.images summarize --experiment {wildcards.experiment:q} --norms {input.norms:q}"
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht image-summary --experiment {wildcards.experiment:q} --norms {input.norms:q}"
         " --figures {input.figures:q} --config {params.config:q} --out {output.summary:q}"
         " --table {output.table:q}"

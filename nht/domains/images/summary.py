@@ -20,7 +20,7 @@ sample standard deviation, 0.0 when n = 1; rho/lambda keys are rendered like cel
   spurious attribute
 * ``transition_epochs``: {cell: epoch or null}
 * ``clean_norm_separation``: the clean-norm-separation score S with phi = shortcut reliance
-  (:func:`nht.science.image_clean_norm_separation`: S, S_ci, n, verdict, per_cell,
+  (:func:`nht.science.analyse.image_clean_norm_separation`: S, S_ci, n, verdict, per_cell,
   untrusted_cells), computed from each cell's ``history.csv`` beside its ``norms.json``; it tells
   whether a norm-based prediction can be trusted for these cells
 * ``reference_rho``, ``reference_weight_decay``; ``figures``: list of paths; ``wall_s``: sum over cells
@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from nht.config import format_value
-from nht.images.norms import REGIME_LABELS as REGIMES  # the one regime vocabulary of image cells
+from nht.domains.images.norms import REGIME_LABELS as REGIMES  # the one regime vocabulary of image cells
 
 
 def mean_sd_n(values) -> list:
@@ -133,7 +133,7 @@ def summarize(df: pd.DataFrame, experiment: str, exp_config: dict, figures: list
 
 def transitions(df: pd.DataFrame) -> dict:
     """Shortcut-to-shape transitions by the behavioural rule (``phase_regime`` of each cell, see
-    nht.images.norms.shortcut_phases): counts per phase and, per transition cell, t_fit and t_switch
+    nht.domains.images.norms.shortcut_phases): counts per phase and, per transition cell, t_fit and t_switch
     (epochs) and the decay budget Lambda at both."""
     if "phase_regime" not in df.columns:
         return {"n_cells": int(len(df)), "n_delayed": None, "phases": {}, "cells": {}}
@@ -154,8 +154,8 @@ def load_histories(cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def write_summary(norms_paths, experiment: str, exp_config: dict, figures: list[str],
                   out: str | Path, table: str | Path | None = None) -> dict:
-    from nht.cellrecords import clean_json
-    from nht.separation import image_clean_norm_separation
+    from nht.science.cellrecords import clean_json
+    from nht.science.separation import image_clean_norm_separation
 
     df = load_cells(norms_paths)
     if table:

@@ -44,3 +44,10 @@ def write_json(obj: Any, path: str | Path) -> None:
 def read_json(path: str | Path) -> Any:
     with open(path) as fh:
         return json.load(fh)
+
+
+def json_arg(text: str):
+    """A command-line JSON value: a JSON string, or ``@path`` to a JSON file."""
+    if text.startswith("@"):
+        return read_json(text[1:])
+    return json.loads(text)

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from nht.norms import REGIMES  # noqa: E402
+from nht.core.events import REGIMES  # noqa: E402
 
 REGIME_COLORS = {"no_fit": "#7f7f7f", "shortcut_persists": "#d62728", "delayed": "#2ca02c",
                  "immediate": "#1f77b4", "diverged": "#000000"}

@@ -1,6 +1,6 @@
 """P6 as a predictive verdict: predictors that use only what is known at the fit time ``T_mem``,
 scored out of sample by leave-one-group-out (a group = all cells equal in every non-seed axis,
-:data:`nht.cellrecords.GROUP_AXES`; its seeds leave together). Delays are in steps, V is the
+:data:`nht.science.cellrecords.GROUP_AXES`; its seeds leave together). Delays are in steps, V is the
 squared norm, ``eta lambda`` is per step.
 
 Predictors of a held-out cell's delay ``T_gen - T_mem`` (all fitted on the *other* groups only):
@@ -8,7 +8,7 @@ Predictors of a held-out cell's delay ``T_gen - T_mem`` (all fitted on the *othe
 * ``nht_theory``: the law as stated, ``max(0, ln(V_mem / V_st_hat)) / (2 eta lambda)``. ``V_mem``
   is read from the cell's history at ``T_mem`` (nothing later). ``V_st_hat`` = geometric median of
   ``V_gen`` (the norm at which a cell generalised) over generalised cells of other groups, first
-  at the same lambda and task (:data:`nht.cellrecords.TASK_AXES`), else the same task, else all.
+  at the same lambda and task (:data:`nht.science.cellrecords.TASK_AXES`), else the same task, else all.
 * ``nht``: ``k x + b`` with ``x`` the ``nht_theory`` value, ``k, b`` fitted by OLS on the other
   groups' cells (their ``x`` computed without the held-out group nor their own group). The law
   is stated up to a constant (Theta), and this gives it the same two fitted numbers as the
@@ -41,8 +41,8 @@ import math
 import numpy as np
 from scipy import stats as st
 
-from nht import stats
-from nht.cellrecords import (GROUP_AXES, TASK_AXES, count, delay_status, eta_lambda, group_of,
+from nht.science import stats
+from nht.science.cellrecords import (GROUP_AXES, TASK_AXES, count, delay_status, eta_lambda, group_of,
                              is_diverged, key_of, num, records, value_at_fit)
 
 PREDICTORS = ("nht", "nht_theory", "baseline_inverse_eta_lambda", "per_lambda_mean")
@@ -161,7 +161,7 @@ def _summary(per_cell: dict, name: str, n_boot: int, seed: int) -> dict:
 def paired_comparison(per_cell: dict, a: str, b: str, n_boot: int, seed: int) -> dict:
     """Median of ``error_b - error_a`` over observed cells predicted by both, BCa interval;
     ``a_better`` is true when the interval lies above 0, false when it lies at or below 0, and
-    ``"uncertain"`` when it straddles 0 or below :data:`nht.stats.MIN_BOOT_N` cells (no
+    ``"uncertain"`` when it straddles 0 or below :data:`nht.science.stats.MIN_BOOT_N` cells (no
     interval)."""
     diffs = []
     for c in per_cell.values():

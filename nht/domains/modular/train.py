@@ -3,7 +3,7 @@
 All cells of a job share the dataset, the model architecture and the schedule (batch size,
 max_steps, eval_every, thresholds); they may differ in learning rate eta, weight decay lambda,
 init scale alpha and seed. Their parameters are stacked along a leading *cell* dimension and the
-model runs as :func:`nht.models.stacked_forward` (batched matrix products over the cells); the
+model runs as :func:`nht.domains.modular.models.stacked_forward` (batched matrix products over the cells); the
 optimizer step applies per-cell eta and lambda. A job of one cell is the per-cell path: the code
 is the same.
 
@@ -25,7 +25,7 @@ is full-batch gradient descent.
 Checkpoints: at an evaluation step, when ``checkpoint_seconds`` have passed since the last one,
 the full state (parameters, optimizer moments, minibatch generators, history so far; tensors
 and plain Python values only, loaded with ``weights_only=True``) is written atomically, with the
-code fingerprint of this trainer (:func:`nht.fingerprint.code_fingerprint`). A killed job rerun
+code fingerprint of this trainer (:func:`nht.core.fingerprint.code_fingerprint`). A killed job rerun
 with the same cells and the same code resumes there and ends with exactly the same metrics as an
 uninterrupted run (CPU, same thread count); a checkpoint from other cells or other code, or one
 that cannot be read, is ignored (the log says why) and the job starts fresh.
@@ -47,10 +47,10 @@ import torch.nn.functional as F
 from torch.func import stack_module_state
 from torch.optim.adamw import adamw as functional_adamw
 
-from nht import device as devmod
-from nht import provenance
+from nht.core import device as devmod
+from nht.core import provenance
 from nht.config import Cell, stable_hash
-from nht.models import build_model, scale_init, stacked_forward
+from nht.domains.modular.models import build_model, scale_init, stacked_forward
 
 STOP_RULE = ("stop at the first evaluation >= stop_margin steps after test accuracy first reached "
              "test_threshold, else at max_steps; NaN/Inf loss ends the cell as 'diverged'")
@@ -341,9 +341,9 @@ def _save_atomic(obj, path: Path) -> None:
 
 def trainer_code_hash() -> str:
     """Fingerprint of this trainer's code and every nht module it imports (AST, comments excluded)."""
-    from nht.fingerprint import code_fingerprint
+    from nht.core.fingerprint import code_fingerprint
 
-    return code_fingerprint("nht.train")
+    return code_fingerprint("nht.domains.modular.train")
 
 
 def load_checkpoint(path: Path, signature: str, code: str) -> tuple[dict | None, str]:

@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-from nht import stats
-from nht.cellrecords import is_diverged, num, records, time_sorted
+from nht.science import stats
+from nht.science.cellrecords import is_diverged, num, records, time_sorted
 
 S_THRESHOLD = 0.8
 S_MIN_POINTS = 5

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 PACKAGE = "nht"
-ROOT = Path(__file__).resolve().parent.parent      # the directory holding the nht package
+ROOT = Path(__file__).resolve().parents[2]      # the directory holding the nht package
 
 
 def module_file(module: str, root: Path = ROOT) -> Path | None:
@@ -105,41 +105,13 @@ def _digest(mods, root: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def dispatcher_code_set(module: str, function: str, root: Path = ROOT) -> list[str]:
-    """Code set of one command of a dispatcher module: the module itself, its top-level imports
-    and the imports inside ``function`` (transitively), not the other commands' imports."""
-    path = module_file(module, root)
-    tree = ast.parse(path.read_text(), str(path))
-    nodes = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    for n in tree.body:
-        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == function:
-            nodes += [m for m in ast.walk(n) if isinstance(m, (ast.Import, ast.ImportFrom))]
-            break
-    else:
-        raise KeyError(f"{module} has no function {function!r}")
-    pkg = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
-    wanted = set()
-    for n in nodes:
-        if isinstance(n, ast.Import):
-            wanted.update(a.name for a in n.names)
-        else:
-            mod = ".".join(pkg[:len(pkg) - n.level + 1] + ([n.module] if n.module else [])) if n.level \
-                else (n.module or "")
-            wanted.add(mod)
-            wanted.update(f"{mod}.{a.name}" for a in n.names)
-    wanted = [m for m in wanted if m.split(".")[0] == PACKAGE]
-    parts = module.split(".")
-    return sorted(set(code_set(*wanted, *(".".join(parts[:i]) for i in range(1, len(parts))), root=root))
-                  | {module})
-
-
 def module_hashes(mods: list[str], root: Path = ROOT) -> dict[str, str]:
     """Per-module digests of a code set (to say which module changed)."""
     return {m: hashlib.sha256(_parse(m, root)[0].encode()).hexdigest()[:12] for m in sorted(mods)}
 
 
 def entry_fingerprint(mods: list[str], root: Path = ROOT) -> str:
-    """Hex digest of an explicit, already closed code set (see :func:`dispatcher_code_set`)."""
+    """Hex digest of an explicit, already closed code set (see :func:`code_set`)."""
     return _digest(sorted(mods), root)
 
 

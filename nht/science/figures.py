@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from nht.cellrecords import eta_lambda, num, time_sorted
+from nht.science.cellrecords import eta_lambda, num, time_sorted
 
 
 def _fig(ncols=1, width=5.0, height=4.0):

@@ -1,6 +1,6 @@
 """The one retrospective delay-law fit (a *description*, not a verdict; the verdict is the
-out-of-sample comparison in :mod:`nht.prediction`). Used by :func:`nht.scaling.fit_cells`
-(``fit.json``) and by :func:`nht.science.analyse_modular` (``science.json``): same inputs, same
+out-of-sample comparison in :mod:`nht.science.prediction`). Used by :func:`nht.science.scaling.fit_cells`
+(``fit.json``) and by :func:`nht.science.analyse.analyse_modular` (``science.json``): same inputs, same
 numbers.
 
 * ``delay_law``: OLS ``delay = k T_pred + b`` with ``T_pred = ln(V_mem / V_final) / (2 eta lambda)``
@@ -27,8 +27,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as st
 
-from nht import stats
-from nht.cellrecords import count, delay_status, eta_lambda, num, records
+from nht.science import stats
+from nht.science.cellrecords import count, delay_status, eta_lambda, num, records
 
 REASONS = ("no_fit", "diverged", "censored", "no_stop_step", "no_T_pred", "norm_grew",
            "zero_eta_lambda")
@@ -121,7 +121,7 @@ def fit_delay_laws(cells, n_boot: int = 1000, seed: int = 0) -> dict:
     """All retrospective fits over one experiment's cells (DataFrame or list of norms dicts).
 
     Returns ``{delay_law, baseline_inverse_eta_lambda, delay_law_log, scaling_exponent, per_op,
-    censoring, fit_cells, excluded}``; each fit is :func:`nht.stats.line_fit`'s dict (``k, b,
+    censoring, fit_cells, excluded}``; each fit is :func:`nht.science.stats.line_fit`'s dict (``k, b,
     r2, n, k_ci, b_ci, r2_ci, theil_sen, ...``); ``delay_law`` adds ``excluded``,
     ``tautology_r2`` and ``tautology``.
     """

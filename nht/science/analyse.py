@@ -4,13 +4,13 @@ It reads only per-cell records (a DataFrame of ``norms.json`` rows) and history 
 assembles the pieces, each in its own module and tested on synthetic data built to hold and to
 fail (``tests/test_science.py``):
 
-* :mod:`nht.delay_law` -- the one retrospective delay-law fit (a description), its ``1/(eta
+* :mod:`nht.science.delay_law` -- the one retrospective delay-law fit (a description), its ``1/(eta
   lambda)`` baseline, the tautology diagnostic and censoring;
-* :mod:`nht.prediction` -- the P6 verdict: leave-one-group-out predictions known at ``T_mem``,
+* :mod:`nht.science.prediction` -- the P6 verdict: leave-one-group-out predictions known at ``T_mem``,
   NHT vs baseline with a paired interval, and the norm-shift test at fixed ``eta lambda``;
-* :mod:`nht.separation` -- the clean-norm separation S (P5) with its nulls (also for images);
-* :mod:`nht.verdict_inputs` -- decay rate, P1 (different solutions), P2 (Kendall tau-b), P4;
-* :mod:`nht.science_figures` -- the figures.
+* :mod:`nht.science.separation` -- the clean-norm separation S (P5) with its nulls (also for images);
+* :mod:`nht.science.verdict_inputs` -- decay rate, P1 (different solutions), P2 (Kendall tau-b), P4;
+* :mod:`nht.science.figures` -- the figures.
 
 Conventions: V is always the *squared* L2 norm; time in optimizer steps; ``eta`` = ``lr``,
 ``lambda`` = ``weight_decay``. Intervals are BCa bootstrap intervals with >= 8 units, else absent
@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from nht.cellrecords import clean_json, records
-from nht.delay_law import fit_delay_laws, fit_points
-from nht.prediction import predictive_verdict
-from nht.science_figures import (_save, plot_clean_separation, plot_decay_rate, plot_delay_law,
+from nht.science.cellrecords import clean_json, records
+from nht.science.delay_law import fit_delay_laws, fit_points
+from nht.science.prediction import predictive_verdict
+from nht.science.figures import (_save, plot_clean_separation, plot_decay_rate, plot_delay_law,
                                  plot_norm_fits, plot_prediction)
-from nht.separation import (S_THRESHOLD, clean_norm_separation, clean_norm_separation_cell,
+from nht.science.separation import (S_THRESHOLD, clean_norm_separation, clean_norm_separation_cell,
                             image_clean_norm_separation)
-from nht.verdict_inputs import (decay_rate, decay_rates, layer_hierarchy, norm_ordering,
+from nht.science.verdict_inputs import (decay_rate, decay_rates, layer_hierarchy, norm_ordering,
                                 regime_ordering)
 
 __all__ = ["analyse_modular", "clean_json", "fit_delay_laws", "predictive_verdict",

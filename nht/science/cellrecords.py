@@ -1,6 +1,6 @@
 """Per-cell records as the science layer reads them: one dict per cell with the ``norms.json``
-fields (:func:`nht.norms.extract_norms`) and the cell's axes. Shared by :mod:`nht.delay_law`,
-:mod:`nht.prediction`, :mod:`nht.separation` and :mod:`nht.verdict_inputs`.
+fields (:func:`nht.core.events.extract_norms`) and the cell's axes. Shared by :mod:`nht.science.delay_law`,
+:mod:`nht.science.prediction`, :mod:`nht.science.separation` and :mod:`nht.science.verdict_inputs`.
 
 Conventions: V is the *squared* L2 norm; modular time is in optimizer steps (image time in
 epochs); ``eta`` = ``lr``, ``lambda`` = ``weight_decay``.
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nht.stats import finite_or_none as num
+from nht.science.stats import finite_or_none as num
 
 AXES = ("op", "p", "train_frac", "split_seed", "lr", "weight_decay", "init_scale", "seed",
         "model", "optimizer")

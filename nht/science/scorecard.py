@@ -2,7 +2,7 @@
 from an experiment's summary, a threshold fixed in advance (:data:`THRESHOLDS`), and a verdict.
 
 Verdicts: ``holds``, ``fails``, ``uncertain`` (the 95 % interval straddles the threshold, or there
-are too few independent units for an interval: fewer than 8, :data:`nht.stats.MIN_BOOT_N`),
+are too few independent units for an interval: fewer than 8, :data:`nht.science.stats.MIN_BOOT_N`),
 ``not_applicable`` and ``not_enough_data`` (a required field is missing/undefined, or fewer than 3
 cells/values). Each entry is ``{statistic, threshold, verdict, point_verdict, comparison, ci,
 ci_verdict, n, definition, detail}``: ``point_verdict`` compares the point estimate with the
@@ -10,7 +10,7 @@ threshold, ``ci_verdict`` the whole interval. Modular verdicts are interval verd
 when the whole interval is on the predicted side); P5 uses its null test. No threshold is ever
 tuned to data.
 
-Modular experiments (fields from :func:`nht.science.analyse_modular`):
+Modular experiments (fields from :func:`nht.science.analyse.analyse_modular`):
 
 * **P1_norm_ordering** -- ``norm_ordering.share``: P(V_sc > V_st) with V_sc the squared norm at
   the fit of a shortcut-reliant cell and V_st that of *other* cells' generalised solutions at the
@@ -23,15 +23,15 @@ Modular experiments (fields from :func:`nht.science.analyse_modular`):
 * **P4_layer_hierarchy** -- ``layer_hierarchy.share_readout_max`` (Wilson interval) >= 0.8.
 * **P5_clean_separation** -- ``clean_norm_separation.S``: holds only if S >= 0.8 *and* S is above
   the 95th percentile of both nulls (V paired with another cell's reliance; reliance circularly
-  shifted); see :mod:`nht.separation`.
+  shifted); see :mod:`nht.science.separation`.
 * **P6_delay_scaling** -- out of sample: ``prediction.paired_difference.median`` = median over
   cells of (relative delay error of the ``1/(eta lambda)`` baseline) - (that of the NHT
-  prediction), leave-one-group-out, known at ``T_mem`` (:mod:`nht.prediction`). holds when the
+  prediction), leave-one-group-out, known at ``T_mem`` (:mod:`nht.science.prediction`). holds when the
   paired interval lies above 0 (``prediction.nht_beats_baseline`` true), fails when it lies at or
   below 0, uncertain when it straddles 0 or with fewer than 8 cells. The retrospective R^2,
   the tautology R^2, the baseline's R^2, the norm-shift test and the decay rate are in ``detail``.
 
-Image experiments (fields from ``nht.images.summary``):
+Image experiments (fields from ``nht.domains.images.summary``):
 
 * **P1** -- ``norm_ratio``: mean ``V_final`` at the smallest lambda / at the largest. holds if > 1.
 * **P2** -- Spearman correlation between lambda and mean decay-from-peak (``decay_from_peak``):
@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import re
 
-from nht import stats
+from nht.science import stats
 
 PREDICTIONS = ("P1_norm_ordering", "P2_three_regimes", "P3_group_accuracy", "P4_layer_hierarchy",
                "P5_clean_separation", "P6_delay_scaling")
@@ -303,7 +303,7 @@ def _image(s: dict) -> dict:
         "share of transition cells whose readout layer contracts most")
     card["P5_clean_separation"] = _separation_entry(
         s.get("clean_norm_separation"), th["P5_clean_separation"],
-        "S with phi = shortcut reliance (nht.science.image_clean_norm_separation)")
+        "S with phi = shortcut reliance (nht.science.analyse.image_clean_norm_separation)")
     card["P6_delay_scaling"] = _delay_entry(s, th["P6_delay_scaling"])
     why = _transition_reason(s.get("transitions"))
     for key in ("P4_layer_hierarchy", "P5_clean_separation", "P6_delay_scaling"):
@@ -360,4 +360,4 @@ def attach_scorecards(summary: dict) -> dict:
     return summary
 
 
-from nht.scorecard_render import markdown_to_html, scorecard_html, scorecard_markdown  # noqa: E402,F401
+from nht.science.scorecard_render import markdown_to_html, scorecard_html, scorecard_markdown  # noqa: E402,F401

@@ -1,11 +1,11 @@
 """Rendering of the P1-P6 scorecards: ``results/scorecard.md`` and its HTML page (re-exported by
-:mod:`nht.scorecard`)."""
+:mod:`nht.science.scorecard`)."""
 
 from __future__ import annotations
 
 import re
 
-from nht import scorecard as sc
+from nht.science import scorecard as sc
 
 
 def _fmt(x) -> str:
@@ -39,7 +39,7 @@ def scorecard_markdown(summary: dict) -> str:
         cards[name] = exp.get("scorecard") or sc.build_scorecard(exp, exp["kind"])
     names = list(cards)
     lines = ["# NHT scorecard: measured here vs the paper (arXiv 2603.07323)", "",
-             "Every measured verdict is computed from the data by `nht.scorecard` with a threshold "
+             "Every measured verdict is computed from the data by `nht.science.scorecard` with a threshold "
              "fixed in advance (shown as `statistic >= threshold?`). A modular verdict holds only "
              "when the whole 95 % interval lies on the predicted side (`uncertain` when it "
              "straddles, or below 8 units, where no interval is computed), P5 must also beat its "

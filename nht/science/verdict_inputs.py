@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-from nht import stats
-from nht.cellrecords import (TASK_AXES, count, eta_lambda, is_diverged, key_of, num, records,
+from nht.science import stats
+from nht.science.cellrecords import (TASK_AXES, count, eta_lambda, is_diverged, key_of, num, records,
                              time_sorted)
 
 READOUT_NAMES = ("out.weight", "head.weight")

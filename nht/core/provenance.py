@@ -9,7 +9,7 @@ from pathlib import Path
 
 import nht
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @functools.lru_cache(maxsize=1)

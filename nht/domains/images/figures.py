@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from nht.images.summary import REGIMES, _pick_reference, load_cells  # noqa: E402
+from nht.domains.images.summary import REGIMES, _pick_reference, load_cells  # noqa: E402
 
 FIGURES = ("clean_acc_vs_rho.png", "norm_curves.png", "phase_diagram.png", "layer_norms.png")
 

@@ -41,12 +41,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from nht import device as devmod
-from nht.fingerprint import code_fingerprint
-from nht.images.data import load_npz
-from nht.images.models import build_model, n_params
-from nht.images.norms import squared_norms, summarize_history
-from nht.io import write_atomic
+from nht.core import device as devmod
+from nht.core.fingerprint import code_fingerprint
+from nht.domains.images.data import load_npz
+from nht.domains.images.models import build_model, n_params
+from nht.domains.images.norms import squared_norms, summarize_history
+from nht.core.io import write_atomic
 
 TEST_SETS = ("clean", "aligned", "conflicting", "shortcut_only")
 
@@ -157,7 +157,7 @@ def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, devic
 
     rows, start_epoch, step, sum_lr, elapsed = [], 1, 0, 0.0, 0.0
     status = "running"
-    code = code_fingerprint("nht.images.train")
+    code = code_fingerprint("nht.domains.images.train")
     if ckpt_path.exists():
         state, why = _load_checkpoint(ckpt_path, dev, cell_id, code)
         if state is None:
