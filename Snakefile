@@ -1,6 +1,7 @@
 # nht: the Norm-Hierarchy Transition pipeline.
-#   fetch/generate data -> train (one job = a batch of cells) -> extract norms per cell
-#   -> fit the delay law per experiment -> figures -> results/summary.json
+#   fetch/generate data -> train (modular: one job = a batch of cells; images: one cell)
+#   -> one history per cell (nht.core.history) -> events and norms per cell (nht.core.events)
+#   -> science per experiment (any domain) -> figures, experiment summary -> results/summary.json
 # All logic lives in the nht package; rules only call `python -m nht <stage>`.
 from snakemake.utils import min_version, validate
 
@@ -23,6 +24,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/recompute.smk"
 include: "workflow/rules/modular.smk"
 include: "workflow/rules/images.smk"
+include: "workflow/rules/science.smk"
 include: "workflow/rules/summary.smk"
 
 

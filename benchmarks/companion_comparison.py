@@ -1,19 +1,19 @@
 """Compare nht's transformer cells with the companion code's lambda sweep, per lambda.
 
 The companion (ClevixLab/grokking-norm-separation, scripts/s2_lambda_sweep_v2.py) trained its
-1-layer transformer on (a+b) mod 97 for 8 lambdas x 10 seeds and saved T_mem, T_grok, V_at_mem
+1-layer transformer on (a+b) mod 97 for 8 lambdas x 10 seeds and saved T_fit, T_grok, V_at_mem
 and V_final per run in data/summary2.json; the facts are copied, with their source, to
 docs/reference/companion_summary2.json. This script reads nht's per-cell norm records
 (``<results>/<experiment>/cells/<cell>/norms.json``, see nht/core/events.py; cells with p 97, lr 1e-3 and
-the transformer model only) and writes a markdown table per lambda: cells, generalised/n, T_mem,
-T_grok, V_mem, V_final (mean ± sample sd), for nht and for the companion, plus a per-seed table
+the transformer model only) and writes a markdown table per lambda: cells, generalised/n, T_fit,
+T_grok, V_fit, V_final (mean ± sample sd), for nht and for the companion, plus a per-seed table
 for seeds present in both (with ``init: companion`` a seed gives both codes the same initial
 weights and minibatch draws).
 
 Times are steps; V is the squared parameter norm. The companion evaluates every 500 steps, so its
-T are multiples of 500; when an nht cell was evaluated more often, its T_mem, T_grok and V_mem
+T are multiples of 500; when an nht cell was evaluated more often, its T_fit, T_grok and V_fit
 are read from the evaluations at multiples of ``--grid`` (default 500) in its history.csv, i.e.
-what the companion's cadence would have recorded. Means of T_grok and V_mem are over the cells
+what the companion's cadence would have recorded. Means of T_grok and V_fit are over the cells
 that reached the threshold; V_final is at the stop (T_grok + stop margin, else the cap; the cap
 is shown because a smaller cap makes V_final and generalised/n incomparable).
 
@@ -44,7 +44,7 @@ REFERENCE = REPO / "docs" / "reference" / "companion_summary2.json"
 # ----------------------------------------------------------------------------- records
 
 def _grid_values(history_path: Path, grid: int, train_thr: float, test_thr: float) -> dict | None:
-    """T_mem, T_grok, V_mem from the evaluations at multiples of ``grid`` steps, or None when the
+    """T_fit, T_grok, V_fit from the evaluations at multiples of ``grid`` steps, or None when the
     history does not hold every multiple of ``grid`` up to its last step."""
     import pandas as pd
 
@@ -56,9 +56,9 @@ def _grid_values(history_path: Path, grid: int, train_thr: float, test_thr: floa
         return None
     mem = on[on["train_acc"] >= train_thr]
     gen = on[on["test_acc"] >= test_thr]
-    return {"T_mem": int(mem["step"].iloc[0]) if len(mem) else None,
-            "T_gen": int(gen["step"].iloc[0]) if len(gen) else None,
-            "V_mem": float(mem["V"].iloc[0]) if len(mem) else None}
+    return {"T_fit": int(mem["step"].iloc[0]) if len(mem) else None,
+            "T_transition": int(gen["step"].iloc[0]) if len(gen) else None,
+            "V_fit": float(mem["V"].iloc[0]) if len(mem) else None}
 
 
 def load_nht(results: Path, experiments: list[str] | None, grid: int) -> tuple[list[dict], list[str]]:
@@ -73,14 +73,14 @@ def load_nht(results: Path, experiments: list[str] | None, grid: int) -> tuple[l
             continue
         settings_path = path.parent.parent.parent / "settings.json"
         row = {"experiment": rec["experiment"], "cell": rec["cell"], "lam": float(rec["weight_decay"]),
-               "seed": int(rec["seed"]), "T_mem": rec["T_mem"], "T_grok": rec["T_gen"], "V_mem": rec["V_mem"],
+               "seed": int(rec["seed"]), "T_fit": rec["T_fit"], "T_grok": rec["T_transition"], "V_fit": rec["V_fit"],
                "V_final": rec["V_final"], "stop_step": rec["stop_step"], "stop_reason": rec.get("stop_reason"),
                "provenance": rec.get("provenance", {}), "on_grid": False}
         thr = json.loads(settings_path.read_text()) if settings_path.exists() else {}
         g = _grid_values(path.parent / "history.csv", grid, thr.get("train_threshold", 0.99),
                          thr.get("test_threshold", 0.99))
         if g is not None:
-            row.update(T_mem=g["T_mem"], T_grok=g["T_gen"], V_mem=g["V_mem"], on_grid=True)
+            row.update(T_fit=g["T_fit"], T_grok=g["T_transition"], V_fit=g["V_fit"], on_grid=True)
         rows.append(row)
     if skipped:
         notes.append(f"{skipped} cells skipped (not the companion's p 97, lr 1e-3 transformer)")
@@ -89,8 +89,8 @@ def load_nht(results: Path, experiments: list[str] | None, grid: int) -> tuple[l
 
 def load_companion(path: Path) -> tuple[list[dict], dict]:
     doc = json.loads(path.read_text())
-    rows = [{"lam": float(r["lam"]), "seed": int(r["seed"]), "T_mem": r["T_mem"], "T_grok": r["T_grok"],
-             "V_mem": r["V_at_mem"], "V_final": r["V_final"],
+    rows = [{"lam": float(r["lam"]), "seed": int(r["seed"]), "T_fit": r["T_fit"], "T_grok": r["T_grok"],
+             "V_fit": r["V_at_mem"], "V_final": r["V_final"],
              "cap": 15000 if r["lam"] <= 0.01 else 80000} for r in doc["results"]]
     return rows, doc["source"]
 
@@ -109,8 +109,8 @@ def _mean_sd(values: list, digits: int = 0) -> str:
 
 def _summary(rows: list[dict]) -> dict:
     return {"n": len(rows), "grokked": sum(r["T_grok"] is not None for r in rows),
-            "T_mem": _mean_sd([r["T_mem"] for r in rows]), "T_grok": _mean_sd([r["T_grok"] for r in rows]),
-            "V_mem": _mean_sd([r["V_mem"] for r in rows]), "V_final": _mean_sd([r["V_final"] for r in rows]),
+            "T_fit": _mean_sd([r["T_fit"] for r in rows]), "T_grok": _mean_sd([r["T_grok"] for r in rows]),
+            "V_fit": _mean_sd([r["V_fit"] for r in rows]), "V_final": _mean_sd([r["V_final"] for r in rows]),
             "seeds": sorted({r["seed"] for r in rows})}
 
 
@@ -124,7 +124,7 @@ def build_table(nht: list[dict], comp: list[dict], source: dict, caps: dict[str,
     for r in nht:
         r["cap"] = caps.get(r["experiment"])
     lams = sorted({r["lam"] for r in nht})
-    lines = ["| λ | code | seeds | cap (steps) | generalised/n | T_mem | T_grok | V_mem | V_final |",
+    lines = ["| λ | code | seeds | cap (steps) | generalised/n | T_fit | T_grok | V_fit | V_final |",
              "|---|---|---|---|---|---|---|---|---|"]
     for lam in lams:
         for name, rows in (("nht", [r for r in nht if r["lam"] == lam]),
@@ -134,9 +134,9 @@ def build_table(nht: list[dict], comp: list[dict], source: dict, caps: dict[str,
                 continue
             s = _summary(rows)
             seeds = f"{s['seeds'][0]}–{s['seeds'][-1]}" if len(s["seeds"]) > 2 else ", ".join(map(str, s["seeds"]))
-            lines.append(f"| {lam:g} | {name} | {seeds} | {_caps(rows)} | {s['grokked']}/{s['n']} | {s['T_mem']} | "
-                         f"{s['T_grok']} | {s['V_mem']} | {s['V_final']} |")
-    per_seed = ["| λ | seed | T_mem nht / companion | T_grok nht / companion | V_mem nht / companion | "
+            lines.append(f"| {lam:g} | {name} | {seeds} | {_caps(rows)} | {s['grokked']}/{s['n']} | {s['T_fit']} | "
+                         f"{s['T_grok']} | {s['V_fit']} | {s['V_final']} |")
+    per_seed = ["| λ | seed | T_fit nht / companion | T_grok nht / companion | V_fit nht / companion | "
                 "V_final nht / companion |", "|---|---|---|---|---|---|"]
     comp_by = {(round(r["lam"], 6), r["seed"]): r for r in comp}
 
@@ -147,8 +147,8 @@ def build_table(nht: list[dict], comp: list[dict], source: dict, caps: dict[str,
         c = comp_by.get((round(r["lam"], 6), r["seed"]))
         if c is None:
             continue
-        per_seed.append(f"| {r['lam']:g} | {r['seed']} | {fmt(r['T_mem'])} / {fmt(c['T_mem'])} | "
-                        f"{fmt(r['T_grok'])} / {fmt(c['T_grok'])} | {fmt(r['V_mem'])} / {fmt(c['V_mem'])} | "
+        per_seed.append(f"| {r['lam']:g} | {r['seed']} | {fmt(r['T_fit'])} / {fmt(c['T_fit'])} | "
+                        f"{fmt(r['T_grok'])} / {fmt(c['T_grok'])} | {fmt(r['V_fit'])} / {fmt(c['V_fit'])} | "
                         f"{fmt(r['V_final'])} / {fmt(c['V_final'])} |")
     prov = sorted({(p.get("provenance") or {}).get("torch", "?") + ", " + (p.get("provenance") or {}).get("device", "?")
                    + f", {(p.get('provenance') or {}).get('threads', '?')} thread(s)" for p in nht})
@@ -161,8 +161,8 @@ def build_table(nht: list[dict], comp: list[dict], source: dict, caps: dict[str,
         f"{len(nht)} cells from experiment(s) {', '.join(sorted({r['experiment'] for r in nht})) or '–'}; "
         f"torch/device: {'; '.join(prov) or '–'}.",
         "",
-        "Steps for T, squared parameter norm ‖θ‖² for V; mean ± sample sd over seeds; T_grok and V_mem over "
-        "the cells that reached 0.99 (train for T_mem/V_mem, test for T_grok); V_final at the stop "
+        "Steps for T, squared parameter norm ‖θ‖² for V; mean ± sample sd over seeds; T_grok and V_fit over "
+        "the cells that reached 0.99 (train for T_fit/V_fit, test for T_grok); V_final at the stop "
         "(T_grok + 2,000 steps, else the cap). "
         f"nht T are read on the companion's {grid}-step evaluation grid ({on_grid} of {len(nht)} cells; "
         "the others use their own cadence).",

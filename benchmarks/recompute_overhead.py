@@ -61,7 +61,7 @@ def main(argv=None):
         write(a.meta, json.dumps({"cells": {c["id"]: {"status": "ok"} for c in cells}}))
     elif stage == "norms":
         write(a.out_history, body)
-        write(a.out_norms, json.dumps({"cell": a.cell, "T_mem": 100, "T_gen": 900, "V_mem": 1e3}))
+        write(a.out_norms, json.dumps({"cell": a.cell, "T_fit": 100, "T_transition": 900, "V_fit": 1e3}))
     elif stage == "fit":
         write(a.out_fit, "{}")
         write(a.out_table, "cell\\n")

@@ -51,7 +51,8 @@ KINDS: dict[str, KindSpec] = {
         abbrev={"op": "", "p": "p", "train_frac": "f", "split_seed": "ss", "lr": "lr",
                 "weight_decay": "wd", "init_scale": "a", "seed": "s"},
         not_in_hash=("description", "batch_over", "max_cells_per_job", "threads", "mem_mb", "runtime_min",
-                     "gpus", "checkpoint_seconds", "figure_cells_max", "eval_batch_size", "immediate_delay"),
+                     "gpus", "checkpoint_seconds", "figure_cells_max", "eval_batch_size", "immediate_delay",
+                     "fit_phi", "transition_rise", "transition_fall"),
         batchable=("lr", "weight_decay", "init_scale", "seed"),
     ),
     "image": KindSpec(
@@ -59,10 +60,15 @@ KINDS: dict[str, KindSpec] = {
         abbrev={"rho": "r", "border": "b", "lr": "lr", "weight_decay": "wd", "seed": "s"},
         not_in_hash=("description", "batch_over", "max_cells_per_job", "threads", "gpus", "mem_mb",
                      "runtime_min", "checkpoint_seconds", "eval_batch_size", "reference_rho",
-                     "reference_weight_decay"),
+                     "reference_weight_decay", "train_threshold", "fit_phi", "transition_rise",
+                     "transition_fall", "immediate_epochs"),
         batchable=(),
     ),
 }
+
+# Settings of the event rule (nht.core.events): read when a history is analysed, never by training.
+EVENT_RULE_KEYS = ("train_threshold", "secondary_threshold", "immediate_delay", "immediate_epochs", "fit_phi",
+                   "transition_rise", "transition_fall")
 
 # Settings that only steer the workflow around a cell, never what its jobs compute.
 WORKFLOW_ONLY_KEYS = ("description", "batch_over", "max_cells_per_job", "mem_mb", "runtime_min", "gpus",
@@ -234,6 +240,12 @@ class Cell:
         """The settings a job of this cell receives: all but those that only steer the workflow
         (scheduling, figures, descriptions), so editing those reruns no training or extraction."""
         return {k: v for k, v in self.settings.items() if k not in WORKFLOW_ONLY_KEYS}
+
+    @property
+    def train_settings(self) -> dict:
+        """The settings its training job receives: :attr:`run_settings` without the event rule,
+        so editing an event threshold re-extracts events but retrains nothing."""
+        return {k: v for k, v in self.run_settings.items() if k not in EVENT_RULE_KEYS}
 
 
 def dataset_id(kind: str, settings: dict) -> str:

@@ -14,46 +14,46 @@ from nht.science.prediction import predictive_verdict
 from nht.science.scaling import fit_cells
 
 
-def synth_cell(cid, lr=0.01, wd=1.0, T_mem=200, V_mem=400.0, V_st=50.0, rate_factor=1.0,
+def synth_cell(cid, lr=0.01, wd=1.0, T_fit=200, V_fit=400.0, V_st=50.0, rate_factor=1.0,
                stop_margin=300, max_steps=None, regime=None, seed=0, init_scale=1, op="add",
                noise=0.0, every=10, floor=True):
-    """A cell that memorises at T_mem, decays as V_mem*exp(-rate_factor*2*eta*lambda*(t-T_mem))
+    """A cell that memorises at T_fit, decays as V_fit*exp(-rate_factor*2*eta*lambda*(t-T_fit))
     (V squared norm, t steps), generalises when V reaches V_st, then keeps V flat (``floor``)
     or decaying.
     Returns (norms row, history)."""
     el = lr * wd
     gamma = rate_factor * 2 * el
-    T_gen_true = T_mem + math.log(V_mem / V_st) / gamma
-    end = int(T_gen_true + stop_margin) if max_steps is None else max_steps
+    T_transition_true = T_fit + math.log(V_fit / V_st) / gamma
+    end = int(T_transition_true + stop_margin) if max_steps is None else max_steps
     steps = np.arange(0, end + 1, every, dtype=float)
     rng = np.random.default_rng(seed)
-    V = np.where(steps <= T_mem, V_mem * (0.5 + 0.5 * steps / T_mem),
-                 np.maximum(V_mem * np.exp(-gamma * (steps - T_mem)), V_st if floor else 0))
+    V = np.where(steps <= T_fit, V_fit * (0.5 + 0.5 * steps / T_fit),
+                 np.maximum(V_fit * np.exp(-gamma * (steps - T_fit)), V_st if floor else 0))
     V = V * np.exp(noise * rng.normal(size=V.size))
-    train_acc = np.clip(steps / T_mem, 0, 1)
-    test_acc = np.where(steps >= T_gen_true, 1.0, 0.02)
+    train_acc = np.clip(steps / T_fit, 0, 1)
+    test_acc = np.where(steps >= T_transition_true, 1.0, 0.02)
     hist = pd.DataFrame({"step": steps, "train_acc": train_acc, "test_acc": test_acc, "V": V})
     i_mem = int(np.argmax(train_acc >= 0.99))
     gen_idx = np.flatnonzero(test_acc >= 0.99)
-    T_gen = float(steps[gen_idx[0]]) if gen_idx.size else None
-    regime = regime or ("delayed" if T_gen is not None else "shortcut_persists")
+    T_transition = float(steps[gen_idx[0]]) if gen_idx.size else None
+    regime = regime or ("intermediate" if T_transition is not None else "weak")
     V_final = float(V[-1])
     row = {"cell": cid, "status": "finished", "regime": regime, "stop_step": float(steps[-1]),
-           "T_mem": float(steps[i_mem]), "T_gen": T_gen,
-           "delay": (T_gen - steps[i_mem]) if T_gen is not None else None,
-           "V_mem": float(V[i_mem]), "V_gen": float(V[gen_idx[0]]) if T_gen is not None else None,
+           "T_fit": float(steps[i_mem]), "T_transition": T_transition,
+           "delay": (T_transition - steps[i_mem]) if T_transition is not None else None,
+           "V_fit": float(V[i_mem]), "V_transition": float(V[gen_idx[0]]) if T_transition is not None else None,
            "V_final": V_final, "T_pred": math.log(V[i_mem] / V_final) / (2 * el),
            "lr": lr, "weight_decay": wd, "init_scale": init_scale, "seed": seed, "op": op,
            "p": 31, "optimizer": "adamw", "model": "mlp",
-           "layers": {"out.weight": {"V_mem": V[i_mem] * 0.3, "V_final": V_final * 0.15},
-                      "hidden.weight": {"V_mem": V[i_mem] * 0.7, "V_final": V_final * 0.7},
-                      "hidden.bias": {"V_mem": 1.0, "V_final": 0.001}}}
+           "layers": {"out.weight": {"V_fit": V[i_mem] * 0.3, "V_final": V_final * 0.15},
+                      "hidden.weight": {"V_fit": V[i_mem] * 0.7, "V_final": V_final * 0.7},
+                      "hidden.bias": {"V_fit": 1.0, "V_final": 0.001}}}
     return row, hist
 
 
 def grid(lams=(0.5, 1.0, 2.0, 4.0), lrs=(0.001, 0.002), alphas=(1, 2, 3), law=True, **kw):
-    """Cells over (lambda, eta, alpha); V_mem = 200 alpha^2. ``law``: V_st = 50 for all (the
-    delay follows ln(V_mem/V_st)/(2 eta lambda)); else V_st scales with V_mem so that the delay
+    """Cells over (lambda, eta, alpha); V_fit = 200 alpha^2. ``law``: V_st = 50 for all (the
+    delay follows ln(V_fit/V_st)/(2 eta lambda)); else V_st scales with V_fit so that the delay
     is 1/(eta lambda) whatever the norm (the norm carries no information)."""
     rows, hists = [], {}
     for wd in lams:
@@ -62,7 +62,7 @@ def grid(lams=(0.5, 1.0, 2.0, 4.0), lrs=(0.001, 0.002), alphas=(1, 2, 3), law=Tr
                 v_mem = 200.0 * a * a
                 v_st = 50.0 if law else v_mem * math.exp(-2.0)
                 cid = f"l{wd}_e{lr}_a{a}"
-                row, h = synth_cell(cid, lr=lr, wd=wd, V_mem=v_mem, V_st=v_st, init_scale=a,
+                row, h = synth_cell(cid, lr=lr, wd=wd, V_fit=v_mem, V_st=v_st, init_scale=a,
                                     every=20, seed=len(rows), **kw)
                 rows.append(row)
                 hists[cid] = h
@@ -74,20 +74,20 @@ def grid(lams=(0.5, 1.0, 2.0, 4.0), lrs=(0.001, 0.002), alphas=(1, 2, 3), law=Tr
 
 def test_one_delay_law_fit_with_reasons_and_tautology():
     cells, _ = grid(alphas=(1, 2), floor=False)
-    extra = [{"cell": "nf", "regime": "no_fit", "status": "finished", "T_mem": None,
+    extra = [{"cell": "nf", "regime": "strong", "status": "finished", "T_fit": None,
               "lr": 0.01, "weight_decay": 10},
-             {"cell": "dv", "regime": "diverged", "status": "diverged", "T_mem": 10.0,
-              "T_gen": 50.0, "delay": 40.0, "T_pred": 10.0, "lr": 0.01, "weight_decay": 1}]
-    grew = synth_cell("grew", V_mem=40.0, V_st=50.0 * 0.99)[0]
+             {"cell": "dv", "regime": "diverged", "status": "diverged", "T_fit": 10.0,
+              "T_transition": 50.0, "delay": 40.0, "T_pred": 10.0, "lr": 0.01, "weight_decay": 1}]
+    grew = synth_cell("grew", V_fit=40.0, V_st=50.0 * 0.99)[0]
     grew.update({"V_final": 60.0, "T_pred": math.log(40 / 60) / 0.02})
     cens = synth_cell("cens", max_steps=600, V_st=1e-4)[0]
     allc = pd.concat([cells, pd.DataFrame(extra + [grew, cens])], ignore_index=True)
     fits = science.fit_delay_laws(allc, n_boot=200)
     law = fits["delay_law"]
     assert law["n"] == len(cells) and law["r2"] > 0.99
-    assert law["excluded"] == {"no_fit": 1, "diverged": 1, "norm_grew": 1, "censored": 1}
+    assert law["excluded"] == {"strong": 1, "diverged": 1, "norm_grew": 1, "censored": 1}
     assert fits["censoring"]["n_censored"] == 1 and fits["censoring"]["caps"] == [400.0]
-    # V_final is read a fixed margin after T_gen and V decays exactly: T_pred = r (delay + margin)
+    # V_final is read a fixed margin after T_transition and V decays exactly: T_pred = r (delay + margin)
     assert law["tautology_r2"] > 0.99
     assert law["tautology"]["decay_fraction_median"] == pytest.approx(1.0, abs=0.05)
     # the same fit feeds fit.json (nht.science.scaling) and science.json
@@ -98,8 +98,8 @@ def test_per_op_fits_when_several_ops():
     rows = []
     for op, k in (("add", 1.0), ("mul", 2.0)):
         for i in range(6):
-            rows.append({"cell": f"{op}{i}", "regime": "delayed", "op": op, "T_mem": 100.0,
-                         "T_gen": 100 + k * (100 + 50 * i), "delay": k * (100 + 50 * i),
+            rows.append({"cell": f"{op}{i}", "regime": "intermediate", "op": op, "T_fit": 100.0,
+                         "T_transition": 100 + k * (100 + 50 * i), "delay": k * (100 + 50 * i),
                          "T_pred": 100 + 50 * i, "stop_step": 2000.0, "lr": 0.01,
                          "weight_decay": 1 + i})
     out = science.fit_delay_laws(pd.DataFrame(rows), n_boot=100)
@@ -108,9 +108,9 @@ def test_per_op_fits_when_several_ops():
 
 
 def test_censored_delays_enter_the_kaplan_meier_median():
-    rows = [{"cell": f"o{i}", "T_mem": 0.0, "T_gen": float(d), "stop_step": d + 50.0}
+    rows = [{"cell": f"o{i}", "T_fit": 0.0, "T_transition": float(d), "stop_step": d + 50.0}
             for i, d in enumerate((100, 200, 300))]
-    rows += [{"cell": f"c{i}", "T_mem": 0.0, "T_gen": None, "stop_step": 1000.0}
+    rows += [{"cell": f"c{i}", "T_fit": 0.0, "T_transition": None, "stop_step": 1000.0}
              for i in range(4)]
     c = science.fit_delay_laws(pd.DataFrame(rows), n_boot=0)["censoring"]
     assert c["n_censored"] == 4 and c["fitted_median_delay"] is None
@@ -192,10 +192,10 @@ def test_prediction_reads_nothing_of_the_held_out_group():
     cells, hists = grid(alphas=(1, 2))
     base = predictive_verdict(cells, hists, n_boot=0)["per_cell"]
     target = cells.cell.iloc[3]
-    t_mem = cells.loc[cells.cell == target, "T_mem"].item()
+    t_mem = cells.loc[cells.cell == target, "T_fit"].item()
     cells2 = cells.copy()
     idx = cells2.index[cells2.cell == target]
-    cells2.loc[idx, ["T_gen", "V_gen", "V_final", "delay", "T_pred"]] = [9e4, 1e-6, 1e-6, 9e4, 1.0]
+    cells2.loc[idx, ["T_transition", "V_transition", "V_final", "delay", "T_pred"]] = [9e4, 1e-6, 1e-6, 9e4, 1.0]
     h = hists[target].copy()
     h.loc[h.step > t_mem, "V"] = 1e9
     new = predictive_verdict(cells2, dict(hists, **{target: h}), n_boot=0)["per_cell"]
@@ -206,7 +206,7 @@ def test_prediction_reads_nothing_of_the_held_out_group():
 
 def test_censored_cells_get_a_stated_bound_and_stay_out_of_the_verdict():
     cells, hists = grid(alphas=(1, 2))
-    row, h = synth_cell("cens", lr=0.001, wd=0.5, V_mem=800.0, V_st=1.0, max_steps=3000,
+    row, h = synth_cell("cens", lr=0.001, wd=0.5, V_fit=800.0, V_st=1.0, max_steps=3000,
                         init_scale=9, every=20)
     out = predictive_verdict(pd.concat([cells, pd.DataFrame([row])]), dict(hists, cens=h),
                              n_boot=0)
@@ -233,7 +233,7 @@ def _sep_cells(n=6, shuffle=False):
     rows, hists = [], {}
     for i in range(n):
         h, t0 = _oscillating(i)
-        rows.append({"cell": f"c{i}", "regime": "delayed", "T_mem": float(t0)})
+        rows.append({"cell": f"c{i}", "regime": "intermediate", "T_fit": float(t0)})
         hists[f"c{i}"] = h
     if shuffle:           # each cell's V paired with another cell's reliance
         accs = [hists[f"c{(i + 1) % n}"]["test_acc"].to_numpy() for i in range(n)]
@@ -263,9 +263,9 @@ def test_steady_fall_plus_one_rise_gives_S_1_but_not_above_the_pairing_null():
 
 def test_S_cell_definitions():
     h, t0 = _oscillating(0)
-    assert science.clean_norm_separation_cell(h, T_mem=t0)["S"] == pytest.approx(1.0)
+    assert science.clean_norm_separation_cell(h, T_fit=t0)["S"] == pytest.approx(1.0)
     rev = h.assign(test_acc=1 - h["test_acc"] + 1 / 31)
-    assert science.clean_norm_separation_cell(rev, T_mem=t0)["S"] == pytest.approx(-1.0)
+    assert science.clean_norm_separation_cell(rev, T_fit=t0)["S"] == pytest.approx(-1.0)
     short = pd.DataFrame({"step": [0, 10, 20], "V": [1.0, 2.0, 3.0], "test_acc": [0, 0, 1.0]})
     assert science.clean_norm_separation_cell(short)["S"] is None
     never = h.assign(test_acc=0.03)
@@ -274,22 +274,23 @@ def test_S_cell_definitions():
     rising = pd.DataFrame({"step": steps, "V": 100 + steps,
                            "test_acc": np.where(steps >= 1000, 1.0, 0.03)})
     assert science.clean_norm_separation_cell(rising)["S"] is None
-    assert science.clean_norm_separation_cell(rising, T_mem=200)["S"] == pytest.approx(-1.0)
+    assert science.clean_norm_separation_cell(rising, T_fit=200)["S"] == pytest.approx(-1.0)
 
 
-def test_image_clean_norm_separation_with_nulls():
+def test_clean_norm_separation_reads_phi_of_an_image_history():
+    """One S for every domain: an image-like history (epochs, phi = border reliance) goes through
+    the same function as a modular one."""
     hists, rows = {}, []
     for i in range(4):
         h, t0 = _oscillating(i)
-        hists[f"t{i}"] = pd.DataFrame({"epoch": h["step"] / 10, "V": h["V"],
-                                       "reliance": 1 - h["test_acc"]})
-        rows.append({"cell": f"t{i}", "regime": "intermediate", "status": "ok",
-                     "transition_epoch": 150.0})
-    hists["weak"] = hists["t0"].assign(reliance=0.99)                 # never left the shortcut
-    rows.append({"cell": "weak", "regime": "weak", "status": "ok", "transition_epoch": None})
-    hists["never"] = hists["t0"].assign(reliance=0.1)                 # never fitted the shortcut
-    rows.append({"cell": "never", "regime": "weak", "status": "ok", "transition_epoch": None})
-    out = science.image_clean_norm_separation(pd.DataFrame(rows), hists, n_boot=100, n_null=200)
+        hists[f"t{i}"] = pd.DataFrame({"step": h["step"], "epoch": h["step"] / 10, "V": h["V"],
+                                       "test_acc": 0.5, "phi": 1 - h["test_acc"]})
+        rows.append({"cell": f"t{i}", "regime": "intermediate", "status": "finished", "T_fit": float(t0)})
+    hists["weak"] = hists["t0"].assign(phi=0.99)                      # never left the shortcut
+    rows.append({"cell": "weak", "regime": "weak", "status": "finished", "T_fit": 100.0})
+    hists["never"] = hists["t0"].assign(phi=0.1)                      # never fitted the shortcut
+    rows.append({"cell": "never", "regime": "immediate", "status": "finished", "T_fit": None})
+    out = science.clean_norm_separation(pd.DataFrame(rows), hists, n_boot=100, n_null=200)
     assert out["n"] == 4 and out["S"] == pytest.approx(1.0) and out["verdict"] == "holds"
     assert set(out["per_cell"]) == {"t0", "t1", "t2", "t3", "weak"}
     assert {u["cell"] for u in out["untrusted_cells"]} == {"weak"}
@@ -305,7 +306,7 @@ def test_P1_compares_different_solutions_and_can_fail():
     assert no["share"] == 1.0 and no["n"] == len(cells) and no["same_cell_share"] == 1.0
     # structured solutions of other cells with a larger norm than the shortcut: fails, although
     # every cell's own V still fell after its fit (the same-cell statistic stays 1)
-    big = cells.assign(V_gen=cells["V_mem"].max() * 2)
+    big = cells.assign(V_transition=cells["V_fit"].max() * 2)
     bad = science.norm_ordering(big, hists, n_boot=200)
     assert bad["share"] == 0.0 and bad["ci"] == [0.0, 0.0] and bad["same_cell_share"] == 1.0
     generalised_at_fit = {k: h.assign(test_acc=1.0) for k, h in hists.items()}
@@ -318,12 +319,12 @@ def test_P2_kendall_tau_b_does_not_count_ties_as_agreement():
         return pd.DataFrame([{"cell": f"{wd}-{s}", "weight_decay": wd, "regime": reg,
                               "lr": 0.01, "seed": s}
                              for s in range(n) for wd, reg in zip((0.1, 1, 3, 10), regs)])
-    full = science.regime_ordering(slices(("shortcut_persists", "delayed", "immediate", "no_fit")))
+    full = science.regime_ordering(slices(("weak", "intermediate", "immediate", "strong")))
     assert full["all_present"] and full["tau_b"] == pytest.approx(5 / math.sqrt(30))
     assert full["ci"] is None                     # 2 slices: no interval
-    flat = science.regime_ordering(slices(("delayed",) * 4))
+    flat = science.regime_ordering(slices(("intermediate",) * 4))
     assert flat["tau_b"] == 0.0                   # ties used to count as full agreement
-    rev = science.regime_ordering(slices(("no_fit", "delayed", "delayed", "shortcut_persists"), 9))
+    rev = science.regime_ordering(slices(("strong", "intermediate", "intermediate", "weak"), 9))
     assert rev["tau_b"] < -0.8 and rev["ci"][1] < 0 and rev["n_slices"] == 9
 
 
@@ -331,21 +332,21 @@ def test_P4_layer_hierarchy():
     cells, _ = grid(alphas=(1,))
     lh = science.layer_hierarchy(cells)
     assert lh["share_readout_max"] == 1.0 and "hidden.bias" not in lh["median_contraction"]
-    flipped = {c: {"out.weight": {"V_mem": 1.0, "V_final": 0.9},
-                   "hidden.weight": {"V_mem": 1.0, "V_final": 0.1}} for c in cells.cell}
+    flipped = {c: {"out.weight": {"V_fit": 1.0, "V_final": 0.9},
+                   "hidden.weight": {"V_fit": 1.0, "V_final": 0.1}} for c in cells.cell}
     assert science.layer_hierarchy(cells, flipped)["share_readout_max"] == 0.0
 
 
 # ----------------------------------------------------------------------------- end to end
 
 
-def test_analyse_modular_end_to_end(tmp_path):
+def test_analyse_experiment_end_to_end(tmp_path):
     cells, hists = grid(alphas=(1, 2), noise=0.002)
     persist, ph = synth_cell("persist", wd=0.5, max_steps=600, V_st=1e-4)
-    nofit = {"cell": "nofit", "regime": "no_fit", "status": "finished", "T_mem": None,
-             "T_gen": None, "lr": 0.01, "weight_decay": 10, "op": "add"}
+    nofit = {"cell": "nofit", "regime": "strong", "status": "finished", "T_fit": None,
+             "T_transition": None, "lr": 0.01, "weight_decay": 10, "op": "add"}
     allc = pd.concat([cells, pd.DataFrame([persist, nofit])], ignore_index=True)
-    out = science.analyse_modular(allc, {**hists, "persist": ph}, str(tmp_path / "fig"),
+    out = science.analyse_experiment(allc, {**hists, "persist": ph}, str(tmp_path / "fig"),
                                   n_boot=200, n_null=100)
     json.dumps(out, allow_nan=False)
     for key in ("nht", "baseline_inverse_eta_lambda", "per_lambda_mean"):
@@ -353,7 +354,7 @@ def test_analyse_modular_end_to_end(tmp_path):
     assert out["prediction"]["nht_beats_baseline"] in (True, False, "uncertain")
     assert out["delay_law"]["tautology_r2"] is not None
     assert out["decay_rate"]["ratio_to_theory"]["ci"] is not None
-    assert out["delay_law"]["excluded"] == {"censored": 1, "no_fit": 1}
+    assert out["delay_law"]["excluded"] == {"censored": 1, "strong": 1}
     for key in ("clean_norm_separation", "norm_ordering", "regime_ordering", "layer_hierarchy",
                 "censoring", "baseline_inverse_eta_lambda", "scaling_exponent", "per_op"):
         assert key in out, key
@@ -364,9 +365,9 @@ def test_analyse_modular_end_to_end(tmp_path):
     assert all(os.path.getsize(p) > 1000 for p in out["figures"])
 
 
-def test_analyse_modular_with_no_transition_still_returns(tmp_path):
+def test_analyse_experiment_with_no_transition_still_returns(tmp_path):
     row, h = synth_cell("p", max_steps=500, V_st=1e-4)
-    out = science.analyse_modular(pd.DataFrame([row]), {"p": h}, str(tmp_path), n_boot=50,
+    out = science.analyse_experiment(pd.DataFrame([row]), {"p": h}, str(tmp_path), n_boot=50,
                                   n_null=20)
     json.dumps(out, allow_nan=False)
     assert out["delay_law"]["k"] is None and out["delay_law"]["n"] == 0

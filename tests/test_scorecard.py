@@ -16,13 +16,13 @@ def modular_summary(share1=0.9, tau=0.95, share4=0.9, S=0.9, diff=0.2, beats=Tru
     ci = (lambda v: [v - width, v + width]) if n >= 8 else (lambda v: None)
     return {
         "kind": "modular",
-        "regimes": {"delayed": n},
+        "regimes": {"intermediate": n},
         "norm_ordering": {"share": share1, "ci": ci(share1), "n": n, "same_cell_share": 1.0},
         "regime_ordering": {"tau_b": tau, "ci": ci(tau), "n_slices": n, "n_pairs": 30,
                             "n_discordant": 1, "n_lambda": 4, "all_present": all_present,
-                            "counts": {"weak (shortcut_persists)": 2 if all_present else 0,
-                                       "transition (delayed/immediate)": 6,
-                                       "suppressed (no_fit)": 2}},
+                            "counts": {"weak (shortcut persists)": 2 if all_present else 0,
+                                       "transition (intermediate/immediate)": 6,
+                                       "strong (nothing fits)": 2}},
         "layer_hierarchy": {"share_readout_max": share4, "ci": ci(share4), "n": n},
         "clean_norm_separation": {
             "S": S, "S_ci": ci(S), "n": n, "untrusted_cells": [],
@@ -125,38 +125,32 @@ def test_modular_not_enough_data_and_missing_regime():
     assert sc.build_scorecard(s)["P2_three_regimes"]["verdict"] == "not_enough_data"
 
 
-def test_image_verdicts_flip_at_thresholds():
-    card = sc.build_scorecard(image_summary(), "image")
-    assert card["P1_norm_ordering"]["verdict"] == "holds"
-    assert card["P2_three_regimes"]["verdict"] == "holds"
+def test_image_card_uses_the_shared_science_entries_and_adds_p3():
+    """One science path: with the science blocks, an image card's P1, P2, P4-P6 are the modular
+    entries (same statistics, thresholds and flips); P3 is the image-only accuracy ordering."""
+    sci = {k: v for k, v in modular_summary().items() if k != "kind"}
+    card = sc.build_scorecard({**image_summary(), **sci}, "image")
+    modular = sc.build_scorecard(modular_summary(), "modular")
+    for p in ("P1_norm_ordering", "P2_three_regimes", "P4_layer_hierarchy", "P5_clean_separation",
+              "P6_delay_scaling"):
+        assert card[p] == modular[p], p
     assert card["P3_group_accuracy"]["verdict"] == "holds"
-    for p in ("P4_layer_hierarchy", "P5_clean_separation", "P6_delay_scaling"):
-        assert card[p]["verdict"] == "not_enough_data"
-    # P1: ratio > 1
-    assert sc.build_scorecard(image_summary(norm_ratio=1.0))["P1_norm_ordering"]["verdict"] == "fails"
-    assert sc.build_scorecard(image_summary(norm_ratio=1 + EPS))["P1_norm_ordering"]["verdict"] == "holds"
-    assert sc.build_scorecard(image_summary(norm_ratio=None))["P1_norm_ordering"]["verdict"] == \
-        "not_enough_data"
-    # P2: Spearman over 4 lambdas: one adjacent swap -> 0.8 (holds), two swaps -> 0.6 (fails)
-    one = sc.build_scorecard(image_summary(decay=(5, 0.5, 20, 50)))["P2_three_regimes"]
-    two = sc.build_scorecard(image_summary(decay=(5, 0.5, 50, 20)))["P2_three_regimes"]
-    assert one["statistic"] == pytest.approx(0.8) and one["verdict"] == "holds"
-    assert two["statistic"] == pytest.approx(0.6) and two["verdict"] == "fails"
-    miss = sc.build_scorecard(image_summary(regimes={"weak": 3, "intermediate": 4, "strong": 0}))
-    assert miss["P2_three_regimes"]["verdict"] == "fails"
+    low = {k: v for k, v in modular_summary(share1=0.6, S=0.79, beats=False).items() if k != "kind"}
+    flipped = sc.build_scorecard({**image_summary(), **low}, "image")
+    assert flipped["P1_norm_ordering"]["verdict"] == "fails"
+    assert flipped["P5_clean_separation"]["verdict"] == "fails"
+    assert flipped["P6_delay_scaling"]["verdict"] == "fails"
+    # without the science blocks every shared entry is not_enough_data, never a verdict
+    bare = sc.build_scorecard(image_summary(), "image")
+    for p in ("P1_norm_ordering", "P2_three_regimes", "P4_layer_hierarchy", "P5_clean_separation",
+              "P6_delay_scaling"):
+        assert bare[p]["verdict"] == "not_enough_data", p
     # P3: accuracy must fall with rho; worst-group accuracy preferred where defined
     up = sc.build_scorecard(image_summary(acc=(0.1, 0.4, 0.6, 0.8)))["P3_group_accuracy"]
     assert up["verdict"] == "fails" and up["statistic"] == pytest.approx(-1)
     wg = sc.build_scorecard(image_summary(wga={"0.1": [0.1, 0, 1], "0.5": [0.2, 0, 1],
                                                "0.9": [0.3, 0, 1]}))["P3_group_accuracy"]
     assert wg["verdict"] == "fails" and wg["detail"]["source"] == "worst_group_acc"
-    # P5/P6 fields, when an image summary has them, use the modular rules
-    s = image_summary()
-    s.update({k: v for k, v in modular_summary(S=0.79).items()
-              if k in ("clean_norm_separation", "prediction")})
-    card = sc.build_scorecard(s)
-    assert card["P5_clean_separation"]["verdict"] == "fails"
-    assert card["P6_delay_scaling"]["verdict"] == "holds"
 
 
 def test_unknown_kind_raises():
@@ -210,12 +204,12 @@ def test_attach_scorecards_in_place():
 def test_image_scorecard_says_why_p4_to_p6_have_no_data():
     from nht.science.scorecard import build_scorecard
 
-    none = {"kind": "image", "transitions": {"n_cells": 12, "n_delayed": 0, "cells": {},
-                                             "phases": {"shortcut_persists": 8, "no_shortcut": 4}}}
+    none = {"kind": "image", "transitions": {"n_cells": 12, "n_intermediate": 0, "cells": {},
+                                             "regimes": {"weak": 8, "immediate": 4}}}
     card = build_scorecard(none)
     for key in ("P4_layer_hierarchy", "P5_clean_separation", "P6_delay_scaling"):
         assert card[key]["verdict"] == "not_enough_data"
         assert "no shortcut-to-shape transition at this scale: 0 of 12 cells" in card[key]["detail"]["reason"]
-    one = {"kind": "image", "transitions": {"n_cells": 3, "n_delayed": 1, "cells": {"c": {}},
-                                            "phases": {"delayed": 1, "shortcut_persists": 2}}}
+    one = {"kind": "image", "transitions": {"n_cells": 3, "n_intermediate": 1, "cells": {"c": {}},
+                                            "regimes": {"intermediate": 1, "weak": 2}}}
     assert "only 1 of 3 cells make the transition" in build_scorecard(one)["P6_delay_scaling"]["detail"]["reason"]

@@ -1,103 +1,187 @@
-"""Per-cell norm extraction from a training history (modular kind).
+"""The one event and norm extraction, and the one regime vocabulary, for every domain.
 
-Input: one cell's history (one row per evaluation step, columns ``step, train_acc, test_acc, V``
-and ``V:<param>``; V = squared L2 norm). Output: the transition times and the squared norms at
-the moments the NHT theory talks about, and the cell's regime.
+Input: one cell's history (:mod:`nht.core.history`: one row per evaluation with ``step``,
+``Lambda``, ``train_acc``, ``test_acc``, ``phi``, ``V``, ``V:<tensor>``; ``epoch`` where it
+exists), its settings and its status (``diverged`` when training hit NaN/Inf). Output: the cell's
+event record. All times are optimizer STEPS (``epoch_*`` and ``Lambda_*`` give the same moments
+in epochs and in decay budget); V is the SQUARED L2 norm.
 
-Definitions (all times in optimizer steps, all V squared norms):
+Events (the rule's thresholds are config values, see :class:`EventRule`):
 
-* ``T_mem``: first evaluated step with train accuracy >= ``train_threshold`` (memorisation /
-  shortcut fitted); ``T_gen``: first step with test accuracy >= ``test_threshold``;
-  ``T_mem_90``/``T_gen_90`` the same at ``secondary_threshold``.
-* ``delay = T_gen - T_mem``.
-* ``V_init`` (step 0), ``V_mem`` (at T_mem), ``V_gen`` (at T_gen), ``V_peak`` and
-  ``V_peak_step`` (maximum over the run), ``V_final`` (last evaluated step, i.e. at the stop
-  rule's stop step; V keeps falling after T_gen, so V_final depends on the stop rule).
-* ``T_pred = ln(V_mem / V_final) / (2 eta lambda)``: the NHT delay prediction in steps.
-* ``test_acc_at_T_mem``: test accuracy at T_mem (shortcut reliance at the fit is 1 minus it).
-* Censoring: ``censored`` is true when the cell memorised but had not generalised when the run
-  stopped (``max_steps``, the cap, is recorded); its delay is then only known to exceed
-  ``delay_lower_bound = stop_step - T_mem`` (steps).
-* ``norm_grew_after_fit``: ``V_final >= V_mem`` (the norm did not fall after T_mem, so
-  ``T_pred <= 0``; such cells leave the delay-law fit with that reason).
+* **fit** ``T_fit``: the first evaluation with ``train_acc >= train_threshold`` and
+  ``phi >= fit_phi``: the training data are fitted *with the shortcut* (modular: ``fit_phi = 0``,
+  any fit is memorisation; images: the border cue carries the fit).
+* **transition** ``T_transition``: the first evaluation at or after ``T_fit`` with
+  ``test_acc >= test_threshold`` (where set), ``test_acc >= test_acc(T_fit) + transition_rise``
+  and ``phi <= phi(T_fit) - transition_fall``: the structured solution took over.
+* ``delay = T_transition - T_fit`` (steps). ``T_fit_90``/``T_transition_90``: the same events with
+  ``secondary_threshold`` in place of both accuracy thresholds (where set).
 
-Regimes: ``diverged`` (NaN/Inf loss), ``no_fit`` (train accuracy never reaches the threshold),
-``shortcut_persists`` (fits train, never generalises before the run ends), ``immediate``
-(delay <= ``immediate_delay``), ``delayed`` (the grokking regime).
+Norms: ``V_init`` (first row), ``V_fit``, ``V_transition``, ``V_peak`` and ``V_peak_step`` (the
+maximum over ALL evaluated rows, the initialisation included), ``V_final`` (last row);
+``norm_grew = V_peak > V_init``; ``decay_pct = 100 (V_peak - V_final) / V_peak``. Per tensor, the
+same five values under ``layers[<tensor>]``.
+
+Prediction: ``T_pred = ln(V_fit / V_final) / (2 r)`` (steps), the NHT delay for the decay
+``exp(-2 Lambda)``, with ``r = (Lambda_final - Lambda_fit) / (stop_step - T_fit)`` the decay budget
+per step actually applied after the fit (``eta lambda`` at constant lr).
+
+Regimes (one vocabulary, the paper's three plus two):
+
+* ``diverged``: NaN/Inf during training;
+* ``strong``: the training data are never fitted (``train_acc`` never reaches its threshold);
+* ``immediate``: fitted without a shortcut phase (never ``phi >= fit_phi`` while fitted), or the
+  transition came within ``immediate_delay`` steps of the fit;
+* ``weak``: fitted with the shortcut and no transition before the run ended (the shortcut
+  persists; the record is ``censored``: the delay is only known to exceed ``delay_lower_bound``);
+* ``intermediate``: fitted with the shortcut, then the delayed transition.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-REGIMES = ("no_fit", "shortcut_persists", "delayed", "immediate", "diverged")
+from nht.core.history import check_history, tensor_columns
+
+REGIMES = ("weak", "intermediate", "strong", "immediate", "diverged")
 
 
-def first_step_at_or_above(steps: np.ndarray, values: np.ndarray, threshold: float) -> int | None:
-    """First step whose value is >= threshold, or None."""
-    hit = np.flatnonzero(values >= threshold)
-    return int(steps[hit[0]]) if len(hit) else None
+@dataclass(frozen=True)
+class EventRule:
+    """Thresholds of the event definitions (accuracies and phi are fractions; delays in steps)."""
+
+    train_threshold: float
+    fit_phi: float = 0.0
+    test_threshold: float | None = None
+    transition_rise: float = 0.0
+    transition_fall: float = 0.0
+    immediate_delay: float = 0.0
+    secondary_threshold: float | None = None
+
+    @classmethod
+    def from_settings(cls, settings: dict, steps_per_epoch: float | None = None) -> "EventRule":
+        """The rule of a cell's resolved settings. ``immediate_epochs`` (images) becomes
+        ``immediate_delay`` in steps through ``steps_per_epoch``."""
+        immediate = settings.get("immediate_delay")
+        if immediate is None and settings.get("immediate_epochs") is not None and steps_per_epoch:
+            immediate = float(settings["immediate_epochs"]) * steps_per_epoch
+        return cls(train_threshold=float(settings["train_threshold"]),
+                   fit_phi=float(settings.get("fit_phi", 0.0)),
+                   test_threshold=settings.get("test_threshold"),
+                   transition_rise=float(settings.get("transition_rise", 0.0)),
+                   transition_fall=float(settings.get("transition_fall", 0.0)),
+                   immediate_delay=float(immediate or 0.0),
+                   secondary_threshold=settings.get("secondary_threshold"))
 
 
-def _value_at(history: pd.DataFrame, step: int | None, column: str) -> float | None:
-    if step is None:
+def _first(mask: np.ndarray) -> int | None:
+    hit = np.flatnonzero(mask)
+    return int(hit[0]) if len(hit) else None
+
+
+def _fit_index(train: np.ndarray, phi: np.ndarray, train_threshold: float, fit_phi: float) -> int | None:
+    with np.errstate(invalid="ignore"):
+        return _first((train >= train_threshold) & (phi >= fit_phi))
+
+
+def _transition_index(test: np.ndarray, phi: np.ndarray, i_fit: int | None, rule: EventRule,
+                      test_threshold: float | None) -> int | None:
+    if i_fit is None:
         return None
-    return float(history.loc[history["step"] == step, column].iloc[0])
+    t, p = test[i_fit:], phi[i_fit:]
+    with np.errstate(invalid="ignore"):
+        ok = (t >= test[i_fit] + rule.transition_rise) & (p <= phi[i_fit] - rule.transition_fall)
+        if test_threshold is not None:
+            ok &= t >= test_threshold
+    j = _first(ok)
+    return None if j is None else i_fit + j
 
 
-def classify_regime(status: str, t_mem: int | None, t_gen: int | None, immediate_delay: int) -> str:
+def classify_regime(status: str, fitted: bool, shortcut_fit: bool, delay: float | None,
+                    immediate_delay: float) -> str:
+    """The regime from the events (see the module docstring)."""
     if status == "diverged":
         return "diverged"
-    if t_mem is None:
-        return "no_fit"
-    if t_gen is None:
-        return "shortcut_persists"
-    return "immediate" if t_gen - t_mem <= immediate_delay else "delayed"
+    if not fitted:
+        return "strong"
+    if not shortcut_fit:
+        return "immediate"
+    if delay is None:
+        return "weak"
+    return "immediate" if delay <= immediate_delay else "intermediate"
 
 
-def delay_prediction(v_mem: float | None, v_final: float | None, lr: float, weight_decay: float) -> float | None:
-    """T_pred = ln(V_mem / V_final) / (2 eta lambda), in steps (V squared norms, hence the 2)."""
-    if not v_mem or not v_final or v_mem <= 0 or v_final <= 0 or lr * weight_decay <= 0:
+def delay_prediction(v_fit: float | None, v_final: float | None, rate: float | None) -> float | None:
+    """``T_pred = ln(V_fit / V_final) / (2 rate)`` in steps (V squared, hence the 2), ``rate`` the
+    decay budget per step; None when undefined."""
+    if not v_fit or not v_final or v_fit <= 0 or v_final <= 0 or not rate or rate <= 0:
         return None
-    return math.log(v_mem / v_final) / (2 * lr * weight_decay)
+    return math.log(v_fit / v_final) / (2 * rate)
 
 
-def extract_norms(history: pd.DataFrame, settings: dict, status: str = "finished") -> dict:
-    """Norm record of one cell (see module docstring). ``settings`` is the cell's resolved config."""
-    h = history.sort_values("step").reset_index(drop=True)
+def _num(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def extract_events(history: pd.DataFrame, settings: dict, status: str = "finished") -> dict:
+    """The event record of one cell (see the module docstring); ``settings`` = its resolved config."""
+    h = check_history(history).reset_index(drop=True)
     steps = h["step"].to_numpy()
-    train_thr, test_thr = settings["train_threshold"], settings["test_threshold"]
-    sec = settings["secondary_threshold"]
-    t_mem = first_step_at_or_above(steps, h["train_acc"].to_numpy(), train_thr)
-    t_gen = first_step_at_or_above(steps, h["test_acc"].to_numpy(), test_thr)
-    V = h["V"].to_numpy()
-    peak = int(np.argmax(V)) if len(V) else 0
+    train, test, phi = (h[c].to_numpy(dtype=float) for c in ("train_acc", "test_acc", "phi"))
+    lam, V = h["Lambda"].to_numpy(dtype=float), h["V"].to_numpy(dtype=float)
+    epochs = h["epoch"].to_numpy(dtype=float) if "epoch" in h.columns else None
+    spe = (steps[-1] / epochs[-1]) if epochs is not None and epochs[-1] > 0 else None
+    rule = EventRule.from_settings(settings, spe)
+
+    i_fit = _fit_index(train, phi, rule.train_threshold, rule.fit_phi)
+    i_tr = _transition_index(test, phi, i_fit, rule, rule.test_threshold)
+    fitted = bool(np.nan_to_num(train, nan=-1.0).max() >= rule.train_threshold) if len(train) else False
+    at = lambda i, arr: None if i is None else _num(arr[i])  # noqa: E731
+    step_at = lambda i: None if i is None else int(steps[i])  # noqa: E731
+    T_fit, T_tr = step_at(i_fit), step_at(i_tr)
+    delay = (T_tr - T_fit) if T_tr is not None else None
+    finite = np.where(np.isfinite(V), V, -np.inf)
+    i_peak = int(np.argmax(finite))
+    stop = int(steps[-1])
     rec = {
-        "status": status,
-        "stop_step": int(steps[-1]) if len(steps) else 0,
-        "T_mem": t_mem, "T_gen": t_gen,
-        "T_mem_90": first_step_at_or_above(steps, h["train_acc"].to_numpy(), sec),
-        "T_gen_90": first_step_at_or_above(steps, h["test_acc"].to_numpy(), sec),
-        "delay": (t_gen - t_mem) if (t_mem is not None and t_gen is not None) else None,
-        "V_init": float(V[0]), "V_mem": _value_at(h, t_mem, "V"), "V_gen": _value_at(h, t_gen, "V"),
-        "V_peak": float(V[peak]), "V_peak_step": int(steps[peak]), "V_final": float(V[-1]),
-        "final_train_acc": float(h["train_acc"].iloc[-1]), "final_test_acc": float(h["test_acc"].iloc[-1]),
+        "status": status, "stop_step": stop,
+        "T_fit": T_fit, "T_transition": T_tr, "delay": delay,
+        "epoch_fit": at(i_fit, epochs) if epochs is not None else None,
+        "epoch_transition": at(i_tr, epochs) if epochs is not None else None,
+        "Lambda_fit": at(i_fit, lam), "Lambda_transition": at(i_tr, lam), "Lambda_final": _num(lam[-1]),
+        "V_init": _num(V[0]), "V_fit": at(i_fit, V), "V_transition": at(i_tr, V),
+        "V_peak": _num(V[i_peak]), "V_peak_step": int(steps[i_peak]), "V_final": _num(V[-1]),
+        "final_train_acc": _num(train[-1]), "final_test_acc": _num(test[-1]), "final_phi": _num(phi[-1]),
+        "test_acc_at_fit": at(i_fit, test), "phi_at_fit": at(i_fit, phi),
     }
-    rec["regime"] = classify_regime(status, t_mem, t_gen, settings["immediate_delay"])
-    rec["T_pred"] = delay_prediction(rec["V_mem"], rec["V_final"], settings["lr"], settings["weight_decay"])
-    rec["test_acc_at_T_mem"] = _value_at(h, t_mem, "test_acc")
-    rec["max_steps"] = settings.get("max_steps")
-    rec["censored"] = bool(status != "diverged" and t_mem is not None and t_gen is None)
-    rec["delay_lower_bound"] = (rec["stop_step"] - t_mem) if rec["censored"] else None
-    rec["norm_grew_after_fit"] = (None if rec["V_mem"] is None
-                                  else bool(rec["V_final"] >= rec["V_mem"]))
+    if rule.secondary_threshold is not None:
+        sec = float(rule.secondary_threshold)
+        j = _fit_index(train, phi, sec, rule.fit_phi)
+        rec["T_fit_90"] = step_at(j)
+        rec["T_transition_90"] = step_at(_transition_index(test, phi, j, rule,
+                                                           sec if rule.test_threshold is not None else None))
+    rec["regime"] = classify_regime(status, fitted, i_fit is not None, delay, rule.immediate_delay)
+    rate = ((rec["Lambda_final"] - rec["Lambda_fit"]) / (stop - T_fit)
+            if T_fit is not None and stop > T_fit and rec["Lambda_final"] is not None else None)
+    rec["decay_per_step_after_fit"] = rate
+    rec["T_pred"] = delay_prediction(rec["V_fit"], rec["V_final"], rate)
+    rec["norm_grew"] = (None if rec["V_peak"] is None or rec["V_init"] is None
+                        else bool(rec["V_peak"] > rec["V_init"]))
+    rec["decay_pct"] = (100.0 * (rec["V_peak"] - rec["V_final"]) / rec["V_peak"]
+                        if rec["V_peak"] and rec["V_final"] is not None else None)
+    rec["censored"] = bool(status != "diverged" and T_fit is not None and T_tr is None and i_fit is not None
+                           and rec["regime"] == "weak")
+    rec["delay_lower_bound"] = (stop - T_fit) if rec["censored"] else None
+    rec["norm_grew_after_fit"] = None if rec["V_fit"] is None else bool(rec["V_final"] >= rec["V_fit"])
     rec["layers"] = {}
-    for col in [c for c in h.columns if c.startswith("V:")]:
-        Vl = h[col].to_numpy()
-        rec["layers"][col[2:]] = {
-            "V_init": float(Vl[0]), "V_mem": _value_at(h, t_mem, col), "V_gen": _value_at(h, t_gen, col),
-            "V_peak": float(Vl.max()), "V_final": float(Vl[-1])}
+    for col in tensor_columns(h):
+        Vl = h[col].to_numpy(dtype=float)
+        rec["layers"][col[2:]] = {"V_init": _num(Vl[0]), "V_fit": at(i_fit, Vl), "V_transition": at(i_tr, Vl),
+                                  "V_peak": _num(np.nanmax(Vl)) if np.isfinite(Vl).any() else None,
+                                  "V_final": _num(Vl[-1])}
     return rec

@@ -1,4 +1,4 @@
-"""The science layer of a modular experiment: :func:`analyse_modular` (``science.json``).
+"""The science layer of one experiment of any domain: :func:`analyse_experiment` (``science.json``).
 
 It reads only per-cell records (a DataFrame of ``norms.json`` rows) and history tables, and
 assembles the pieces, each in its own module and tested on synthetic data built to hold and to
@@ -6,7 +6,7 @@ fail (``tests/test_science.py``):
 
 * :mod:`nht.science.delay_law` -- the one retrospective delay-law fit (a description), its ``1/(eta
   lambda)`` baseline, the tautology diagnostic and censoring;
-* :mod:`nht.science.prediction` -- the P6 verdict: leave-one-group-out predictions known at ``T_mem``,
+* :mod:`nht.science.prediction` -- the P6 verdict: leave-one-group-out predictions known at ``T_fit``,
   NHT vs baseline with a paired interval, and the norm-shift test at fixed ``eta lambda``;
 * :mod:`nht.science.separation` -- the clean-norm separation S (P5) with its nulls (also for images);
 * :mod:`nht.science.verdict_inputs` -- decay rate, P1 (different solutions), P2 (Kendall tau-b), P4;
@@ -27,26 +27,25 @@ from nht.science.delay_law import fit_delay_laws, fit_points
 from nht.science.prediction import predictive_verdict
 from nht.science.figures import (_save, plot_clean_separation, plot_decay_rate, plot_delay_law,
                                  plot_norm_fits, plot_prediction)
-from nht.science.separation import (S_THRESHOLD, clean_norm_separation, clean_norm_separation_cell,
-                            image_clean_norm_separation)
+from nht.science.separation import S_THRESHOLD, clean_norm_separation, clean_norm_separation_cell
 from nht.science.verdict_inputs import (decay_rate, decay_rates, layer_hierarchy, norm_ordering,
                                 regime_ordering)
 
-__all__ = ["analyse_modular", "clean_json", "fit_delay_laws", "predictive_verdict",
-           "clean_norm_separation", "clean_norm_separation_cell", "image_clean_norm_separation",
+__all__ = ["analyse_experiment", "clean_json", "fit_delay_laws", "predictive_verdict",
+           "clean_norm_separation", "clean_norm_separation_cell",
            "decay_rate", "decay_rates", "norm_ordering", "regime_ordering", "layer_hierarchy",
            "S_THRESHOLD"]
 
 
-def analyse_modular(cells: pd.DataFrame, histories: dict[str, pd.DataFrame], figure_dir: str,
+def analyse_experiment(cells: pd.DataFrame, histories: dict[str, pd.DataFrame], figure_dir: str,
                     n_boot: int = 1000, seed: int = 0, layers: dict | None = None,
                     n_null: int = 1000) -> dict:
-    """Everything the science layer measures on one modular experiment.
+    """Everything the science layer measures on one experiment, whatever its domain.
 
     ``cells``: one row per cell with the ``norms.json`` fields (``cell``, ``status``,
-    ``regime``, ``T_mem``, ``T_gen``, ``delay``, ``V_mem``, ``V_gen``, ``V_final``, ``T_pred``,
+    ``regime``, ``T_fit``, ``T_transition``, ``delay``, ``V_fit``, ``V_transition``, ``V_final``, ``T_pred``,
     ``stop_step``, ``lr``, ``weight_decay``, ``init_scale``, ``seed``, ``op``, ``p``,
-    ``optimizer``, ``model``; optional ``test_acc_at_T_mem``, ``delay_lower_bound``).
+    ``optimizer``, ``model``; optional ``test_acc_at_fit``, ``delay_lower_bound``).
     ``histories``: ``{cell_id: DataFrame}`` with ``step``, ``V``, ``test_acc``. Per-layer values
     come from ``layers`` (``{cell_id: norms["layers"]}``), else a ``layers`` column, else
     ``layer_<field>:<name>`` columns. Figures (PNG + PDF) go to ``figure_dir``.

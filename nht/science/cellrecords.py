@@ -15,13 +15,13 @@ import pandas as pd
 
 from nht.science.stats import finite_or_none as num
 
-AXES = ("op", "p", "train_frac", "split_seed", "lr", "weight_decay", "init_scale", "seed",
-        "model", "optimizer")
+AXES = ("op", "p", "train_frac", "split_seed", "dataset", "rho", "border", "lr", "weight_decay", "init_scale",
+        "seed", "model", "optimizer")                      # the axes of every domain (absent = "None")
 SEED_AXES = ("seed", "split_seed")
 #: a *group* is all cells equal in every non-seed axis (its seeds are replicates)
 GROUP_AXES = tuple(a for a in AXES if a not in SEED_AXES)
 #: settings that define "the same task" when peers at the same lambda are looked up
-TASK_AXES = ("op", "p", "train_frac", "model", "optimizer")
+TASK_AXES = ("op", "p", "train_frac", "dataset", "rho", "border", "model", "optimizer")
 
 
 def clean_json(obj: Any) -> Any:
@@ -79,22 +79,23 @@ def is_diverged(rec: dict) -> bool:
 
 def delay_status(rec: dict) -> tuple[str, float | None]:
     """How the cell's delay is known: ``("observed", delay)``; ``("censored", cap)`` when it
-    memorised but had not generalised when the run stopped (delay > cap = stop_step - T_mem,
-    steps); otherwise ``(reason, None)`` with reason ``diverged``, ``no_fit`` or
+    memorised but had not generalised when the run stopped (delay > cap = stop_step - T_fit,
+    steps); otherwise ``(reason, None)`` with reason ``diverged``, ``strong`` (never fitted),
+    ``no_shortcut_fit`` (fitted, never with the shortcut: no shortcut phase to delay) or
     ``no_stop_step``."""
     if is_diverged(rec):
         return "diverged", None
-    t_mem = num(rec.get("T_mem"))
-    if t_mem is None:
-        return "no_fit", None
-    t_gen = num(rec.get("T_gen"))
-    if t_gen is not None:
+    t_fit = num(rec.get("T_fit"))
+    if t_fit is None:
+        return ("no_shortcut_fit" if rec.get("regime") == "immediate" else "strong"), None
+    t_transition = num(rec.get("T_transition"))
+    if t_transition is not None:
         d = num(rec.get("delay"))
-        return "observed", (t_gen - t_mem) if d is None else d
+        return "observed", (t_transition - t_fit) if d is None else d
     cap = num(rec.get("delay_lower_bound"))
     stop = num(rec.get("stop_step"))
     if cap is None and stop is not None:
-        cap = stop - t_mem
+        cap = stop - t_fit
     return ("censored", cap) if cap is not None else ("no_stop_step", None)
 
 
@@ -105,15 +106,15 @@ def time_sorted(history: pd.DataFrame) -> pd.DataFrame:
     return history.sort_values("step", kind="stable").reset_index(drop=True)
 
 
-def value_at_fit(history: pd.DataFrame | None, T_mem, column: str = "V",
+def value_at_fit(history: pd.DataFrame | None, T_fit, column: str = "V",
                  fallback=None) -> float | None:
-    """``column`` at the last evaluation with ``step <= T_mem``: reads nothing after the fit.
+    """``column`` at the last evaluation with ``step <= T_fit``: reads nothing after the fit.
     Without a history (or no such row), ``fallback``."""
-    T_mem = num(T_mem)
-    if history is None or T_mem is None or column not in history.columns:
+    T_fit = num(T_fit)
+    if history is None or T_fit is None or column not in history.columns:
         return num(fallback)
     h = time_sorted(history)
-    prefix = h.loc[h["step"] <= T_mem]
+    prefix = h.loc[h["step"] <= T_fit]
     if prefix.empty:
         return num(fallback)
     return num(prefix[column].iloc[-1])

@@ -1,13 +1,13 @@
 """The one retrospective delay-law fit (a *description*, not a verdict; the verdict is the
 out-of-sample comparison in :mod:`nht.science.prediction`). Used by :func:`nht.science.scaling.fit_cells`
-(``fit.json``) and by :func:`nht.science.analyse.analyse_modular` (``science.json``): same inputs, same
+(``fit.json``) and by :func:`nht.science.analyse.analyse_experiment` (``science.json``): same inputs, same
 numbers.
 
-* ``delay_law``: OLS ``delay = k T_pred + b`` with ``T_pred = ln(V_mem / V_final) / (2 eta lambda)``
+* ``delay_law``: OLS ``delay = k T_pred + b`` with ``T_pred = ln(V_fit / V_final) / (2 eta lambda)``
   (steps; V squared norms), BCa intervals (cells resampled, n >= 8) and Theil-Sen beside it.
 * ``baseline_inverse_eta_lambda``: the same with ``x = 1/(eta lambda)`` over the *same* cells.
 * ``delay_law.tautology_r2``: R^2 of ``ln T_pred`` on ``ln(delay + margin)`` where ``delay + margin
-  = stop_step - T_mem`` is the window over which ``V_mem / V_final`` is read. Because
+  = stop_step - T_fit`` is the window over which ``V_fit / V_final`` is read. Because
   ``T_pred = r (delay + margin)`` with ``r`` the cell's mean decay rate over ``2 eta lambda``,
   a value near 1 says the retrospective R^2 mostly restates that ln V falls about linearly in
   time. ``delay_law.decay_fraction`` gives the spread of ``r`` (median, CV).
@@ -17,8 +17,9 @@ numbers.
   not in the fits; they are counted, their caps given, and the delay's Kaplan-Meier median
   (:func:`scipy.stats.ecdf` on right-censored data) is reported beside the fitted cells' median.
 
-Exclusions (``excluded``, counted by reason): ``no_fit``, ``diverged``, ``censored`` (no T_gen by
-the stop), ``no_T_pred``, ``norm_grew`` (``V_final >= V_mem``: the norm did not fall after the
+Exclusions (``excluded``, counted by reason): ``strong`` (never fitted), ``no_shortcut_fit``
+(fitted without the shortcut), ``diverged``, ``censored`` (no T_transition by
+the stop), ``no_T_pred``, ``norm_grew`` (``V_final >= V_fit``: the norm did not fall after the
 fit, ``T_pred <= 0``, which the law does not describe), ``zero_eta_lambda``.
 """
 
@@ -30,7 +31,7 @@ from scipy import stats as st
 from nht.science import stats
 from nht.science.cellrecords import count, delay_status, eta_lambda, num, records
 
-REASONS = ("no_fit", "diverged", "censored", "no_stop_step", "no_T_pred", "norm_grew",
+REASONS = ("strong", "no_shortcut_fit", "diverged", "censored", "no_stop_step", "no_T_pred", "norm_grew",
            "zero_eta_lambda")
 
 
@@ -42,7 +43,7 @@ def usable_cells(recs: list[dict]) -> tuple[list[dict], dict]:
         if kind != "observed":
             count(excluded, kind)
             continue
-        v_mem, v_fin = num(rec.get("V_mem")), num(rec.get("V_final"))
+        v_mem, v_fin = num(rec.get("V_fit")), num(rec.get("V_final"))
         t_pred = num(rec.get("T_pred"))
         if v_mem is not None and v_fin is not None and v_fin >= v_mem:
             count(excluded, "norm_grew")
@@ -56,14 +57,14 @@ def usable_cells(recs: list[dict]) -> tuple[list[dict], dict]:
 
 
 def tautology(usable: list[dict]) -> dict:
-    """R^2 of ``ln T_pred`` on ``ln(stop_step - T_mem)`` and the decay fraction
-    ``r = T_pred / (stop_step - T_mem)`` (mean decay rate of V over the window, in units of
+    """R^2 of ``ln T_pred`` on ``ln(stop_step - T_fit)`` and the decay fraction
+    ``r = T_pred / (stop_step - T_fit)`` (mean decay rate of V over the window, in units of
     ``2 eta lambda``)."""
-    pairs = [(num(r["T_pred"]), num(r.get("stop_step")) - num(r["T_mem"])) for r in usable
-             if num(r.get("stop_step")) is not None and num(r.get("T_mem")) is not None]
+    pairs = [(num(r["T_pred"]), num(r.get("stop_step")) - num(r["T_fit"])) for r in usable
+             if num(r.get("stop_step")) is not None and num(r.get("T_fit")) is not None]
     pairs = [(t, w) for t, w in pairs if t is not None and t > 0 and w > 0]
     out = {"r2": None, "n": len(pairs), "decay_fraction_median": None, "decay_fraction_cv": None,
-           "definition": "R^2 of ln T_pred on ln(delay + margin), delay + margin = stop_step - T_mem"}
+           "definition": "R^2 of ln T_pred on ln(delay + margin), delay + margin = stop_step - T_fit"}
     if len(pairs) >= 3:
         t, w = np.array(pairs).T
         out["r2"] = stats.line_fit(np.log(w), np.log(t), n_boot=0)["r2"]
@@ -87,7 +88,7 @@ def censoring(recs: list[dict], usable: list[dict]) -> dict:
     out = {"n_censored": len(caps), "n_observed": len(obs),
            "caps": sorted(caps), "fitted_median_delay": None, "km_median_delay": None,
            "km_median_bound": None,
-           "definition": "censored = memorised, no T_gen by the stop; delay > cap = stop_step - T_mem"}
+           "definition": "censored = memorised, no T_transition by the stop; delay > cap = stop_step - T_fit"}
     if usable:
         out["fitted_median_delay"] = float(np.median([r["delay"] for r in usable]))
     if obs:

@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from nht.science.cellrecords import eta_lambda, num, time_sorted
+from nht.science.plotting import save_figure
 
 
 def _fig(ncols=1, width=5.0, height=4.0):
@@ -20,15 +21,8 @@ def _fig(ncols=1, width=5.0, height=4.0):
 
 
 def _save(fig, figure_dir: str, stem: str) -> list[str]:
-    os.makedirs(figure_dir, exist_ok=True)
-    paths = []
     fig.tight_layout()
-    for ext in ("png", "pdf"):
-        path = os.path.join(figure_dir, f"{stem}.{ext}")
-        # no creation date in the PDF, so reruns on unchanged data give identical files
-        fig.savefig(path, dpi=110, metadata={"CreationDate": None} if ext == "pdf" else None)
-        paths.append(path)
-    return paths
+    return save_figure(fig, figure_dir, stem)
 
 
 def _ci_text(ci) -> str:
@@ -38,13 +32,13 @@ def _ci_text(ci) -> str:
 def plot_delay_law(points: dict, fits: dict, figure_dir: str) -> list[str]:
     """Retrospective description: delay vs T_pred and vs 1/(eta lambda), OLS and Theil-Sen."""
     fig, axes = _fig(2)
-    specs = [("law", "delay_law", "T_pred = ln(V_mem/V_final)/(2ηλ)  [steps]"),
+    specs = [("law", "delay_law", "T_pred = ln(V_fit/V_final)/(2ηλ)  [steps]"),
              ("baseline", "baseline_inverse_eta_lambda", "1/(ηλ)  [steps]")]
     for ax, (pkey, fkey, xlabel) in zip(axes, specs):
         x, y = (np.asarray(v, float) for v in points[pkey])
         fit = fits[fkey]
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("delay = T_gen − T_mem  [steps]")
+        ax.set_ylabel("delay = T_transition − T_fit  [steps]")
         if x.size == 0 or fit["k"] is None:
             ax.text(0.5, 0.5, "no fit (too few cells)", ha="center", transform=ax.transAxes)
             ax.scatter(x, y, s=18, color="C0")
@@ -101,7 +95,7 @@ def plot_prediction(pred: dict, figure_dir: str) -> list[str]:
         ax.text(0.5, 0.5, "no predicted cell", ha="center", transform=ax.transAxes)
     verdict = pred["nht_beats_baseline"]
     pdiff = pred["paired_difference"]
-    ax.set_title("leave-one-group-out delay prediction at T_mem\nNHT beats 1/(ηλ): "
+    ax.set_title("leave-one-group-out delay prediction at T_fit\nNHT beats 1/(ηλ): "
                  f"{verdict}  (median err_base − err_nht = "
                  + (f"{pdiff['median']:.3g}" if pdiff["median"] is not None else "n/a")
                  + f" {_ci_text(pdiff['ci'])})", fontsize=8)
@@ -132,14 +126,14 @@ def plot_norm_fits(recs, histories, rates: dict, figure_dir: str, max_cells: int
         h = time_sorted(histories[rec["cell"]])
         r = rates["per_cell"][rec["cell"]]
         ax.plot(h["step"], h["V"], color="C0", lw=1, label="V = ‖θ‖²")
-        t = np.linspace(rec["T_mem"], rec["T_gen"], 50)
+        t = np.linspace(rec["T_fit"], rec["T_transition"], 50)
         ax.plot(t, np.exp(r["a"] - r["gamma"] * t), color="C3", lw=2,
                 label=f"fit γ/(2ηλ)={r['ratio']:.2f}")
-        vm = h.loc[h["step"] <= rec["T_mem"], "V"].iloc[-1]
-        ax.plot(t, vm * np.exp(-2 * eta_lambda(rec) * (t - rec["T_mem"])), "k--", lw=1,
+        vm = h.loc[h["step"] <= rec["T_fit"], "V"].iloc[-1]
+        ax.plot(t, vm * np.exp(-2 * eta_lambda(rec) * (t - rec["T_fit"])), "k--", lw=1,
                 label="theory exp(−2ηλt)")
-        ax.axvline(rec["T_mem"], color="grey", ls=":", lw=0.8)
-        ax.axvline(rec["T_gen"], color="green", ls=":", lw=0.8)
+        ax.axvline(rec["T_fit"], color="grey", ls=":", lw=0.8)
+        ax.axvline(rec["T_transition"], color="green", ls=":", lw=0.8)
         ax.set_yscale("log")
         v = h["V"].to_numpy(float)
         v = v[np.isfinite(v) & (v > 0)]
@@ -172,7 +166,7 @@ def plot_decay_rate(recs, rates: dict, figure_dir: str):
         ax.set_xscale("log")
         ax.legend(fontsize=7)
     med = rt["median"]
-    ax.set_title("decay rate of ln V between T_mem and T_gen\nmedian γ/(2ηλ) = "
+    ax.set_title("decay rate of ln V between T_fit and T_transition\nmedian γ/(2ηλ) = "
                  + (f"{med:.2f}" if med is not None else "n/a") + f" {_ci_text(rt['ci'])}, "
                  f"n={rt['n']} → {rates['verdict']}", fontsize=9)
     ax.set_xlabel("weight decay λ")

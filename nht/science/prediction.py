@@ -1,13 +1,13 @@
-"""P6 as a predictive verdict: predictors that use only what is known at the fit time ``T_mem``,
+"""P6 as a predictive verdict: predictors that use only what is known at the fit time ``T_fit``,
 scored out of sample by leave-one-group-out (a group = all cells equal in every non-seed axis,
 :data:`nht.science.cellrecords.GROUP_AXES`; its seeds leave together). Delays are in steps, V is the
 squared norm, ``eta lambda`` is per step.
 
-Predictors of a held-out cell's delay ``T_gen - T_mem`` (all fitted on the *other* groups only):
+Predictors of a held-out cell's delay ``T_transition - T_fit`` (all fitted on the *other* groups only):
 
-* ``nht_theory``: the law as stated, ``max(0, ln(V_mem / V_st_hat)) / (2 eta lambda)``. ``V_mem``
-  is read from the cell's history at ``T_mem`` (nothing later). ``V_st_hat`` = geometric median of
-  ``V_gen`` (the norm at which a cell generalised) over generalised cells of other groups, first
+* ``nht_theory``: the law as stated, ``max(0, ln(V_fit / V_st_hat)) / (2 eta lambda)``. ``V_fit``
+  is read from the cell's history at ``T_fit`` (nothing later). ``V_st_hat`` = geometric median of
+  ``V_transition`` (the norm at which a cell generalised) over generalised cells of other groups, first
   at the same lambda and task (:data:`nht.science.cellrecords.TASK_AXES`), else the same task, else all.
 * ``nht``: ``k x + b`` with ``x`` the ``nht_theory`` value, ``k, b`` fitted by OLS on the other
   groups' cells (their ``x`` computed without the held-out group nor their own group). The law
@@ -18,7 +18,7 @@ Predictors of a held-out cell's delay ``T_gen - T_mem`` (all fitted on the *othe
   where lambda repeats).
 
 Errors: relative ``|pred - delay| / delay`` per cell with an observed delay (> 0). Censored cells
-(no T_gen by the stop, delay > cap) get the stated lower bound ``max(0, 1 - pred / cap)``; they
+(no T_transition by the stop, delay > cap) get the stated lower bound ``max(0, 1 - pred / cap)``; they
 are reported apart (``median_with_censored_bound``, ``censored_beyond_cap``) and stay out of the
 verdict. ``nht_beats_baseline``: over cells predicted by both, the paired difference
 ``error_baseline - error_nht``; its median with a BCa interval (>= 8 cells); true only when the
@@ -29,7 +29,7 @@ Where only lambda varies the law and ``1/(eta lambda)`` are nearly proportional 
 separate them (``discriminating`` is false). The law's own discriminating prediction is tested in
 ``norm_shift``: at fixed ``eta lambda`` (cells equal in every group axis but ``init_scale``),
 scaling the norm at the fit by ``c`` shifts the delay by ``ln(c) / (2 eta lambda)``. Within each
-such stratum, ``delay`` and ``x = ln(V_mem) / (2 eta lambda)`` are centred; the pooled slope
+such stratum, ``delay`` and ``x = ln(V_fit) / (2 eta lambda)`` are centred; the pooled slope
 ``sum(x y) / sum(x^2)`` is 1 under the law and 0 when the delay ignores the norm. Its BCa
 interval resamples strata (>= 8 strata, else ``uncertain``); ``holds`` when it lies above 0.
 """
@@ -57,36 +57,36 @@ def _targets(recs: list[dict], histories: dict) -> tuple[list[dict], dict]:
             count(skipped, kind)
             continue
         el = eta_lambda(rec)
-        v_mem = value_at_fit(histories.get(rec["cell"]), rec.get("T_mem"), "V",
-                             fallback=rec.get("V_mem"))
+        v_mem = value_at_fit(histories.get(rec["cell"]), rec.get("T_fit"), "V",
+                             fallback=rec.get("V_fit"))
         if el is None or v_mem is None or v_mem <= 0:
-            count(skipped, "zero_eta_lambda" if el is None else "no_V_mem")
+            count(skipped, "zero_eta_lambda" if el is None else "no_V_fit")
             continue
         if kind == "observed" and value <= 0:
             count(skipped, "zero_delay")
             continue
         out.append({"cell": rec["cell"], "group": group_of(rec), "kind": kind, "value": value,
-                    "el": el, "V_mem": v_mem, "lam": str(rec.get("weight_decay")),
+                    "el": el, "V_fit": v_mem, "lam": str(rec.get("weight_decay")),
                     "task": key_of(rec, TASK_AXES), "shift_stratum": key_of(rec, SHIFT_AXES)})
     return out, skipped
 
 
 def _generalised(recs: list[dict]) -> list[dict]:
     return [{"group": group_of(r), "lam": str(r.get("weight_decay")),
-             "task": key_of(r, TASK_AXES), "V_gen": num(r.get("V_gen"))}
-            for r in recs if not is_diverged(r) and num(r.get("T_gen")) is not None
-            and (num(r.get("V_gen")) or 0) > 0]
+             "task": key_of(r, TASK_AXES), "V_transition": num(r.get("V_transition"))}
+            for r in recs if not is_diverged(r) and num(r.get("T_transition")) is not None
+            and (num(r.get("V_transition")) or 0) > 0]
 
 
 def v_st_hat(gen: list[dict], target: dict, excluded_groups: set) -> tuple[float | None, int | None]:
-    """Geometric median of ``V_gen`` over generalised cells outside ``excluded_groups``: same
+    """Geometric median of ``V_transition`` over generalised cells outside ``excluded_groups``: same
     lambda and task (level 1), else same task (2), else all (3). Returns ``(V_st_hat, level)``."""
     pool = [g for g in gen if g["group"] not in excluded_groups]
     levels = (lambda g: g["lam"] == target["lam"] and g["task"] == target["task"],
               lambda g: g["task"] == target["task"],
               lambda g: True)
     for level, match in enumerate(levels, start=1):
-        vals = [g["V_gen"] for g in pool if match(g)]
+        vals = [g["V_transition"] for g in pool if match(g)]
         if vals:
             return float(np.exp(np.median(np.log(vals)))), level
     return None, None
@@ -96,7 +96,7 @@ def _x_theory(gen, t, excluded) -> tuple[float | None, int | None, float | None]
     vst, level = v_st_hat(gen, t, excluded)
     if vst is None:
         return None, None, None
-    return max(0.0, math.log(t["V_mem"] / vst)) / (2.0 * t["el"]), level, vst
+    return max(0.0, math.log(t["V_fit"] / vst)) / (2.0 * t["el"]), level, vst
 
 
 def _linear(x, y):
@@ -125,7 +125,7 @@ def loo_predictions(recs: list[dict], histories: dict) -> tuple[dict, dict]:
             same = [u["value"] for u in train if u["lam"] == t["lam"] and u["task"] == t["task"]]
             per_cell[t["cell"]] = {
                 "kind": t["kind"], "delay_or_cap": t["value"], "group": "|".join(g),
-                "V_mem": t["V_mem"], "V_st_level": level, "V_st_hat": vst,
+                "V_fit": t["V_fit"], "V_st_level": level, "V_st_hat": vst,
                 "nht_theory": x,
                 "nht": None if (x is None or law is None) else law[0] * x + law[1],
                 "baseline_inverse_eta_lambda": None if base is None
@@ -186,7 +186,7 @@ def norm_shift(per_cell: dict, recs: list[dict], n_boot: int = 1000, seed: int =
         if c["kind"] != "observed":
             continue
         rec = by_cell[cid]
-        x = math.log(c["V_mem"]) / (2.0 * eta_lambda(rec))
+        x = math.log(c["V_fit"]) / (2.0 * eta_lambda(rec))
         strata.setdefault(key_of(rec, SHIFT_AXES), []).append((x, c["delay_or_cap"]))
     blocks = []
     for pts in strata.values():
@@ -196,7 +196,7 @@ def norm_shift(per_cell: dict, recs: list[dict], n_boot: int = 1000, seed: int =
     out = {"slope": None, "ci": None, "ci_method": None, "n_strata": len(blocks),
            "n_cells": int(sum(len(b[0]) for b in blocks)), "theory_slope": 1.0,
            "consistent_with_theory": None, "verdict": "not_enough_data",
-           "definition": "pooled within-stratum slope of delay on ln(V_mem)/(2 eta lambda), "
+           "definition": "pooled within-stratum slope of delay on ln(V_fit)/(2 eta lambda), "
                          "strata = equal in every group axis but init_scale (fixed eta lambda)"}
     if not blocks:
         return out
@@ -243,6 +243,6 @@ def predictive_verdict(cells, histories: dict, n_boot: int = 1000, seed: int = 0
             "group_axes": list(GROUP_AXES),
             "norm_shift": norm_shift(per_cell, recs, n_boot=n_boot, seed=seed + 11),
             "per_cell": per_cell, "not_predicted": skipped,
-            "definition": "leave-one-group-out relative delay error of predictors known at T_mem; "
+            "definition": "leave-one-group-out relative delay error of predictors known at T_fit; "
                           "nht_beats_baseline: paired interval of error(baseline) - error(nht) "
                           "above 0"}

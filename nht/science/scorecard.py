@@ -10,7 +10,7 @@ threshold, ``ci_verdict`` the whole interval. Modular verdicts are interval verd
 when the whole interval is on the predicted side); P5 uses its null test. No threshold is ever
 tuned to data.
 
-Modular experiments (fields from :func:`nht.science.analyse.analyse_modular`):
+Modular experiments (fields from :func:`nht.science.analyse.analyse_experiment`):
 
 * **P1_norm_ordering** -- ``norm_ordering.share``: P(V_sc > V_st) with V_sc the squared norm at
   the fit of a shortcut-reliant cell and V_st that of *other* cells' generalised solutions at the
@@ -26,27 +26,22 @@ Modular experiments (fields from :func:`nht.science.analyse.analyse_modular`):
   shifted); see :mod:`nht.science.separation`.
 * **P6_delay_scaling** -- out of sample: ``prediction.paired_difference.median`` = median over
   cells of (relative delay error of the ``1/(eta lambda)`` baseline) - (that of the NHT
-  prediction), leave-one-group-out, known at ``T_mem`` (:mod:`nht.science.prediction`). holds when the
+  prediction), leave-one-group-out, known at ``T_fit`` (:mod:`nht.science.prediction`). holds when the
   paired interval lies above 0 (``prediction.nht_beats_baseline`` true), fails when it lies at or
   below 0, uncertain when it straddles 0 or with fewer than 8 cells. The retrospective R^2,
   the tautology R^2, the baseline's R^2, the norm-shift test and the decay rate are in ``detail``.
 
-Image experiments (fields from ``nht.domains.images.summary``):
+Image experiments: the same P1, P2, P4, P5 and P6 (one science path, :mod:`nht.science.analyse`,
+on the image histories with phi = border reliance and the one regime vocabulary of
+:mod:`nht.core.events`), plus
 
-* **P1** -- ``norm_ratio``: mean ``V_final`` at the smallest lambda / at the largest. holds if > 1.
-* **P2** -- Spearman correlation between lambda and mean decay-from-peak (``decay_from_peak``):
-  weak -> intermediate -> strong along lambda. holds if >= 0.8 and ``regimes`` has
-  ``weak``, ``intermediate`` and ``strong`` cells; fails if one is missing; not_enough_data with
-  fewer than 3 lambda values.
 * **P3** -- ``-Spearman(rho, accuracy)`` across shortcut strengths rho, with accuracy the mean
   worst-group accuracy (``worst_group_acc``) where the dataset defines groups, else the mean clean
   accuracy (``clean_acc_by_strength``): accuracy should fall as the shortcut gets stronger. holds
   if >= 0.8; not_enough_data with fewer than 3 rho values.
-* **P4** -- ``layer_hierarchy.share_readout_max`` when the summary has it (same definition as
-  modular), else not_enough_data.
-* **P5** -- ``clean_norm_separation.S`` when present (``phi`` = shortcut reliance), else
-  not_enough_data.
-* **P6** -- ``prediction`` (same rule as modular) when present, else not_enough_data.
+
+A not_enough_data entry of an image experiment names how many of its cells made the delayed
+transition (``transitions`` of the image summary).
 """
 
 from __future__ import annotations
@@ -65,7 +60,7 @@ VERDICTS = ("holds", "fails", "uncertain", "not_applicable", "not_enough_data")
 THRESHOLDS = {
     "modular": {"P1_norm_ordering": 0.8, "P2_three_regimes": 0.8, "P3_group_accuracy": None,
                 "P4_layer_hierarchy": 0.8, "P5_clean_separation": 0.8, "P6_delay_scaling": 0.0},
-    "image": {"P1_norm_ordering": 1.0, "P2_three_regimes": 0.8, "P3_group_accuracy": 0.8,
+    "image": {"P1_norm_ordering": 0.8, "P2_three_regimes": 0.8, "P3_group_accuracy": 0.8,
               "P4_layer_hierarchy": 0.8, "P5_clean_separation": 0.8, "P6_delay_scaling": 0.0},
 }
 MIN_N = 3
@@ -147,8 +142,10 @@ def _share_entry(block, key, threshold, definition, n_key="n", ci_key="ci", by_c
 
 # ----------------------------------------------------------------------------- modular
 
-def _modular(s: dict) -> dict:
-    th = THRESHOLDS["modular"]
+def _shared(s: dict, kind: str = "modular") -> dict:
+    """P1, P2, P4, P5, P6 from the science layer's blocks, the same for every domain; P3 is
+    not_applicable here and set by the image card."""
+    th = THRESHOLDS[kind]
     card = {}
     card["P1_norm_ordering"] = _share_entry(
         s.get("norm_ordering"), "share", th["P1_norm_ordering"],
@@ -180,9 +177,9 @@ def _modular(s: dict) -> dict:
     card["P3_group_accuracy"] = _na("worst-group/clean accuracy ordering: image experiments only")
     card["P4_layer_hierarchy"] = _share_entry(
         s.get("layer_hierarchy"), "share_readout_max", th["P4_layer_hierarchy"],
-        "share of delayed cells whose readout weight has the largest ln(V_mem/V_final)")
+        "share of intermediate cells whose readout weight has the largest ln(V_fit/V_final)")
     d5 = ("S = median over transition cells of P(ln V reliant > ln V structured) - P(<) "
-          "from min(norm peak, T_mem) to the end; must exceed both nulls' 95th percentiles")
+          "from min(norm peak, T_fit) to the end; must exceed both nulls' 95th percentiles")
     card["P5_clean_separation"] = _separation_entry(s.get("clean_norm_separation"),
                                                     th["P5_clean_separation"], d5)
     card["P6_delay_scaling"] = _delay_entry(s, th["P6_delay_scaling"])
@@ -207,7 +204,7 @@ def _separation_entry(sep, threshold, definition):
 
 
 def _delay_entry(s, threshold):
-    d6 = ("out of sample, known at T_mem: median over cells of relative delay error of the "
+    d6 = ("out of sample, known at T_fit: median over cells of relative delay error of the "
           "1/(eta lambda) baseline minus that of the NHT prediction (leave-one-group-out)")
     pred = s.get("prediction")
     law = s.get("delay_law") or {}
@@ -259,33 +256,10 @@ def _series(by_key: dict | None) -> list[tuple[float, float]]:
 
 
 def _image(s: dict) -> dict:
+    """The shared entries (:func:`_shared`, the same statistics as modular) and P3, which only
+    images have; a not_enough_data entry says how many cells made the transition."""
     th = THRESHOLDS["image"]
-    card = {}
-    d1 = "norm_ratio = mean V_final at the smallest lambda / at the largest lambda"
-    card["P1_norm_ordering"] = (
-        _entry(s["norm_ratio"], th["P1_norm_ordering"], comparison="gt", definition=d1,
-               detail={"norm_ratio_detail": s.get("norm_ratio_detail")})
-        if _num(s.get("norm_ratio")) is not None
-        else _ned(th["P1_norm_ordering"], d1, "norm_ratio missing (needs >= 2 lambda values)"))
-
-    d2 = "Spearman(lambda, mean decay from peak %), and weak/intermediate/strong all present"
-    series = _series(s.get("decay_from_peak"))
-    regimes = s.get("regimes") or {}
-    counts = {k: regimes.get(k, 0) for k in ("weak", "intermediate", "strong")}
-    if len(series) < 3 or not regimes:
-        card["P2_three_regimes"] = _ned(th["P2_three_regimes"], d2,
-                                        "fewer than 3 lambda values or no regime counts",
-                                        n=len(series), detail={"counts": counts})
-    else:
-        rho = stats.spearman([x for x, _ in series], [m for _, m in series])
-        e = _entry(rho, th["P2_three_regimes"], n=len(series), definition=d2,
-                   detail={"counts": counts})
-        if e["verdict"] == "holds" and not all(counts.values()):
-            e["verdict"] = "fails"
-            e["detail"]["reason"] = ("regime missing: "
-                                     + ", ".join(k for k, v in counts.items() if not v))
-        card["P2_three_regimes"] = e
-
+    card = _shared(s, "image")
     wga = _series(s.get("worst_group_acc"))
     source = "worst_group_acc" if len(wga) >= 3 else "clean_acc_by_strength"
     acc = wga if len(wga) >= 3 else _series(s.get("clean_acc_by_strength"))
@@ -298,15 +272,8 @@ def _image(s: dict) -> dict:
         card["P3_group_accuracy"] = _entry(None if r is None else -r, th["P3_group_accuracy"],
                                            n=len(acc), definition=d3,
                                            detail={"source": source, "by_rho": dict(acc)})
-    card["P4_layer_hierarchy"] = _share_entry(
-        s.get("layer_hierarchy"), "share_readout_max", th["P4_layer_hierarchy"],
-        "share of transition cells whose readout layer contracts most")
-    card["P5_clean_separation"] = _separation_entry(
-        s.get("clean_norm_separation"), th["P5_clean_separation"],
-        "S with phi = shortcut reliance (nht.science.analyse.image_clean_norm_separation)")
-    card["P6_delay_scaling"] = _delay_entry(s, th["P6_delay_scaling"])
     why = _transition_reason(s.get("transitions"))
-    for key in ("P4_layer_hierarchy", "P5_clean_separation", "P6_delay_scaling"):
+    for key in ("P1_norm_ordering", "P4_layer_hierarchy", "P5_clean_separation", "P6_delay_scaling"):
         if why and card[key]["verdict"] == "not_enough_data":
             card[key]["detail"]["reason"] = f"{why}; {card[key]['detail'].get('reason')}"
     return card
@@ -314,16 +281,16 @@ def _image(s: dict) -> dict:
 
 def _transition_reason(t: dict | None) -> str | None:
     """Why an image experiment has no data for P4-P6, in terms of its transitions."""
-    if not isinstance(t, dict) or t.get("n_delayed") is None:
+    if not isinstance(t, dict) or t.get("n_intermediate") is None:
         return None
-    n, cells = t["n_delayed"], t.get("n_cells")
-    phases = ", ".join(f"{k} {v}" for k, v in sorted((t.get("phases") or {}).items()))
+    n, cells = t["n_intermediate"], t.get("n_cells")
+    phases = ", ".join(f"{k} {v}" for k, v in sorted((t.get("regimes") or {}).items()))
     if n == 0:
         return (f"no shortcut-to-shape transition at this scale: 0 of {cells} cells ({phases}); "
                 "docs/image_transition_search.md")
     if n < MIN_N:
         return f"only {n} of {cells} cells make the transition ({phases}), fewer than {MIN_N}"
-    return f"{n} of {cells} cells make the transition; the image delay law is not computed yet"
+    return None
 
 
 # ----------------------------------------------------------------------------- public
@@ -333,7 +300,7 @@ def build_scorecard(experiment_summary: dict, kind: str | None = None) -> dict:
     summary's ``kind``). See the module docstring for every statistic and threshold."""
     kind = kind or experiment_summary.get("kind")
     if kind == "modular":
-        return _modular(experiment_summary)
+        return _shared(experiment_summary, "modular")
     if kind == "image":
         return _image(experiment_summary)
     raise ValueError(f"unknown experiment kind {kind!r} (expected 'modular' or 'image')")

@@ -1,7 +1,7 @@
 """Clean-norm separation S (P5) with nulls that keep each curve's shape.
 
 Per cell: shortcut reliance ``phi_t`` (modular: ``1 - test_acc``; image: the ``reliance``
-column, time ``epoch``); window = evaluations from the first maximum of V -- or from ``T_mem``
+column, time ``epoch``); window = evaluations from the first maximum of V -- or from ``T_fit``
 if that is earlier -- to the end. Rows with ``phi > 0.5`` are shortcut-reliant, the others
 structured; ``S_cell = P(ln V_reliant > ln V_structured) - P(<)`` (rank-biserial, ``2 AUC - 1``).
 ``None`` below :data:`S_MIN_POINTS` rows or with fewer than 2 rows on either side.
@@ -34,24 +34,26 @@ from nht.science.cellrecords import is_diverged, num, records, time_sorted
 S_THRESHOLD = 0.8
 S_MIN_POINTS = 5
 PHI_SPLIT = 0.5
-TRANSITION_REGIMES = ("delayed", "immediate")
+TRANSITION_REGIMES = ("intermediate", "immediate")
 
 
-def _window(history: pd.DataFrame, T_mem, v_column: str = "V"):
+def _window(history: pd.DataFrame, T_fit, v_column: str = "V"):
     h = time_sorted(history)
     v = h[v_column].to_numpy(float) if v_column in h.columns else np.array([])
     if len(h) == 0 or not np.isfinite(v).any():
         return None
     peak = int(np.nanargmax(v))
     start = float(h["step"].iloc[peak])
-    if num(T_mem) is not None:
-        start = min(start, float(T_mem))
+    if num(T_fit) is not None:
+        start = min(start, float(T_fit))
     return h, float(h["step"].iloc[peak]), start
 
 
 def _phi(h: pd.DataFrame, phi_column: str | None) -> np.ndarray:
-    return (h[phi_column].to_numpy(float) if phi_column
-            else 1.0 - h["test_acc"].to_numpy(float))
+    """The shortcut reliance phi_t: ``phi_column``, else the history's ``phi`` (one schema,
+    nht.core.history), else ``1 - test_acc`` (older modular tables)."""
+    col = phi_column or ("phi" if "phi" in h.columns else None)
+    return h[col].to_numpy(float) if col else 1.0 - h["test_acc"].to_numpy(float)
 
 
 def _s_of(lv: np.ndarray, reliant: np.ndarray) -> float | None:
@@ -66,13 +68,13 @@ def _s_of(lv: np.ndarray, reliant: np.ndarray) -> float | None:
 
 def clean_norm_separation_cell(history: pd.DataFrame, phi_split: float = PHI_SPLIT,
                                phi_column: str | None = None, v_column: str = "V",
-                               T_mem: float | None = None) -> dict:
+                               T_fit: float | None = None) -> dict:
     """Per-cell S (module docstring). Returns ``{S, S_spearman, n_points, n_reliant, n_other,
     peak_step, window_start, reason}``; ``S_spearman`` = Spearman(ln V_t, phi_t) over the same
     rows (bounded by ~0.87 for a step-like transition, so not the verdict's statistic)."""
     out = {"S": None, "S_spearman": None, "n_points": 0, "n_reliant": 0, "n_other": 0,
            "peak_step": None, "window_start": None, "reason": None}
-    w = _window(history, T_mem, v_column)
+    w = _window(history, T_fit, v_column)
     if w is None:
         out["reason"] = "no history"
         return out
@@ -96,9 +98,9 @@ def clean_norm_separation_cell(history: pd.DataFrame, phi_split: float = PHI_SPL
     return out
 
 
-def _series(history, T_mem, phi_column):
+def _series(history, T_fit, phi_column):
     """``(window steps, ln V in the window, all steps, phi at all steps)`` of one cell."""
-    w = _window(history, T_mem)
+    w = _window(history, T_fit)
     if w is None:
         return None
     h, _, start = w
@@ -158,11 +160,11 @@ def separation_nulls(series: list, s_obs: float | None, n_null: int = 1000,
 
 
 def _separation(entries, n_boot, seed, threshold, estimator, n_null=1000) -> dict:
-    """Aggregate per-cell S: ``entries`` = [(cell id, history, T_mem, is_transition, phi_column,
+    """Aggregate per-cell S: ``entries`` = [(cell id, history, T_fit, is_transition, phi_column,
     regime)] for cells that fitted the shortcut."""
     per_cell, untrusted, series = {}, [], []
     for cid, hist, t_mem, is_transition, phi_column, regime in entries:
-        res = clean_norm_separation_cell(hist, T_mem=t_mem, phi_column=phi_column)
+        res = clean_norm_separation_cell(hist, T_fit=t_mem, phi_column=phi_column)
         res["regime"] = regime
         res["transition"] = bool(is_transition)
         res["S_from_peak"] = clean_norm_separation_cell(hist, phi_column=phi_column)["S"]
@@ -195,45 +197,20 @@ def _separation(entries, n_boot, seed, threshold, estimator, n_null=1000) -> dic
 def clean_norm_separation(cells, histories: dict[str, pd.DataFrame], n_boot: int = 1000,
                           seed: int = 0, threshold: float = S_THRESHOLD,
                           n_null: int = 1000) -> dict:
-    """Experiment-level S of a modular experiment, with both nulls and the verdict.
+    """Experiment-level S of an experiment of any domain, with both nulls and the verdict
+    (phi_t = the history's ``phi``: ``1 - test_acc`` for modular, border reliance for images).
 
     Returns ``{S, S_ci, S_ci_method, n, threshold, verdict, null_pairing, null_circular,
     S_all_memorised, S_spearman, n_spearman, S_from_peak, n_from_peak, estimator, per_cell,
     untrusted_cells}``; ``null_* = {q95, median, p, n_draws}``; ``per_cell[id]`` is
     :func:`clean_norm_separation_cell`'s dict plus ``regime``, ``transition``, ``S_from_peak``.
     """
-    entries = [(r["cell"], histories[r["cell"]], r.get("T_mem"),
+    entries = [(r["cell"], histories[r["cell"]], r.get("T_fit"),
                 r.get("regime") in TRANSITION_REGIMES, None, r.get("regime"))
                for r in records(cells)
-               if num(r.get("T_mem")) is not None and r["cell"] in histories]
+               if num(r.get("T_fit")) is not None and r["cell"] in histories]
     return _separation(entries, n_boot, seed, threshold,
-                       "median over delayed/immediate cells of the rank-biserial correlation of "
-                       "ln V_t between rows with phi_t = 1 - test_acc_t > 0.5 and the other rows, "
-                       "from the norm peak (or T_mem if earlier) to the end of training; holds "
+                       "median over intermediate/immediate cells of the rank-biserial correlation of "
+                       "ln V_t between rows with shortcut reliance phi_t > 0.5 and the other rows, "
+                       "from the norm peak (or T_fit if earlier) to the end of training; holds "
                        "only above both nulls' 95th percentiles", n_null)
-
-
-def image_clean_norm_separation(cells, histories: dict[str, pd.DataFrame], n_boot: int = 1000,
-                                seed: int = 0, threshold: float = S_THRESHOLD,
-                                n_null: int = 1000) -> dict:
-    """S for an image experiment (same keys as :func:`clean_norm_separation`).
-
-    ``phi_t`` = the history's ``reliance`` column, time = ``epoch``. A cell enters when its
-    reliance exceeded 0.5 at some epoch >= 1 (the first such epoch plays T_mem); transition cells
-    have a ``transition_epoch``; diverged cells are left out.
-    """
-    entries = []
-    for r in records(cells):
-        h = histories.get(r["cell"])
-        if h is None or is_diverged(r) or "reliance" not in h.columns:
-            continue
-        fitted = h[(h["epoch"] >= 1) & (h["reliance"] > PHI_SPLIT)]
-        if fitted.empty:
-            continue
-        entries.append((r["cell"], h, float(fitted["epoch"].min()),
-                        num(r.get("transition_epoch")) is not None, "reliance", r.get("regime")))
-    return _separation(entries, n_boot, seed, threshold,
-                       "median over cells with a transition epoch of the rank-biserial correlation "
-                       "of ln V_t between epochs with reliance > 0.5 and the other epochs, from the "
-                       "norm peak (or the first reliant epoch if earlier) to the end of training; "
-                       "holds only above both nulls' 95th percentiles", n_null)

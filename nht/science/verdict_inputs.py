@@ -1,29 +1,29 @@
 """Inputs of the P1, P2, P4 entries and the decay-rate line, from per-cell records and histories.
 V is the squared norm; time in steps; ``eta lambda`` per step.
 
-**Decay rate.** Per cell with a delay, OLS of ``ln V_t`` on ``t`` over ``T_mem <= t <= T_gen`` (>= 3
+**Decay rate.** Per cell with a delay, OLS of ``ln V_t`` on ``t`` over ``T_fit <= t <= T_transition`` (>= 3
 rows) gives ``gamma`` (per step). ``ratio_to_theory = gamma / (2 eta lambda)`` (the theory: V
 decays as ``exp(-2 eta lambda t)``, ratio 1, i.e. ``gamma / (eta lambda) = 2``): median over cells
 with a BCa interval (>= 8 cells); ``verdict`` ``consistent`` (interval contains 1), ``slower`` /
 ``faster`` (interval below / above 1), ``uncertain`` without an interval.
 
-**P1, norm ordering between different solutions.** ``V_sc`` = ``V_mem`` of a cell that was
-shortcut-reliant at its fit (test accuracy at ``T_mem`` below 0.5); ``V_st`` = ``V_gen`` of the
+**P1, norm ordering between different solutions.** ``V_sc`` = ``V_fit`` of a cell that was
+shortcut-reliant at its fit (test accuracy at ``T_fit`` below 0.5); ``V_st`` = ``V_transition`` of the
 *other* cells that generalised at the same lambda and task (a cell is never compared with itself
 before and after decay). Per reliant cell, ``q`` = share of those peers with ``V_st < V_sc`` (ties
 half); statistic = mean of ``q`` (the probability that a shortcut solution has a higher squared
 norm than a structured one at the same lambda), BCa interval over cells (>= 8). The old
-same-cell statistic (share with ``V_mem > V_final``, true by construction under decay) is given
+same-cell statistic (share with ``V_fit > V_final``, true by construction under decay) is given
 beside as ``same_cell_share``.
 
-**P2, regime ordering.** Regimes ranked weak ``shortcut_persists`` 0 < ``delayed``/``immediate`` 1 <
-suppressed ``no_fit`` 2 (``diverged`` out). Per slice (cells equal in every setting but lambda),
+**P2, regime ordering.** Regimes ranked weak ``weak`` 0 < ``intermediate``/``immediate`` 1 <
+suppressed ``strong`` 2 (``diverged`` out). Per slice (cells equal in every setting but lambda),
 Kendall's tau-b of (lambda, rank) (:func:`scipy.stats.kendalltau`; ties in rank are not agreement);
 a slice with one regime only scores 0 (no ordering). Statistic: mean over slices weighted by the
 number of lambda pairs; BCa interval over slices (>= 8).
 
-**P4, layer hierarchy.** Per ``delayed`` cell and weight tensor (not normalisation layers):
-``c = ln(V_mem,l / V_final,l)``; statistic: share of cells whose readout has the largest ``c``
+**P4, layer hierarchy.** Per ``intermediate`` cell and weight tensor (not normalisation layers):
+``c = ln(V_fit,l / V_final,l)``; statistic: share of cells whose readout has the largest ``c``
 (Wilson interval).
 """
 
@@ -39,23 +39,23 @@ from nht.science import stats
 from nht.science.cellrecords import (TASK_AXES, count, eta_lambda, is_diverged, key_of, num, records,
                              time_sorted)
 
-READOUT_NAMES = ("out.weight", "head.weight")
-REGIME_RANK = {"shortcut_persists": 0, "delayed": 1, "immediate": 1, "no_fit": 2}
-SLICE_KEYS = ("lr", "init_scale", "seed", "op", "p", "train_frac", "split_seed", "model",
-              "optimizer")
+READOUT_NAMES = ("out.weight", "head.weight")      # modular MLP and transformer readouts
+REGIME_RANK = {"weak": 0, "intermediate": 1, "immediate": 1, "strong": 2}
+SLICE_KEYS = ("lr", "init_scale", "seed", "op", "p", "train_frac", "split_seed", "dataset", "rho", "border",
+              "model", "optimizer")
 
 
 # ----------------------------------------------------------------------------- decay rate
 
-def decay_rate(history: pd.DataFrame, T_mem, T_gen, lr, weight_decay) -> dict:
-    """``ln V_t = a - gamma t`` over ``T_mem <= step <= T_gen``. Returns ``{gamma, ratio, a,
+def decay_rate(history: pd.DataFrame, T_fit, T_transition, lr, weight_decay) -> dict:
+    """``ln V_t = a - gamma t`` over ``T_fit <= step <= T_transition``. Returns ``{gamma, ratio, a,
     r2, n_points, window}`` with ``ratio = gamma / (2 eta lambda)``; ``None`` below 3 rows."""
     out = {"gamma": None, "ratio": None, "a": None, "r2": None, "n_points": 0,
-           "window": [num(T_mem), num(T_gen)]}
-    if num(T_mem) is None or num(T_gen) is None:
+           "window": [num(T_fit), num(T_transition)]}
+    if num(T_fit) is None or num(T_transition) is None:
         return out
     h = time_sorted(history)
-    h = h[(h["step"] >= T_mem) & (h["step"] <= T_gen)]
+    h = h[(h["step"] >= T_fit) & (h["step"] <= T_transition)]
     fit = stats.exp_decay_fit(h["step"].to_numpy(float), h["V"].to_numpy(float))
     out.update({"gamma": fit["gamma"], "a": fit["a"], "r2": fit["r2"], "n_points": fit["n"]})
     el = eta_lambda({"lr": lr, "weight_decay": weight_decay})
@@ -79,7 +79,7 @@ def decay_rates(cells, histories: dict, n_boot: int = 1000, seed: int = 0) -> di
         if rec["cell"] not in histories:
             count(excluded, "no_history")
             continue
-        res = decay_rate(histories[rec["cell"]], rec.get("T_mem"), rec.get("T_gen"),
+        res = decay_rate(histories[rec["cell"]], rec.get("T_fit"), rec.get("T_transition"),
                          rec.get("lr"), rec.get("weight_decay"))
         per_cell[rec["cell"]] = res
         if res["ratio"] is None:
@@ -104,17 +104,17 @@ def decay_rates(cells, histories: dict, n_boot: int = 1000, seed: int = 0) -> di
             "per_cell": per_cell, "excluded": excluded,
             "by_optimizer": {k: {"median": float(np.median(v)), "n": len(v)}
                              for k, v in by_opt.items()},
-            "definition": "gamma/(2 eta lambda), gamma = -d ln V/dt between T_mem and T_gen"}
+            "definition": "gamma/(2 eta lambda), gamma = -d ln V/dt between T_fit and T_transition"}
 
 
 # ----------------------------------------------------------------------------- P1
 
 def _reliant_at_fit(rec: dict, histories: dict) -> bool | None:
-    acc = num(rec.get("test_acc_at_T_mem"))
+    acc = num(rec.get("test_acc_at_fit"))
     h = histories.get(rec["cell"])
     if acc is None and h is not None and "test_acc" in h.columns:
         h = time_sorted(h)
-        prefix = h.loc[h["step"] <= float(rec["T_mem"])]
+        prefix = h.loc[h["step"] <= float(rec["T_fit"])]
         acc = num(prefix["test_acc"].iloc[-1]) if not prefix.empty else None
     return None if acc is None else acc < 0.5
 
@@ -125,16 +125,16 @@ def norm_ordering(cells, histories: dict | None = None, n_boot: int = 1000,
     n_pairs, skipped, same_cell_share, same_cell_n, definition}``."""
     histories = histories or {}
     recs = [r for r in records(cells) if not is_diverged(r)]
-    gen = [r for r in recs if num(r.get("T_gen")) is not None and (num(r.get("V_gen")) or 0) > 0]
+    gen = [r for r in recs if num(r.get("T_transition")) is not None and (num(r.get("V_transition")) or 0) > 0]
     q, n_pairs, skipped = [], 0, {}
     for r in recs:
-        v_sc = num(r.get("V_mem"))
-        if num(r.get("T_mem")) is None or v_sc is None:
+        v_sc = num(r.get("V_fit"))
+        if num(r.get("T_fit")) is None or v_sc is None:
             continue
         if _reliant_at_fit(r, histories) is not True:
             count(skipped, "not_reliant_at_fit")
             continue
-        peers = [num(g["V_gen"]) for g in gen if g["cell"] != r["cell"]
+        peers = [num(g["V_transition"]) for g in gen if g["cell"] != r["cell"]
                  and str(g.get("weight_decay")) == str(r.get("weight_decay"))
                  and key_of(g, TASK_AXES) == key_of(r, TASK_AXES)]
         if not peers:
@@ -144,15 +144,15 @@ def norm_ordering(cells, histories: dict | None = None, n_boot: int = 1000,
         q.append(float(((p < v_sc).sum() + 0.5 * (p == v_sc).sum()) / p.size))
         n_pairs += p.size
     ci, method = stats.bootstrap_ci((np.asarray(q),), np.mean, n_boot=n_boot, seed=seed)
-    delayed = [(num(r.get("V_mem")), num(r.get("V_final"))) for r in recs
-               if r.get("regime") == "delayed"]
+    delayed = [(num(r.get("V_fit")), num(r.get("V_final"))) for r in recs
+               if r.get("regime") == "intermediate"]
     delayed = [(m, f) for m, f in delayed if m is not None and f is not None]
     return {"share": float(np.mean(q)) if q else None, "ci": ci, "ci_method": method,
             "n": len(q), "n_pairs": n_pairs, "skipped": skipped,
             "same_cell_share": (sum(m > f for m, f in delayed) / len(delayed)
                                 if delayed else None),
             "same_cell_n": len(delayed),
-            "definition": "P(V_mem of a shortcut-reliant cell > V_gen of another generalised "
+            "definition": "P(V_fit of a shortcut-reliant cell > V_transition of another generalised "
                           "cell at the same lambda)"}
 
 
@@ -162,7 +162,7 @@ def regime_ordering(cells, n_boot: int = 1000, seed: int = 0) -> dict:
     """P2: Kendall tau-b of regime rank with lambda within slices (module docstring)."""
     recs = [r for r in records(cells) if r.get("regime") in REGIME_RANK
             and num(r.get("weight_decay")) is not None]
-    names = ["weak (shortcut_persists)", "transition (delayed/immediate)", "suppressed (no_fit)"]
+    names = ["weak (shortcut persists)", "transition (intermediate/immediate)", "strong (nothing fits)"]
     counts = dict.fromkeys(names, 0)
     for r in recs:
         counts[names[REGIME_RANK[r["regime"]]]] += 1
@@ -217,21 +217,23 @@ def _layers_of(rec: dict, layers: dict | None) -> dict:
 
 
 def layer_hierarchy(cells, layers: dict | None = None) -> dict:
-    """P4 input: per-layer contraction ``ln(V_mem,l / V_final,l)`` over ``delayed`` cells."""
+    """P4 input: per-layer contraction ``ln(V_fit,l / V_final,l)`` over ``intermediate`` cells."""
     per_layer: dict[str, list[float]] = {}
     n_cells = readout_max = 0
     skipped: dict[str, int] = {}
     for rec in records(cells):
-        if rec.get("regime") != "delayed":
+        if rec.get("regime") != "intermediate":
             continue
         contr = {}
         for name, vals in _layers_of(rec, layers).items():
             if not _is_weight_tensor(name) or not isinstance(vals, dict):
                 continue
-            vm, vf = num(vals.get("V_mem")), num(vals.get("V_final"))
+            vm, vf = num(vals.get("V_fit")), num(vals.get("V_final"))
             if vm and vf and vm > 0 and vf > 0:
                 contr[name] = math.log(vm / vf)
-        readout = next((n for n in READOUT_NAMES if n in contr), None)
+        # the readout: a known name, else the last weight tensor in parameter order (the
+        # history's V:<tensor> columns and the record's layers keep that order)
+        readout = next((n for n in READOUT_NAMES if n in contr), None) or (list(contr)[-1] if contr else None)
         if readout is None or len(contr) < 2:
             count(skipped, "no_layers" if not contr else "no_readout_or_single_layer")
             continue
@@ -245,5 +247,5 @@ def layer_hierarchy(cells, layers: dict | None = None) -> dict:
             "median_contraction": medians,
             "spread": (max(medians.values()) - min(medians.values())) if medians else None,
             "skipped": skipped,
-            "definition": "share of delayed cells whose readout weight has the largest "
-                          "ln(V_mem/V_final) among weight tensors"}
+            "definition": "share of intermediate cells whose readout weight has the largest "
+                          "ln(V_fit/V_final) among weight tensors"}

@@ -19,10 +19,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    from nht.science.analyse import analyse_modular  # matplotlib only where figures are drawn
+    from nht.science.analyse import analyse_experiment  # matplotlib only where figures are drawn
 
     records = [read_json(p) for p in a.norms]
     layers = {r["cell"]: r.get("layers") or {} for r in records}
     cells = pd.DataFrame([{k: v for k, v in r.items() if k not in ("layers", "provenance")} for r in records])
     hist = {Path(p).parent.name: pd.read_csv(p) for p in a.histories}
-    write_json(analyse_modular(cells, hist, a.figure_dir, n_boot=a.n_boot, seed=a.seed, layers=layers), a.out)
+    write_json(analyse_experiment(cells, hist, a.figure_dir, n_boot=a.n_boot, seed=a.seed, layers=layers), a.out)

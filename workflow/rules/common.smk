@@ -53,9 +53,10 @@ def experiments_of_kind(kind):
     return [name for name, exp in config["experiments"].items() if exp["kind"] == kind]
 
 
-def experiment_pattern(kind):
-    """Wildcard regex matching exactly the experiments of one kind (never matches when none)."""
-    names = experiments_of_kind(kind)
+def experiment_pattern(kind=None):
+    """Wildcard regex matching exactly the experiments of one kind, or all experiments with no kind
+    (never matches when none)."""
+    names = experiments_of_kind(kind) if kind else list(config["experiments"])
     return "|".join(re.escape(n) for n in names) if names else "(?!x)x"
 
 
@@ -84,7 +85,7 @@ def job_spec(job_id):
     return {
         "experiment": job.experiment,
         "job": job.id,
-        "cells": [{"id": c.id, "settings": c.run_settings} for c in job.cells],
+        "cells": [{"id": c.id, "settings": c.train_settings} for c in job.cells],
     }
 
 

@@ -3,9 +3,11 @@
 #
 #   image_fetch               dataset -> {D}/image/raw/<fetch id>.npz             (decoded once, uint8)
 #   image_shortcut            raw -> {D}/image/<experiment>/<rho,border,seed>-<hash>.npz  (borders + 4 test sets)
-#   image_train               one cell -> {R}/<experiment>/cells/<cell>/{history.csv,norms.json}
+#   image_train               one cell -> {R}/<experiment>/cells/<cell>/{history.csv,meta.json}
+#   image_norms               one cell's history -> {R}/<experiment>/cells/<cell>/norms.json (nht.core.events)
 #   image_figures             all cells -> {R}/<experiment>/figures/*.png
-#   image_experiment_summary  all cells + figures -> {R}/<experiment>/experiment_summary.json, cells.csv
+#   (science, workflow/rules/science.smk: all cells -> {R}/<experiment>/science.json, as for modular)
+#   image_experiment_summary  all cells + figures + science -> {R}/<experiment>/experiment_summary.json, cells.csv
 
 
 include: "images_common.smk"
@@ -85,7 +87,7 @@ IMAGE_TRAIN_RULE = RC.rule(
     exists=lambda w: w.cell in CELLS and CELLS[w.cell].experiment == w.experiment and CELLS[w.cell].kind == "image",
     inputs=lambda w: {"data": f"{D}/image/{w.experiment}/{_img_shortcut_id(CELLS[w.cell])}.npz"},
     outputs={"history": f"{R}/{{experiment}}/cells/{{cell}}/history.csv",
-             "norms": f"{R}/{{experiment}}/cells/{{cell}}/norms.json"},
+             "meta": f"{R}/{{experiment}}/cells/{{cell}}/meta.json"},
     params={
         "settings": lambda w: _img_json.dumps(_img_settings(CELLS[w.cell]), sort_keys=True, default=str),
         "outdir": lambda w: f"{R}/{w.experiment}/cells/{w.cell}",
@@ -121,6 +123,42 @@ rule image_train:
         "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht image-train --settings {params.settings:q} --data {input.data:q}"
         " --out {params.outdir:q} --cell {wildcards.cell:q} --device {params.device:q} --threads {threads}"
         " {params.det} {params.tf32}"
+
+
+IMAGE_NORMS_RULE = RC.rule(
+    "image_norms",
+    exists=lambda w: w.cell in CELLS and CELLS[w.cell].experiment == w.experiment and CELLS[w.cell].kind == "image",
+    inputs=lambda w: {"history": f"{R}/{w.experiment}/cells/{w.cell}/history.csv",
+                      "meta": f"{R}/{w.experiment}/cells/{w.cell}/meta.json"},
+    outputs={"norms": f"{R}/{{experiment}}/cells/{{cell}}/norms.json"},
+    params={"settings": lambda w: _img_json.dumps(_img_settings(CELLS[w.cell], "norms"), sort_keys=True,
+                                                  default=str)},
+)
+
+
+rule image_norms:
+    input:
+        unpack(IMAGE_NORMS_RULE.input),
+    output:
+        **IMAGE_NORMS_RULE.output,
+    params:
+        **IMAGE_NORMS_RULE.params,
+    wildcard_constraints:
+        experiment=_IMG_EXP_RE,
+        cell=_IMG_CELL_RE,
+    conda:
+        "../envs/nht.yaml"
+    log:
+        "logs/image_norms/{experiment}/{cell}.log",
+    benchmark:
+        "benchmarks/rules/image_norms/{experiment}/{cell}.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    shell:
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht norms --history {input.history:q} --meta {input.meta:q}"
+        " --kind image --cell {wildcards.cell:q} --settings {params.settings:q} --out-norms {output.norms:q}"
 
 
 IMAGE_FIGURE_NAMES = ("clean_acc_vs_rho", "norm_curves", "phase_diagram", "layer_norms")
@@ -168,7 +206,8 @@ IMAGE_SUMMARY_RULE = RC.rule(
     inputs=lambda w: {"norms": [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in IMAGE_CELLS[w.experiment]],
                       "history": [f"{R}/{w.experiment}/cells/{c.id}/history.csv"
                                   for c in IMAGE_CELLS[w.experiment]],
-                      "figures": [f"{R}/{w.experiment}/figures/{name}.png" for name in IMAGE_FIGURE_NAMES]},
+                      "figures": [f"{R}/{w.experiment}/figures/{name}.png" for name in IMAGE_FIGURE_NAMES],
+                      "science": f"{R}/{w.experiment}/science.json"},
     outputs={"summary": f"{R}/{{experiment}}/experiment_summary.json", "table": f"{R}/{{experiment}}/cells.csv"},
     params={"config": lambda w: _img_json.dumps(config["experiments"][w.experiment], sort_keys=True, default=str)},
 )
@@ -195,5 +234,5 @@ rule image_experiment_summary:
         runtime=5,
     shell:
         "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht image-summary --experiment {wildcards.experiment:q} --norms {input.norms:q}"
-        " --figures {input.figures:q} --config {params.config:q} --out {output.summary:q}"
+        " --figures {input.figures:q} --science {input.science:q} --config {params.config:q} --out {output.summary:q}"
         " --table {output.table:q}"

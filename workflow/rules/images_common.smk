@@ -57,6 +57,7 @@ def _img_has_rule(name):
 if _img_has_rule("extract_norms"):
 
     ruleorder: image_train > extract_norms
+    ruleorder: image_norms > extract_norms
 
 
 if _img_has_rule("fit_modular"):
@@ -70,8 +71,10 @@ def image_experiment_summary_files():
     return [f"{R}/{e}/experiment_summary.json" for e in IMAGE_EXPERIMENTS]
 
 
-def _img_settings(cell):
-    return dict(cell.run_settings, experiment=cell.experiment)
+def _img_settings(cell, stage="train"):
+    """A cell's settings for its training job (no event rule) or for its norms job (all)."""
+    base = cell.train_settings if stage == "train" else cell.run_settings
+    return dict(base, experiment=cell.experiment)
 
 
 def _img_exp_threads(exp):

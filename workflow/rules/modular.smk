@@ -109,8 +109,8 @@ rule extract_norms:
         mem_mb=500,
         runtime=5,
     shell:
-        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht norms --job-history {input.history:q} --job-meta {input.meta:q}"
-        " --cell {wildcards.cell:q} --settings {params.settings:q} --out-history {output.history:q}"
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht norms --job-history {input.history:q} --meta {input.meta:q}"
+        " --kind modular --cell {wildcards.cell:q} --settings {params.settings:q} --out-history {output.history:q}"
         " --out-norms {output.norms:q}"
 
 
@@ -183,51 +183,6 @@ rule figures_modular:
     shell:
         "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht figures --cells-table {input.table:q} --histories {input.histories:q}"
         " --fit {input.fit:q} --out-dir {params.out_dir:q} --max-cells {params.max_cells}"
-
-
-SCIENCE_REPORT = {
-    "delay_law_bootstrap": ("Delay law", "../report/delay_law_bootstrap.rst"),
-    "prospective": ("Prospective prediction", "../report/prospective.rst"),
-    "norm_fits": ("Curves", "../report/norm_fits.rst"),
-    "decay_rate": ("Decay rate", "../report/decay_rate.rst"),
-    "clean_separation": ("Clean norm separation", "../report/clean_separation.rst"),
-}
-SCIENCE_MODULAR = RC.rule(
-    "science_modular",
-    exists=lambda w: w.experiment in experiments_of_kind("modular"),
-    inputs=lambda w: {"norms": cell_files(w.experiment, "norms.json"),
-                      "histories": cell_files(w.experiment, "history.csv")},
-    outputs={"science": f"{R}/{{experiment}}/science.json",
-             **{f"{stem}_png": report(f"{R}/{{experiment}}/figures/{stem}.png", caption=cap, category=cat,
-                                      subcategory="{experiment}")
-                for stem, (cat, cap) in SCIENCE_REPORT.items()},
-             **{f"{stem}_pdf": f"{R}/{{experiment}}/figures/{stem}.pdf" for stem in SCIENCE_REPORT}},
-    params={"figure_dir": lambda w: f"{R}/{w.experiment}/figures"},
-)
-
-
-rule science_modular:
-    input:
-        unpack(SCIENCE_MODULAR.input),
-    wildcard_constraints:
-        experiment=experiment_pattern("modular"),
-    output:
-        **SCIENCE_MODULAR.output,
-    params:
-        **SCIENCE_MODULAR.params,
-    conda:
-        "../envs/nht.yaml"
-    log:
-        "logs/science_modular/{experiment}.log",
-    benchmark:
-        "benchmarks/rules/science_modular/{experiment}.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    shell:
-        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht science --norms {input.norms:q} --histories {input.histories:q}"
-        " --out {output.science:q} --figure-dir {params.figure_dir:q}"
 
 
 EXPERIMENT_SUMMARY_MODULAR = RC.rule(

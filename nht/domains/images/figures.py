@@ -3,9 +3,9 @@
 * ``clean_acc_vs_rho.png``  final clean accuracy (mean +- sd over seeds) and shortcut reliance vs rho,
   one line per lambda;
 * ``norm_curves.png``       V = ||theta||^2 over epochs, one colour per lambda (at the reference rho);
-* ``phase_diagram.png``     lambda x rho grid coloured by the most common final regime, annotated with
-  the mean decay from peak (%);
-* ``layer_norms.png``       per-layer V over epochs for the smallest and largest lambda (reference rho).
+* ``phase_diagram.png``     lambda x rho grid coloured by the most common regime (the one vocabulary of
+  :mod:`nht.core.events`), annotated with the mean decay from peak (%);
+* ``layer_norms.png``       per-tensor V over epochs for the smallest and largest lambda (reference rho).
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from nht.domains.images.summary import REGIMES, _pick_reference, load_cells  # noqa: E402
+from nht.core.events import REGIMES  # noqa: E402
+from nht.domains.images.summary import _pick_reference, load_cells  # noqa: E402
+from nht.science.plotting import save_figure  # noqa: E402
 
-FIGURES = ("clean_acc_vs_rho.png", "norm_curves.png", "phase_diagram.png", "layer_norms.png")
+FIGURES = ("clean_acc_vs_rho", "norm_curves", "phase_diagram", "layer_norms")
 
 
 def _history(norms_path: str) -> pd.DataFrame:
@@ -33,7 +35,7 @@ def make_figures(norms_paths, out_dir: str | Path, exp_config: dict | None = Non
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     df = load_cells(norms_paths)
-    ok = df[df["status"] == "ok"]
+    ok = df[df["status"] != "diverged"]
     ref_rho = _pick_reference(df, "rho", "weight_decay", exp_config.get("reference_rho"))
     lams = sorted(df["weight_decay"].unique())
     cmap = plt.get_cmap("viridis")
@@ -43,7 +45,7 @@ def make_figures(norms_paths, out_dir: str | Path, exp_config: dict | None = Non
     # 1. clean accuracy and reliance vs rho
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for lam, g in ok.groupby("weight_decay"):
-        for ax, col in zip(axes, ("final_clean_acc", "final_reliance")):
+        for ax, col in zip(axes, ("final_test_acc", "final_phi")):
             st = g.groupby("rho")[col].agg(["mean", "std"]).fillna(0.0)
             ax.errorbar(st.index, st["mean"], yerr=st["std"], marker="o", capsize=3,
                         color=colour[lam], label=f"λ={lam:g}")
@@ -51,7 +53,7 @@ def make_figures(norms_paths, out_dir: str | Path, exp_config: dict | None = Non
     axes[1].set(xlabel="shortcut strength ρ", ylabel="shortcut reliance (conflicting set)", ylim=(0, 1))
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    paths.append(_save(fig, out / FIGURES[0]))
+    paths += save_figure(fig, out, FIGURES[0], ('png',))
 
     # 2. V over epochs per lambda at the reference rho
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
@@ -65,7 +67,7 @@ def make_figures(norms_paths, out_dir: str | Path, exp_config: dict | None = Non
     ax.legend(uniq.values(), uniq.keys(), fontsize=7)
     ax.set(xlabel="epoch", ylabel="V = ||θ||² (squared L2)", yscale="log", title=f"ρ = {ref_rho:g}")
     fig.tight_layout()
-    paths.append(_save(fig, out / FIGURES[1]))
+    paths += save_figure(fig, out, FIGURES[1], ('png',))
 
     # 3. phase diagram lambda x rho
     rhos = sorted(df["rho"].unique())
@@ -85,9 +87,9 @@ def make_figures(norms_paths, out_dir: str | Path, exp_config: dict | None = Non
     ax.imshow(grid, cmap="coolwarm", vmin=0, vmax=len(REGIMES) - 1, aspect="auto", origin="lower")
     ax.set_xticks(range(len(rhos)), [f"{r:g}" for r in rhos])
     ax.set_yticks(range(len(lams)), [f"{lam:g}" for lam in lams])
-    ax.set(xlabel="ρ", ylabel="λ", title="final regime (decay from V peak)")
+    ax.set(xlabel="ρ", ylabel="λ", title="regime (nht.core.events), mean decay from V peak")
     fig.tight_layout()
-    paths.append(_save(fig, out / FIGURES[2]))
+    paths += save_figure(fig, out, FIGURES[2], ('png',))
 
     # 4. per-layer norms for the smallest and largest lambda
     picks = []
@@ -98,18 +100,12 @@ def make_figures(norms_paths, out_dir: str | Path, exp_config: dict | None = Non
     fig, axes = plt.subplots(1, max(1, len(picks)), figsize=(5 * max(1, len(picks)), 3.5), squeeze=False)
     for ax, row in zip(axes[0], picks):
         h = _history(row["path"])
-        for col in [c for c in h.columns if c.startswith("V_layer:")]:
+        for col in [c for c in h.columns if c.startswith("V:")]:
             ax.plot(h["epoch"], h[col], label=col.split(":", 1)[1])
         ax.set(xlabel="epoch", ylabel="per-layer V (squared L2)", yscale="log",
                title=f"λ={row['weight_decay']:g}, ρ={row['rho']:g}")
         if h.shape[1] < 40:
             ax.legend(fontsize=6)
     fig.tight_layout()
-    paths.append(_save(fig, out / FIGURES[3]))
+    paths += save_figure(fig, out, FIGURES[3], ('png',))
     return paths
-
-
-def _save(fig, path: Path) -> str:
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)

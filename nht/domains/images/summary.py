@@ -3,26 +3,28 @@
 ``experiment_summary.json`` keys (all accuracies are fractions in [0, 1]; [mean, sd, n] uses the
 sample standard deviation, 0.0 when n = 1; rho/lambda keys are rendered like cell ids, e.g. "0.5"):
 
-* ``kind``: "image"; ``experiment``; ``cells``: number of cells; ``status``: {ok|diverged: count}
+* ``kind``: "image"; ``experiment``; ``cells``: number of cells; ``status``: {finished|time_limit|diverged: count}
 * ``clean_acc_by_strength``: {rho: [mean, sd, n]} of final clean accuracy at ``reference_weight_decay``
 * ``reliance_by_strength``: {rho: [mean, sd, n]} of final shortcut reliance, same cells
 * ``clean_acc_by_strength_and_decay``: {lambda: {rho: [mean, sd, n]}}
-* ``regimes``: {weak|intermediate|strong|diverged: count} over all cells
+* ``regimes``: {weak|intermediate|strong|immediate|diverged: count} over all cells, the one regime
+  vocabulary of :mod:`nht.core.events` (the same rule as modular cells)
 * ``cells_norm_never_grew``: cells whose V never exceeded V_init (their decay is shrinkage of the
   initialisation, not a peak-then-decay)
 * ``decay_from_peak``: {lambda: [mean, sd, n]} of decay from peak in PERCENT at ``reference_rho``
 * ``decay_from_peak_by_strength``: {rho: {lambda: [mean, sd, n]}}
-* ``epoch_peak``: {lambda: [mean, sd, n]} epoch of the V peak at ``reference_rho``
-* ``decay_budget``: {lambda: lambda * sum(lr)} (mean over cells), the total decoupled decay applied
+* ``step_peak``: {lambda: [mean, sd, n]} step of the V peak at ``reference_rho``
+* ``decay_budget``: {lambda: Lambda at the end} (mean over cells), the total decoupled decay applied
 * ``norm_ratio``: mean V_final at the smallest lambda / mean V_final at the largest (at reference_rho;
   null with one lambda); ``norm_ratio_detail`` gives the parts
 * ``worst_group_acc``: {rho: [mean, sd, n]} at reference_weight_decay, or null when the dataset has no
   spurious attribute
-* ``transition_epochs``: {cell: epoch or null}
-* ``clean_norm_separation``: the clean-norm-separation score S with phi = shortcut reliance
-  (:func:`nht.science.analyse.image_clean_norm_separation`: S, S_ci, n, verdict, per_cell,
-  untrusted_cells), computed from each cell's ``history.csv`` beside its ``norms.json``; it tells
-  whether a norm-based prediction can be trusted for these cells
+* ``transitions``: regime counts, and per intermediate cell its fit and transition (steps, epochs,
+  Lambda)
+* the science layer's blocks (``science.json``, :func:`nht.science.analyse.analyse_experiment`,
+  the same as for modular experiments): ``delay_law``, ``prediction``, ``decay_rate``,
+  ``clean_norm_separation``, ``norm_ordering``, ``regime_ordering``, ``layer_hierarchy``, ... and
+  the ``scorecard``
 * ``reference_rho``, ``reference_weight_decay``; ``figures``: list of paths; ``wall_s``: sum over cells
 * ``provenance``: code_version, torch, devices, config (the experiment's resolved settings)
 """
@@ -36,7 +38,9 @@ import numpy as np
 import pandas as pd
 
 from nht.config import format_value
-from nht.domains.images.norms import REGIME_LABELS as REGIMES  # the one regime vocabulary of image cells
+from nht.core.events import REGIMES
+from nht.core.io import read_json, write_json
+from nht.science.scorecard import build_scorecard
 
 
 def mean_sd_n(values) -> list:
@@ -75,12 +79,12 @@ def _by(df: pd.DataFrame, key: str, col: str) -> dict:
 
 
 def summarize(df: pd.DataFrame, experiment: str, exp_config: dict, figures: list[str]) -> dict:
-    ok = df[df["status"] == "ok"]
+    ok = df[df["status"] != "diverged"]
     ref_wd = _pick_reference(df, "weight_decay", "rho", exp_config.get("reference_weight_decay"))
     ref_rho = _pick_reference(df, "rho", "weight_decay", exp_config.get("reference_rho"))
     at_wd = ok[np.isclose(ok["weight_decay"], ref_wd)]
     at_rho = df[np.isclose(df["rho"], ref_rho)]
-    at_rho_ok = at_rho[at_rho["status"] == "ok"]
+    at_rho_ok = at_rho[at_rho["status"] != "diverged"]
 
     norm_ratio, detail = None, None
     lams = sorted(at_rho_ok["weight_decay"].unique())
@@ -103,23 +107,21 @@ def summarize(df: pd.DataFrame, experiment: str, exp_config: dict, figures: list
         "status": {str(k): int(v) for k, v in status.items()},
         "reference_weight_decay": ref_wd,
         "reference_rho": ref_rho,
-        "clean_acc_by_strength": _by(at_wd, "rho", "final_clean_acc"),
-        "reliance_by_strength": _by(at_wd, "rho", "final_reliance"),
+        "clean_acc_by_strength": _by(at_wd, "rho", "final_test_acc"),
+        "reliance_by_strength": _by(at_wd, "rho", "final_phi"),
         "clean_acc_by_strength_and_decay": {
-            format_value(float(lam)): _by(g, "rho", "final_clean_acc") for lam, g in ok.groupby("weight_decay")},
+            format_value(float(lam)): _by(g, "rho", "final_test_acc") for lam, g in ok.groupby("weight_decay")},
         "regimes": regimes,
         "cells_norm_never_grew": int((df.get("norm_grew", pd.Series(dtype=object)) == False).sum()),  # noqa: E712
         "decay_from_peak": _by(at_rho_ok, "weight_decay", "decay_pct"),
         "decay_from_peak_by_strength": {
             format_value(float(r)): _by(g, "weight_decay", "decay_pct") for r, g in ok.groupby("rho")},
-        "epoch_peak": _by(at_rho_ok, "weight_decay", "epoch_peak"),
-        "decay_budget": {format_value(float(lam)): float(g["decay_budget"].mean())
+        "step_peak": _by(at_rho_ok, "weight_decay", "V_peak_step"),
+        "decay_budget": {format_value(float(lam)): float(g["Lambda_final"].mean())
                          for lam, g in df.groupby("weight_decay")},
         "norm_ratio": norm_ratio,
         "norm_ratio_detail": detail,
         "worst_group_acc": wga,
-        "transition_epochs": {c: (None if pd.isna(t) else int(t))
-                              for c, t in zip(df["cell"], df["transition_epoch"])},
         "figures": list(figures),
         "wall_s": float(df["wall_s"].sum()),
         "provenance": {
@@ -132,38 +134,28 @@ def summarize(df: pd.DataFrame, experiment: str, exp_config: dict, figures: list
 
 
 def transitions(df: pd.DataFrame) -> dict:
-    """Shortcut-to-shape transitions by the behavioural rule (``phase_regime`` of each cell, see
-    nht.domains.images.norms.shortcut_phases): counts per phase and, per transition cell, t_fit and t_switch
-    (epochs) and the decay budget Lambda at both."""
-    if "phase_regime" not in df.columns:
-        return {"n_cells": int(len(df)), "n_delayed": None, "phases": {}, "cells": {}}
-    phases = {str(k): int(v) for k, v in df["phase_regime"].fillna("unknown").value_counts().items()}
-    delayed = df[df["phase_regime"] == "delayed"]
-    cells = {c: {k: (None if pd.isna(r.get(k)) else float(r.get(k)))
-                 for k in ("weight_decay", "seed", "t_fit", "t_switch", "Lambda_fit", "Lambda_switch")
-                 if k in delayed.columns}
-             for c, r in zip(delayed["cell"], delayed.to_dict("records"))}
-    return {"n_cells": int(len(df)), "n_delayed": int(len(delayed)), "phases": phases, "cells": cells}
+    """Shortcut-to-shape transitions by the one event rule (:mod:`nht.core.events`): regime counts
+    and, per ``intermediate`` cell, its fit and transition in steps, epochs and decay budget."""
+    regimes = {str(k): int(v) for k, v in df["regime"].fillna("unknown").value_counts().items()}
+    inter = df[df["regime"] == "intermediate"]
+    keys = ("weight_decay", "seed", "T_fit", "T_transition", "epoch_fit", "epoch_transition", "Lambda_fit",
+            "Lambda_transition")
+    cells = {c: {k: (None if pd.isna(r.get(k)) else float(r.get(k))) for k in keys if k in inter.columns}
+             for c, r in zip(inter["cell"], inter.to_dict("records"))}
+    return {"n_cells": int(len(df)), "n_intermediate": int(len(inter)), "regimes": regimes, "cells": cells}
 
 
-def load_histories(cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Each cell's per-epoch ``history.csv`` (written beside its ``norms.json``), by cell id."""
-    hists = {c: Path(p).with_name("history.csv") for c, p in zip(cells["cell"], cells["path"])}
-    return {c: pd.read_csv(h) for c, h in hists.items() if h.exists()}
-
-
-def write_summary(norms_paths, experiment: str, exp_config: dict, figures: list[str],
+def write_summary(norms_paths, experiment: str, exp_config: dict, figures: list[str], science_json: str,
                   out: str | Path, table: str | Path | None = None) -> dict:
-    from nht.science.cellrecords import clean_json
-    from nht.science.separation import image_clean_norm_separation
-
+    """``experiment_summary.json``: the image summary, the science layer's blocks and the scorecard."""
     df = load_cells(norms_paths)
     if table:
-        df.sort_values(["rho", "border", "lr", "weight_decay", "seed"]).to_csv(table, index=False)
+        df.drop(columns=["layers"], errors="ignore").sort_values(
+            ["rho", "border", "lr", "weight_decay", "seed"]).to_csv(table, index=False)
     result = summarize(df, experiment, exp_config, figures)
-    result["clean_norm_separation"] = clean_json(image_clean_norm_separation(df, load_histories(df)))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(out) + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    tmp.replace(out)
+    science = read_json(science_json)
+    result["figures"] = sorted(set(result["figures"]) | set(science.pop("figures", [])))
+    result.update(science)
+    result["scorecard"] = build_scorecard(result, "image")
+    write_json(result, out)
     return result

@@ -1,6 +1,6 @@
 """Figures for modular experiments (PNG for the report, PDF for papers).
 
-* ``curves``: train/test accuracy and V = ||theta||^2 over steps (log x) per cell, T_mem and T_gen
+* ``curves``: train/test accuracy and V = ||theta||^2 over steps (log x) per cell, T_fit and T_transition
   marked.
 * ``delay_law``: measured delay vs the NHT prediction T_pred, and vs the 1/(eta lambda) baseline,
   each with its least-squares line and R^2.
@@ -20,22 +20,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nht.core.events import REGIMES  # noqa: E402
+from nht.science.plotting import save_figure as save  # noqa: E402
 
-REGIME_COLORS = {"no_fit": "#7f7f7f", "shortcut_persists": "#d62728", "delayed": "#2ca02c",
+REGIME_COLORS = {"strong": "#7f7f7f", "weak": "#d62728", "intermediate": "#2ca02c",
                  "immediate": "#1f77b4", "diverged": "#000000"}
 FIGURES = ("curves", "delay_law", "regimes")
-
-
-def save(fig, out_dir: str | Path, name: str) -> list[str]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "pdf"):
-        path = out_dir / f"{name}.{ext}"
-        fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else {})
-        paths.append(str(path))
-    plt.close(fig)
-    return paths
 
 
 def _label(rec: pd.Series) -> str:
@@ -61,21 +50,21 @@ def plot_curves(cells: pd.DataFrame, histories: dict[str, pd.DataFrame], out_dir
         ax2.plot(x, h["V"], color="#2ca02c", lw=1, label="V=‖θ‖²")
         ax2.set_yscale("log")
         ax2.tick_params(labelsize=6)
-        for t, style in ((rec.get("T_mem"), ":"), (rec.get("T_gen"), "--")):
+        for t, style in ((rec.get("T_fit"), ":"), (rec.get("T_transition"), "--")):
             if t is not None and not pd.isna(t):
                 ax.axvline(t + 1, color="k", ls=style, lw=0.8)
         ax.set_title(f"{_label(rec)}\n{rec['regime']}", fontsize=7)
         ax.tick_params(labelsize=6)
     axes.flat[0].legend(fontsize=6, loc="lower right")
-    fig.suptitle("accuracy (left) and V = ‖θ‖² (right, green) vs step+1; dotted T_mem, dashed T_gen", fontsize=9)
+    fig.suptitle("accuracy (left) and V = ‖θ‖² (right, green) vs step+1; dotted T_fit, dashed T_transition", fontsize=9)
     fig.tight_layout()
     return save(fig, out_dir, "curves")
 
 
 def plot_delay_law(cells: pd.DataFrame, fit: dict, out_dir) -> list[str]:
-    ok = cells[cells["regime"].isin(["delayed", "immediate"]) & (cells["T_pred"] > 0)]   # as fitted
+    ok = cells[cells["regime"].isin(["intermediate", "immediate"]) & (cells["T_pred"] > 0)]   # as fitted
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    panels = (("T_pred", fit["delay_law"], "T_pred = ln(V_mem/V_final)/(2ηλ) [steps]"),
+    panels = (("T_pred", fit["delay_law"], "T_pred = ln(V_fit/V_final)/(2ηλ) [steps]"),
               ("inv_eta_lambda", fit["baseline_inverse_eta_lambda"], "1/(ηλ) [steps]"))
     for ax, (col, f, xlabel) in zip(axes, panels):
         x = ok["T_pred"] if col == "T_pred" else 1.0 / (ok["lr"] * ok["weight_decay"])
@@ -88,7 +77,7 @@ def plot_delay_law(cells: pd.DataFrame, fit: dict, out_dir) -> list[str]:
                 ax.plot(xs, xs, color="#999", ls="--", lw=0.8, label="theory: delay = T_pred")
             ax.legend(fontsize=8)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("measured delay T_gen − T_mem [steps]")
+        ax.set_ylabel("measured delay T_transition − T_fit [steps]")
     axes[0].set_title("NHT delay law")
     axes[1].set_title("baseline: no norm information")
     fig.tight_layout()
