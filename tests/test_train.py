@@ -13,7 +13,10 @@ import torch.nn.functional as F
 from nht.config import expand_cells, validate_config
 from nht.domains.modular.data import make_modular_dataset
 from nht.domains.modular.models import build_model, scale_init
-from nht.domains.modular.train import Trainer, load_checkpoint, train_job, trainer_code_hash
+from nht.core.fingerprint import code_fingerprint
+from nht.core.history import REQUIRED, ordered_columns
+from nht.core.loop import load_checkpoint
+from nht.domains.modular.train import Trainer, train_job
 
 from conftest import tiny_modular
 
@@ -55,6 +58,10 @@ def test_vectorised_adamw_matches_torch_adamw_for_one_cell(model):
     torch.testing.assert_close(trainer.forward(trainer.params, x)[0], model(x), rtol=1e-4, atol=1e-4)
 
 
+def trainer_code_hash():
+    return code_fingerprint("nht.domains.modular.train")
+
+
 def _run(cells, data, tmp_path, tag, **kw):
     meta = train_job(cells, data, tmp_path / f"{tag}.csv", tmp_path / f"{tag}.json", **kw)
     return pd.read_csv(tmp_path / f"{tag}.csv"), meta
@@ -72,10 +79,30 @@ def test_batched_training_equals_one_cell_at_a_time(tmp_path, batch_size):
         assert list(mine["step"]) == list(alone["step"])
         for col in ("train_acc", "test_acc"):
             assert (mine[col] - alone[col]).abs().max() <= 1.0 / 50  # at most one example flips
-        for col in ("train_loss", "V"):
+        for col in ("loss", "V"):
             torch.testing.assert_close(torch.tensor(mine[col].values), torch.tensor(alone[col].values),
                                        rtol=1e-3, atol=1e-4)
         assert meta["cells"][cell.id]["stop_step"] == meta1["cells"][cell.id]["stop_step"]
+
+
+def test_history_follows_the_schema(tmp_path):
+    cells = cells_for(lr=[0.01, 0.003], weight_decay=0.5, init_scale=1, max_steps=100)
+    hist, meta = _run(cells, data_for(cells[0]), tmp_path, "schema", threads=1)
+    assert list(hist.columns) == ["cell"] + ordered_columns(hist.columns[1:])
+    assert list(hist.columns[1:len(REQUIRED) + 1]) == list(REQUIRED) and "test_loss" in hist.columns
+    assert [c for c in hist.columns if c.startswith("V:")] == ["V:" + k for k in Trainer(
+        cells, data_for(cells[0]), torch.device("cpu")).names]
+    lr = hist["cell"].map({c.id: c["lr"] for c in cells})
+    assert (hist["Lambda"] - lr * 0.5 * hist["step"]).abs().max() < 1e-9      # eta * lambda * step
+    assert (hist["phi"] - (1 - hist["test_acc"])).abs().max() < 1e-9
+    per_tensor = hist[[c for c in hist.columns if c.startswith("V:")]].sum(axis=1)
+    assert ((per_tensor - hist["V"]).abs() / hist["V"]).max() < 1e-6          # V = sum of V:<tensor>
+    assert set(meta["cells"][cells[0].id]) == {"status", "stop_step", "stop_reason", "lr", "weight_decay",
+                                               "init_scale", "seed"}
+    for key in ("stop_rule", "settings", "wall_seconds", "cell_steps", "cell_steps_per_second",
+                "resumed_from_step", "provenance"):
+        assert key in meta
+    assert meta["provenance"]["device"] == "cpu" and meta["provenance"]["code_version"]
 
 
 def test_nan_loss_marks_only_that_cell_diverged(tmp_path):
@@ -126,7 +153,7 @@ def test_sigkill_and_rerun_resumes_to_identical_metrics(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert ckpt.exists() and not (run_dir / "history.csv").exists()
-    resumed_at = torch.load(ckpt, weights_only=True)["trainer"]["step"]   # tensors and plain values only
+    resumed_at = torch.load(ckpt, weights_only=True)["domain"]["step"]   # tensors and plain values only
     assert 0 < resumed_at < 3000
 
     subprocess.run(_train_cmd(cells, dataset, run_dir, ckpt), check=True, capture_output=True)
@@ -145,7 +172,7 @@ def test_bf16_autocast_tracks_fp32(tmp_path):
     assert list(low["step"]) == list(ref["step"])
     # bf16 has ~3 significant digits: the curves agree loosely, not bitwise
     assert (low["V"] / ref["V"] - 1).abs().max() < 0.05
-    assert (low["train_loss"] - ref["train_loss"]).abs().max() < 0.1
+    assert (low["loss"] - ref["loss"]).abs().max() < 0.1
     assert not low["V"].equals(ref["V"])
 
 
@@ -211,7 +238,7 @@ def test_checkpoint_loads_weights_only_and_resumes(tmp_path, capfd):
     data = data_for(cells[0])
     ckpt = _interrupted_checkpoint(tmp_path, cells, data)
     state = torch.load(ckpt, weights_only=True)
-    assert state["code"] == trainer_code_hash() and state["trainer"]["step"] == 100
+    assert state["code"] == trainer_code_hash() and state["domain"]["step"] == 100
     meta = train_job(cells, data, tmp_path / "h.csv", tmp_path / "m.json", ckpt, threads=1)
     assert meta["resumed_from_step"] == 100
     assert "resumed from checkpoint at step 100" in capfd.readouterr().err
@@ -246,6 +273,6 @@ class _Opaque:
 
 def test_a_checkpoint_with_pickled_objects_is_refused_by_the_weights_only_load(tmp_path):
     path = tmp_path / "other.pt"
-    torch.save({"signature": "x", "code": trainer_code_hash(), "trainer": _Opaque()}, path)
+    torch.save({"signature": "x", "code": trainer_code_hash(), "domain": _Opaque()}, path)
     state, why = load_checkpoint(path, "x", trainer_code_hash())
     assert state is None and why.startswith("unreadable"), why

@@ -1,44 +1,35 @@
-"""Training loop for modular cells: one process trains a *job* of cells together, vectorised.
+"""Training of modular cells: one process trains a *job* of cells together, vectorised.
 
 All cells of a job share the dataset, the model architecture and the schedule (batch size,
 max_steps, eval_every, thresholds); they may differ in learning rate eta, weight decay lambda,
 init scale alpha and seed. Their parameters are stacked along a leading *cell* dimension and the
-model runs as :func:`nht.domains.modular.models.stacked_forward` (batched matrix products over the cells); the
-optimizer step applies per-cell eta and lambda. A job of one cell is the per-cell path: the code
-is the same.
+model runs as :func:`nht.domains.modular.models.stacked_forward` (batched matrix products over the
+cells); the optimizer step applies per-cell eta and lambda. A job of one cell is the per-cell
+path: the code is the same.
+
+:class:`Trainer` is the modular domain of the shared loop (:mod:`nht.core.loop`), which does the
+evaluation cadence, divergence, checkpoints and progress; :func:`train_job` runs it and writes
+the job's files.
 
 Units: ``step`` counts optimizer updates. Evaluation happens at step 0 and every ``eval_every``
-steps on the *whole* train and test sets. ``V`` is the squared L2 norm of the parameters.
+steps on the *whole* train and test sets. History columns (:mod:`nht.core.history`): ``step``,
+``Lambda = eta lambda step`` (constant lr), ``train_acc``, ``test_acc``, ``phi = 1 - test_acc``,
+``loss`` (train loss on the full train set), ``V`` (squared L2 norm), ``test_loss``,
+``V:<tensor>``; the job's table adds a ``cell`` column (long format).
 
 Stop rule (per cell, recorded in the job's meta.json): a cell stops at the first evaluation at
 least ``stop_margin`` steps after its test accuracy first reached ``test_threshold``, or at
 ``max_steps``, or as soon as its loss is NaN/Inf (status ``diverged``). Stopped cells are removed
 from the stacked tensors, so they stop costing compute.
 
-Minibatches (``batch_size`` an integer): ``sampling: with_replacement`` (the companion's rule)
-draws ``min(batch_size, n_train)`` indices uniformly with replacement at every step from a
-per-cell generator that starts in the state the global generator has right after the cell's
-model was initialised from its seed, i.e. the companion's ``torch.randint`` stream on the CPU;
-``sampling: epoch_shuffle`` walks through per-epoch random permutations. ``batch_size: full``
-is full-batch gradient descent.
-
-Checkpoints: at an evaluation step, when ``checkpoint_seconds`` have passed since the last one,
-the full state (parameters, optimizer moments, minibatch generators, history so far; tensors
-and plain Python values only, loaded with ``weights_only=True``) is written atomically, with the
-code fingerprint of this trainer (:func:`nht.core.fingerprint.code_fingerprint`). A killed job rerun
-with the same cells and the same code resumes there and ends with exactly the same metrics as an
-uninterrupted run (CPU, same thread count); a checkpoint from other cells or other code, or one
-that cannot be read, is ignored (the log says why) and the job starts fresh.
+Minibatches: see :mod:`nht.domains.modular.samplers`; ``batch_size: full`` is full-batch gradient
+descent. The ``with_replacement`` generator of a cell starts in the state the global generator has
+right after the cell's model was initialised from its seed (the companion's ``torch.randint``
+stream on the CPU).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -47,76 +38,18 @@ import torch.nn.functional as F
 from torch.func import stack_module_state
 from torch.optim.adamw import adamw as functional_adamw
 
+from nht.config import Cell
 from nht.core import device as devmod
-from nht.core import provenance
-from nht.config import Cell, stable_hash
+from nht.core import loop
+from nht.core.history import ordered_columns
+from nht.core.io import write_atomic, write_json
+from nht.core.norms import stacked_squared_norms
 from nht.domains.modular.models import build_model, scale_init, stacked_forward
+from nht.domains.modular.samplers import MinibatchSampler, ReplacementSampler
 
 STOP_RULE = ("stop at the first evaluation >= stop_margin steps after test accuracy first reached "
              "test_threshold, else at max_steps; NaN/Inf loss ends the cell as 'diverged'")
-
-
-@dataclass
-class CellRun:
-    """Book-keeping of one cell inside a job."""
-
-    id: str
-    lr: float
-    weight_decay: float
-    init_scale: float
-    seed: int
-    status: str = "running"          # running | finished | diverged
-    stop_step: int | None = None
-    stop_reason: str | None = None
-    first_test_pass: int | None = None
-    rows: list = field(default_factory=list)
-
-
-class ReplacementSampler:
-    """Per-cell minibatches drawn uniformly with replacement: ``torch.randint(0, n, (min(b, n),))``.
-
-    ``rng_state`` is the starting state of the cell's own CPU ``torch.Generator``; the trainer
-    passes the global generator's state right after the cell's model was built from its seed,
-    which makes the draws the companion's (``set_seed(seed); Model(p); ... torch.randint``).
-    """
-
-    def __init__(self, n: int, batch_size: int, rng_state: torch.Tensor):
-        self.n, self.size = n, min(int(batch_size), n)
-        self.gen = torch.Generator()
-        self.gen.set_state(rng_state)
-
-    def next(self) -> torch.Tensor:
-        return torch.randint(0, self.n, (self.size,), generator=self.gen)
-
-    def state(self) -> dict:
-        return {"gen": self.gen.get_state()}
-
-    def load(self, state: dict) -> None:
-        self.gen.set_state(state["gen"])
-
-
-class MinibatchSampler:
-    """Per-cell epoch-wise shuffling with its own ``torch.Generator`` (seeded by the cell seed)."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size = n, batch_size
-        self.gen = torch.Generator().manual_seed(int(seed))
-        self.perm = torch.randperm(n, generator=self.gen)
-        self.pos = 0
-
-    def next(self) -> torch.Tensor:
-        if self.pos >= self.n:
-            self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
-        idx = self.perm[self.pos:self.pos + self.batch_size]
-        self.pos += self.batch_size
-        return idx
-
-    def state(self) -> dict:
-        return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos}
-
-    def load(self, state: dict) -> None:
-        self.gen.set_state(state["gen"])
-        self.perm, self.pos = state["perm"], state["pos"]
+HPARAMS = ("lr", "weight_decay", "init_scale", "seed")
 
 
 def _bcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -125,14 +58,19 @@ def _bcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class Trainer:
-    """Vectorised trainer for one job. Use :func:`train_job` from outside."""
+    """The modular domain of :func:`nht.core.loop.run`: the active cells' stacked parameters,
+    optimizer moments and samplers. Use :func:`train_job` from outside."""
+
+    steps_per_epoch = None            # minibatches are drawn with replacement: no epochs
 
     def __init__(self, cells: list[Cell], data: dict, device: torch.device, precision: str = "fp32"):
         s = cells[0].settings
         self.s, self.device, self.precision = s, device, precision
         self.p = int(s["p"])
-        self.runs = [CellRun(c.id, float(c["lr"]), float(c["weight_decay"]), float(c["init_scale"]),
-                             int(c["seed"])) for c in cells]
+        self.cells = [c.id for c in cells]
+        self.hp = {c.id: {"lr": float(c["lr"]), "weight_decay": float(c["weight_decay"]),
+                          "init_scale": float(c["init_scale"]), "seed": int(c["seed"])} for c in cells}
+        self.max_steps, self.eval_every = int(s["max_steps"]), int(s["eval_every"])
         self.x_train = torch.as_tensor(data["x_train"], device=device)
         self.y_train = torch.as_tensor(data["y_train"], device=device)
         self.x_test = torch.as_tensor(data["x_test"], device=device)
@@ -144,9 +82,9 @@ class Trainer:
         self.opt = s["optimizer"]
 
         models, rng_states = [], []
-        for run in self.runs:
-            devmod.seed_everything(run.seed)
-            models.append(scale_init(build_model(s["model"], self.p), run.init_scale))
+        for c in self.cells:
+            devmod.seed_everything(self.hp[c]["seed"])
+            models.append(scale_init(build_model(s["model"], self.p), self.hp[c]["init_scale"]))
             rng_states.append(torch.get_rng_state())
         params, _ = stack_module_state(models)
         self.names = list(params)
@@ -160,29 +98,34 @@ class Trainer:
         elif self.sampling == "with_replacement":
             self.samplers = [ReplacementSampler(self.n_train, int(s["batch_size"]), st) for st in rng_states]
         elif self.sampling == "epoch_shuffle":
-            self.samplers = [MinibatchSampler(self.n_train, int(s["batch_size"]), run.seed) for run in self.runs]
+            self.samplers = [MinibatchSampler(self.n_train, int(s["batch_size"]), self.hp[c]["seed"])
+                             for c in self.cells]
         else:
             raise ValueError(f"unknown sampling '{self.sampling}'")
-        self.active = list(range(len(self.runs)))  # indices into self.runs, aligned with dim 0
+        self.active = list(self.cells)       # aligned with dim 0 of the stacked tensors
+        self.first_test_pass: dict[str, int] = {}
         self.step = 0
         self._refresh_hparams()
 
     # ------------------------------------------------------------------ helpers
     def _refresh_hparams(self) -> None:
-        runs = [self.runs[i] for i in self.active]
-        self.lr = torch.tensor([r.lr for r in runs], device=self.device, dtype=devmod.DTYPE)
-        self.wd = torch.tensor([r.weight_decay for r in runs], device=self.device, dtype=devmod.DTYPE)
+        self.lr = torch.tensor([self.hp[c]["lr"] for c in self.active], device=self.device, dtype=devmod.DTYPE)
+        self.wd = torch.tensor([self.hp[c]["weight_decay"] for c in self.active], device=self.device,
+                               dtype=devmod.DTYPE)
 
-    def _keep(self, keep_positions: list[int]) -> None:
-        """Drop stopped cells from the stacked tensors (positions refer to dim 0)."""
-        idx = torch.tensor(keep_positions, device=self.device, dtype=torch.long)
+    def keep(self, ids: list[str]) -> None:
+        """Keep only the active cells ``ids`` in the stacked tensors (the others stopped)."""
+        if list(ids) == self.active:
+            return
+        positions = [self.active.index(c) for c in ids]
+        idx = torch.tensor(positions, device=self.device, dtype=torch.long)
         self.params = {k: v.detach().index_select(0, idx).clone().requires_grad_(True)
                        for k, v in self.params.items()}
         self.m = {k: v.index_select(0, idx).clone() for k, v in self.m.items()}
         self.v = {k: v.index_select(0, idx).clone() for k, v in self.v.items()}
         if self.samplers:
-            self.samplers = [self.samplers[i] for i in keep_positions]
-        self.active = [self.active[i] for i in keep_positions]
+            self.samplers = [self.samplers[i] for i in positions]
+        self.active = list(ids)
         self._refresh_hparams()
 
     @staticmethod
@@ -226,8 +169,8 @@ class Trainer:
         b1, b2 = self.opt["betas"]
         grads = [g.contiguous() for g in grads]
         groups: dict[tuple[float, float], list[int]] = {}
-        for pos, i in enumerate(self.active):
-            groups.setdefault((self.runs[i].lr, self.runs[i].weight_decay), []).append(pos)
+        for pos, c in enumerate(self.active):
+            groups.setdefault((self.hp[c]["lr"], self.hp[c]["weight_decay"]), []).append(pos)
         for (lr, wd), positions in groups.items():
             params = [self.params[k].data[pos] for pos in positions for k in self.names]
             steps = [torch.full((), float(self.step - 1), device=self.device) for _ in params]
@@ -248,7 +191,7 @@ class Trainer:
                 d = self.m[k]
             p.sub_(_bcast(self.lr, p) * d)
 
-    # ------------------------------------------------------------------ evaluation
+    # ------------------------------------------------------------------ evaluation and stop rule
     @torch.no_grad()
     def _loss_acc(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         chunk = int(self.s.get("eval_batch_size", 4096))
@@ -264,179 +207,83 @@ class Trainer:
         return loss_sum / len(y), correct / len(y)
 
     @torch.no_grad()
-    def evaluate(self) -> list[dict]:
-        """Metrics of every active cell at the current step, appended to each cell's rows."""
+    def evaluate(self, wall_s: float = 0.0) -> list[dict]:
+        """One history row per active cell at the current step (whole train and test sets)."""
         tr_loss, tr_acc = self._loss_acc(self.x_train, self.y_train)
         te_loss, te_acc = self._loss_acc(self.x_test, self.y_test)
-        per_param = {k: v.detach().double().pow(2).flatten(1).sum(dim=1) for k, v in self.params.items()}
-        total = sum(per_param.values())
+        norms = stacked_squared_norms(self.params)
         rows = []
-        for pos, i in enumerate(self.active):
-            row = {"step": self.step, "train_loss": tr_loss[pos].item(), "train_acc": tr_acc[pos].item(),
-                   "test_loss": te_loss[pos].item(), "test_acc": te_acc[pos].item(), "V": total[pos].item()}
-            row.update({f"V:{k}": v[pos].item() for k, v in per_param.items()})
-            self.runs[i].rows.append(row)
-            rows.append(row)
+        for pos, c in enumerate(self.active):
+            test_acc = te_acc[pos].item()
+            rows.append({"step": self.step, "Lambda": self.hp[c]["lr"] * self.hp[c]["weight_decay"] * self.step,
+                         "train_acc": tr_acc[pos].item(), "test_acc": test_acc, "phi": 1.0 - test_acc,
+                         "loss": tr_loss[pos].item(), "test_loss": te_loss[pos].item(),
+                         **{k: v[pos].item() for k, v in norms.items()}})
         return rows
 
-    def apply_stop_rule(self, rows: list[dict]) -> None:
-        s = self.s
-        keep = []
-        for pos, (i, row) in enumerate(zip(self.active, rows)):
-            run = self.runs[i]
-            if run.first_test_pass is None and row["test_acc"] >= s["test_threshold"]:
-                run.first_test_pass = self.step
-            if run.first_test_pass is not None and self.step >= run.first_test_pass + s["stop_margin"]:
-                run.status, run.stop_step, run.stop_reason = "finished", self.step, "generalised+margin"
-            elif self.step >= s["max_steps"]:
-                run.status, run.stop_step, run.stop_reason = "finished", self.step, "max_steps"
-            else:
-                keep.append(pos)
-        if len(keep) < len(self.active):
-            self._keep(keep)
-
-    def mark_diverged(self, loss: torch.Tensor) -> None:
-        bad = ~torch.isfinite(loss)
-        if not bool(bad.any()):
-            return
-        keep = []
-        for pos, i in enumerate(self.active):
-            if bad[pos]:
-                run = self.runs[i]
-                run.status, run.stop_step, run.stop_reason = "diverged", self.step, "non-finite loss"
-            else:
-                keep.append(pos)
-        self._keep(keep)
+    def stop(self, cell: str, row: dict) -> tuple[str, str] | None:
+        """The stop rule (module docstring) after the evaluation ``row`` of ``cell``."""
+        if cell not in self.first_test_pass and row["test_acc"] >= self.s["test_threshold"]:
+            self.first_test_pass[cell] = self.step
+        if cell in self.first_test_pass and self.step >= self.first_test_pass[cell] + self.s["stop_margin"]:
+            return "finished", "generalised+margin"
+        if self.step >= self.max_steps:
+            return "finished", "max_steps"
+        return None
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        return {"step": self.step, "active": self.active, "runs": [vars(r) for r in self.runs],
+        return {"step": self.step, "active": self.active, "first_test_pass": self.first_test_pass,
                 "params": {k: v.detach().cpu() for k, v in self.params.items()},
                 "m": {k: v.cpu() for k, v in self.m.items()}, "v": {k: v.cpu() for k, v in self.v.items()},
                 "samplers": [s.state() for s in self.samplers]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.step, self.active = state["step"], state["active"]
-        self.runs = [CellRun(**r) for r in state["runs"]]
+        self.keep(state["active"])
+        self.step, self.first_test_pass = state["step"], dict(state["first_test_pass"])
         self.params = {k: v.to(self.device).requires_grad_(True) for k, v in state["params"].items()}
         self.m = {k: v.to(self.device) for k, v in state["m"].items()}
         self.v = {k: v.to(self.device) for k, v in state["v"].items()}
-        if self.samplers:
-            self.samplers = [self.samplers[i] for i in self.active]
-            for sampler, st in zip(self.samplers, state["samplers"]):
-                sampler.load(st)
-        self._refresh_hparams()
-
-
-def _save_atomic(obj, path: Path) -> None:
-    """Write ``obj`` to ``path`` via a temporary file unique to this process, then rename."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def trainer_code_hash() -> str:
-    """Fingerprint of this trainer's code and every nht module it imports (AST, comments excluded)."""
-    from nht.core.fingerprint import code_fingerprint
-
-    return code_fingerprint("nht.domains.modular.train")
-
-
-def load_checkpoint(path: Path, signature: str, code: str) -> tuple[dict | None, str]:
-    """The trainer state in ``path`` if it was written for these cells by this code, else None.
-
-    Returns (state or None, reason). Loaded with ``weights_only=True``: a checkpoint holds only
-    tensors and plain Python values.
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file means: start fresh
-        return None, f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-    if not isinstance(state, dict) or state.get("signature") != signature:
-        return None, "written for another set of cells"
-    if state.get("code") != code:
-        return None, f"written by other code (code hash {state.get('code')!s:.12} != {code:.12})"
-    return state, "ok"
+        for sampler, st in zip(self.samplers, state["samplers"]):
+            sampler.load(st)
 
 
 def train_job(cells: list[Cell], data: dict, history_path: str | Path, meta_path: str | Path,
               checkpoint_path: str | Path | None = None, device: str = "auto", threads: int | None = None,
               deterministic: bool = True, precision: str = "fp32", job_id: str = "job",
-              progress_every_s: float = 5.0, stop_after_steps: int | None = None) -> dict:
-    """Train ``cells`` (one job) and write ``history.csv`` (long: cell, step, metrics) and ``meta.json``.
+              progress_every_s: float = 20.0, stop_after_steps: int | None = None) -> dict:
+    """Train ``cells`` (one job) and write ``history.csv`` (long: cell, then the history columns)
+    and ``meta.json``; returns the meta dict.
 
-    ``stop_after_steps`` (tests only) aborts after that many steps without writing outputs, as if
-    the process had been killed; the checkpoint written so far stays on disk.
-    Returns the meta dict.
+    ``stop_after_steps`` (tests only) aborts at the first evaluation at or after that step without
+    writing outputs, as if the process had been killed; the checkpoint written there stays on disk
+    and ``{"aborted_at": step}`` is returned.
     """
     devmod.configure(threads, deterministic=deterministic, precision=precision)
     dev = devmod.resolve_device(device)
     s = cells[0].settings
     trainer = Trainer(cells, data, dev, precision)
-    signature = stable_hash([c.id for c in cells])
-    ckpt = Path(checkpoint_path) if checkpoint_path else None
-    code = trainer_code_hash() if ckpt else None
-    resumed_from = None
-    if ckpt and ckpt.exists():
-        state, why = load_checkpoint(ckpt, signature, code)
-        if state is not None:
-            trainer.load_state_dict(state["trainer"])
-            resumed_from = trainer.step
-            print(f"[{job_id}] resumed from checkpoint at step {trainer.step}", file=sys.stderr)
-        else:
-            print(f"[{job_id}] ignoring checkpoint {ckpt}: {why}; starting fresh", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    last_ckpt = last_print = time.time()
-    run_steps = 0
-    if resumed_from is None:
-        trainer.apply_stop_rule(trainer.evaluate())
-    max_steps, eval_every = int(s["max_steps"]), int(s["eval_every"])
-    n_cells = len(cells)
-    while trainer.active:
-        loss = trainer.train_step()
-        run_steps += len(trainer.active)
-        trainer.mark_diverged(loss)
-        if not trainer.active:
-            break
-        if trainer.step % eval_every == 0 or trainer.step >= max_steps:
-            trainer.apply_stop_rule(trainer.evaluate())
-            now = time.time()
-            if ckpt is not None and trainer.active and now - last_ckpt >= float(s.get("checkpoint_seconds", 60)):
-                ckpt.parent.mkdir(parents=True, exist_ok=True)
-                _save_atomic({"signature": signature, "code": code, "trainer": trainer.state_dict()}, ckpt)
-                last_ckpt = now
-        if stop_after_steps is not None and trainer.step >= stop_after_steps:
-            return {"aborted_at": trainer.step}
-        now = time.time()
-        if now - last_print >= progress_every_s:
-            el = time.perf_counter() - t0
-            print(f"[{job_id}] step {trainer.step}/{max_steps}  active {len(trainer.active)}/{n_cells}  "
-                  f"{trainer.step / max(el, 1e-9) if resumed_from is None else 0:.0f} steps/s  "
-                  f"{run_steps / max(el, 1e-9):.0f} cell-steps/s", file=sys.stderr, flush=True)
-            last_print = now
-    wall = time.perf_counter() - t0
+    res = loop.run(trainer, code_module=__name__, name=job_id, checkpoint=checkpoint_path,
+                   checkpoint_every_s=float(s.get("checkpoint_seconds", 60)), progress_every_s=progress_every_s,
+                   stop_after_steps=stop_after_steps,
+                   provenance_extra={"precision": precision, "deterministic": deterministic})
+    if res is None:
+        return {"aborted_at": trainer.step}
 
-    rows = [dict(cell=r.id, **row) for r in trainer.runs for row in r.rows]
-    history_path, meta_path = Path(history_path), Path(meta_path)
-    history_path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(history_path, index=False, float_format="%.9g")
+    rows = [{"cell": c, **row} for c in trainer.cells for row in res.history[c]]
+    table = pd.DataFrame(rows)
+    table = table[["cell"] + ordered_columns(c for c in table.columns if c != "cell")]
+    write_atomic(history_path, table.to_csv(index=False, float_format="%.9g"))
     meta = {
-        "job": job_id, "experiment": cells[0].experiment, "n_cells": n_cells,
-        "cells": {r.id: {"status": r.status, "stop_step": r.stop_step, "stop_reason": r.stop_reason,
-                         "lr": r.lr, "weight_decay": r.weight_decay, "init_scale": r.init_scale,
-                         "seed": r.seed} for r in trainer.runs},
+        "job": job_id, "experiment": cells[0].experiment, "n_cells": len(cells),
+        "cells": {c: {**res.status[c], **trainer.hp[c]} for c in trainer.cells},
         "stop_rule": STOP_RULE,
-        "settings": {k: v for k, v in s.items() if k not in ("lr", "weight_decay", "init_scale", "seed")},
-        "wall_seconds": wall, "cell_steps": run_steps, "cell_steps_per_second": run_steps / max(wall, 1e-9),
-        "resumed_from_step": resumed_from,
-        "provenance": provenance.record(precision=precision, deterministic=deterministic, **devmod.describe(dev)),
+        "settings": {k: v for k, v in s.items() if k not in HPARAMS},
+        "wall_seconds": res.wall_s, "cell_steps": res.cell_steps,
+        "cell_steps_per_second": res.cell_steps / max(res.wall_s, 1e-9),
+        "resumed_from_step": res.resumed_from_step, "provenance": res.provenance,
     }
-    with open(meta_path, "w") as fh:
-        json.dump(meta, fh, indent=1)
-    if ckpt is not None and ckpt.exists():
-        ckpt.unlink()
+    write_json(meta, meta_path)
+    if checkpoint_path is not None:
+        Path(checkpoint_path).unlink(missing_ok=True)
     return meta
