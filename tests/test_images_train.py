@@ -1,7 +1,7 @@
-"""Models, squared norms, worst-group accuracy, training, resume after a kill, NaN handling, summary."""
+"""Models, squared norms, worst-group accuracy, training (history schema, meta), resume after a kill,
+NaN handling, input noise, time limit."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,8 +16,10 @@ from torch import nn
 from nht.config import ConfigError, expand_cells, validate_config
 from nht.domains.images import data, shortcuts
 from nht.domains.images.models import ResNet18, SimpleCNN, build_model, n_params
-from nht.domains.images.norms import classify_regime, squared_norms, transition_epoch
-from nht.domains.images.summary import mean_sd_n, write_summary
+from nht.core.history import ordered_columns, read_history
+from nht.core.loop import signature
+from nht.core.norms import squared_norms, stacked_squared_norms
+from nht.domains.images.summary import mean_sd_n
 from nht.domains.images.train import group_accuracies, train_cell
 
 
@@ -59,9 +61,11 @@ def test_squared_norms_by_hand():
         m[0].weight.copy_(torch.tensor([[1.0, 2.0], [0.0, -1.0]]))
         m[0].bias.copy_(torch.tensor([3.0, 0.0]))
     v = squared_norms(m)
-    # linear: 1 + 4 + 0 + 1 + 9 = 15; batchnorm: weight ones (2) + bias zeros (0) = 2
-    assert v["V_layer:0"] == pytest.approx(15.0) and v["V_layer:1"] == pytest.approx(2.0)
+    # linear: weight 1 + 4 + 0 + 1 = 6, bias 9; batchnorm: weight ones (2) + bias zeros (0) = 2
+    assert v["V:0.weight"] == 6.0 and v["V:0.bias"] == 9.0 and v["V:1.weight"] == 2.0 and v["V:1.bias"] == 0.0
     assert v["V"] == pytest.approx(17.0) and v["V_no_norm"] == pytest.approx(15.0)
+    stacked = stacked_squared_norms({"w": torch.stack([m[0].weight, 2 * m[0].weight])})
+    assert stacked["V:w"].tolist() == [6.0, 24.0] and stacked["V"].dtype == torch.float64
 
 
 def test_worst_group_accuracy_by_hand():
@@ -73,17 +77,6 @@ def test_worst_group_accuracy_by_hand():
     assert accs == {"group_acc:y0_a0": 1.0, "group_acc:y0_a1": 0.5, "group_acc:y1_a0": 0.0,
                     "group_acc:y1_a1": 0.75}
     assert worst == 0.0
-
-
-def test_regimes_and_transition():
-    th = (1.0, 40.0)
-    assert classify_regime(0.5, "ok", th) == "weak"
-    assert classify_regime(22.0, "ok", th) == "intermediate"
-    assert classify_regime(50.0, "ok", th) == "strong"
-    assert classify_regime(None, "diverged", th) == "diverged"
-    ep = [0, 1, 2, 3, 4]
-    assert transition_epoch(ep, [.1, .2, .3, .6, .7], [.1, .8, .9, .3, .1], 0.5, 0.5) == 3
-    assert transition_epoch(ep, [.1, .6, .6, .6, .7], [.1, .1, .1, .1, .1], 0.5, 0.5) is None
 
 
 def test_mean_sd_n():
@@ -103,23 +96,29 @@ def test_config_errors_name_the_key():
 def test_train_outputs_and_resume_equivalence(tmp_path):
     cell, path = _cell(tmp_path)
     full = train_cell(cell.settings, path, tmp_path / "full", threads=1, cell_id=cell.id)
-    assert full["status"] == "ok" and not (tmp_path / "full" / "checkpoint.pt").exists()
-    h_full = pd.read_csv(tmp_path / "full" / "history.csv")
-    assert list(h_full["epoch"]) == [0, 1, 2, 3]
-    for col in ("train_acc", "clean_acc", "aligned_acc", "conflicting_acc", "shortcut_only_acc", "reliance",
-                "V", "V_no_norm", "V_layer:fc2"):
+    assert full["status"] == "finished" and not (tmp_path / "full" / "checkpoint.pt").exists()
+    assert not (tmp_path / "full" / "norms.json").exists(), "training writes no summary"
+    h_full = read_history(tmp_path / "full" / "history.csv")
+    assert list(h_full["epoch"]) == [0, 1, 2, 3] and list(h_full["step"]) == [0, 4, 8, 12]
+    assert list(h_full.columns) == ordered_columns(h_full.columns)
+    for col in ("aligned_acc", "conflicting_acc", "shortcut_only_acc", "V_no_norm", "V:fc2.weight", "lr",
+                "wall_s"):
         assert col in h_full.columns
-    norms = json.loads((tmp_path / "full" / "norms.json").read_text())
-    for key in ("V_init", "V_peak", "epoch_peak", "V_final", "decay_pct", "regime", "transition_epoch",
-                "decay_budget", "provenance"):
-        assert key in norms
-    assert norms["provenance"]["torch"] == torch.__version__
+    assert not [c for c in h_full.columns if c.startswith("V_layer:") or c in ("clean_acc", "reliance")]
+    assert h_full["Lambda"].iloc[0] == 0.0
+    assert h_full["Lambda"].iloc[-1] == pytest.approx(0.1 * full["sum_lr"])      # lambda * sum of lr
+    meta = json.loads((tmp_path / "full" / "meta.json").read_text())
+    assert set(meta) == {"cell", "experiment", "status", "stop_reason", "steps", "epochs_done", "sum_lr",
+                         "n_params", "n_train", "n_test", "wall_s", "settings", "provenance"}
+    assert meta["epochs_done"] == 3 and meta["steps"] == 12 and meta["n_train"] == 256
+    assert meta["provenance"]["torch"] == torch.__version__ and meta["provenance"]["code_version"]
 
     # killed after epoch 1 (checkpoint on disk, no outputs), then resumed
     part = train_cell(cell.settings, path, tmp_path / "part", threads=1, cell_id=cell.id, stop_after_epoch=1)
-    assert part["status"] == "stopped" and (tmp_path / "part" / "checkpoint.pt").exists()
+    assert part == {"aborted_at": 4} and (tmp_path / "part" / "checkpoint.pt").exists()
     assert not (tmp_path / "part" / "history.csv").exists()
-    train_cell(cell.settings, path, tmp_path / "part", threads=1, cell_id=cell.id)
+    res = train_cell(cell.settings, path, tmp_path / "part", threads=1, cell_id=cell.id)
+    assert res["status"] == "finished"
     h_res = pd.read_csv(tmp_path / "part" / "history.csv")
     pd.testing.assert_frame_equal(h_full.drop(columns="wall_s"), h_res.drop(columns="wall_s"))
 
@@ -129,17 +128,17 @@ def test_checkpoint_of_other_code_or_cell_is_ignored_and_loads_weights_only(tmp_
     train_cell(cell.settings, path, tmp_path / "c", threads=1, cell_id=cell.id, stop_after_epoch=1)
     ckpt = tmp_path / "c" / "checkpoint.pt"
     state = torch.load(ckpt, weights_only=True)               # only tensors and plain values inside
-    assert state["cell_id"] == cell.id and state["code"]
+    assert state["signature"] == signature([cell.id]) and state["code"]
     state["code"] = "0" * 16                                  # written by another version of the trainer
     torch.save(state, ckpt)
     res = train_cell(cell.settings, path, tmp_path / "c", threads=1, cell_id=cell.id)
-    assert res["status"] == "ok"
-    assert "trainer's code changed" in capsys.readouterr().err
+    assert res["status"] == "finished"
+    assert "written by other code" in capsys.readouterr().err
     h = pd.read_csv(tmp_path / "c" / "history.csv")
     assert list(h["epoch"]) == [0, 1, 2, 3]                   # trained from scratch, complete
     train_cell(cell.settings, path, tmp_path / "d", threads=1, cell_id=cell.id, stop_after_epoch=1)
     train_cell(cell.settings, path, tmp_path / "d", threads=1, cell_id="another-cell", stop_after_epoch=2)
-    assert "belongs to cell" in capsys.readouterr().err
+    assert "written for other cells" in capsys.readouterr().err
 
 
 def test_sigkill_then_resume(tmp_path):
@@ -155,10 +154,12 @@ def test_sigkill_then_resume(tmp_path):
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (out / "checkpoint.pt").exists() and not (out / "norms.json").exists()
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
-    assert 1 <= state["epoch"] < 40
-    subprocess.run(cmd, check=True, capture_output=True)
+    assert (out / "checkpoint.pt").exists() and not (out / "meta.json").exists()
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert 1 <= state["domain"]["step"] // 4 < 40                       # 4 steps per epoch
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    line = json.loads(done.stdout.strip().splitlines()[-1])           # the stage's one-line summary
+    assert line["status"] == "finished" and line["epochs_done"] == 40 and "final_test_acc" in line
     ref = tmp_path / "ref"
     train_cell(cell.settings, path, ref, threads=1, cell_id=cell.id)
     a = pd.read_csv(out / "history.csv").drop(columns="wall_s")
@@ -169,46 +170,28 @@ def test_sigkill_then_resume(tmp_path):
 def test_nan_becomes_diverged(tmp_path):
     cell, path = _cell(tmp_path, optimizer={"name": "sgd", "momentum": 0.9}, lr=1e12, epochs=3)
     res = train_cell(cell.settings, path, tmp_path / "nan", threads=1, cell_id=cell.id)
-    assert res["status"] == "diverged" and res["regime"] == "diverged"
-    h = pd.read_csv(tmp_path / "nan" / "history.csv")
-    assert h["V"].isna().iloc[-1]
-    norms = json.loads((tmp_path / "nan" / "norms.json").read_text())
-    assert norms["status"] == "diverged"
+    assert res["status"] == "diverged" and res["epochs_done"] < 3
+    h = read_history(tmp_path / "nan" / "history.csv")
+    assert np.isfinite(h["V"]).all()                          # the history ends with its last finite row
+    meta = json.loads((tmp_path / "nan" / "meta.json").read_text())
+    assert meta["status"] == "diverged" and meta["stop_reason"].startswith("non-finite")
 
 
-def test_experiment_summary_keys(tmp_path):
-    paths = []
-    for wd in (0.01, 1.0):
-        for rho in (0.1, 1.0):
-            cell, path = _cell(tmp_path, rho=rho, weight_decay=wd, epochs=2)
-            out = tmp_path / cell.id
-            train_cell(cell.settings, path, out, threads=1, cell_id=cell.id)
-            paths.append(str(out / "norms.json"))
-    from nht.domains.images.figures import make_figures
-    figs = make_figures(paths, tmp_path / "figs")
-    assert all(os.path.getsize(f) > 1000 for f in figs)
-    res = write_summary(paths, "t", {"reference_weight_decay": None}, figs, tmp_path / "s.json",
-                        tmp_path / "cells.csv")
-    for key in ("kind", "cells", "clean_acc_by_strength", "regimes", "decay_from_peak", "norm_ratio",
-                "worst_group_acc", "figures", "provenance"):
-        assert key in res
-    assert res["kind"] == "image" and res["cells"] == 4
-    assert set(res["clean_acc_by_strength"]) == {"0.1", "1"}
-    assert res["clean_acc_by_strength"]["1"][2] == 1
-    assert set(res["decay_from_peak"]) == {"0.01", "1"}
-    assert res["worst_group_acc"] is None and res["norm_ratio"] > 0
-    assert sum(res["regimes"].values()) == 4
-    assert len(pd.read_csv(tmp_path / "cells.csv")) == 4
-    # clean-norm separation from the histories: every cell whose reliance passed 0.5 at an
-    # epoch >= 1 is scored, and the scorecard's P5 reads the same S
-    sep = res["clean_norm_separation"]
-    fitted = set()
-    for p in paths:
-        h = pd.read_csv(os.path.join(os.path.dirname(p), "history.csv"))
-        if ((h["epoch"] >= 1) & (h["reliance"] > 0.5)).any():
-            fitted.add(json.loads(open(p).read())["cell"])
-    assert set(sep["per_cell"]) == fitted
-    assert sep["verdict"] in ("holds", "fails", "not_enough_data")
-    from nht.science.scorecard import build_scorecard
-    p5 = build_scorecard(res, "image")["P5_clean_separation"]
-    assert p5["statistic"] == sep["S"]
+def test_input_noise_is_seeded_and_lambda_is_the_decay_budget(tmp_path):
+    cell, path = _cell(tmp_path, input_noise=0.5, lr_schedule="constant", lr=1e-3)
+    train_cell(cell.settings, path, tmp_path / "a", threads=1, cell_id=cell.id)
+    hist = pd.read_csv(tmp_path / "a" / "history.csv")
+    # Lambda = lambda * sum(lr): constant lr 1e-3, 4 steps per epoch, 3 epochs
+    assert hist["Lambda"].iloc[-1] == pytest.approx(0.1 * 1e-3 * 4 * 3)
+    train_cell(cell.settings, path, tmp_path / "a2", threads=1, cell_id=cell.id)
+    again = pd.read_csv(tmp_path / "a2" / "history.csv")
+    pd.testing.assert_frame_equal(hist.drop(columns="wall_s"), again.drop(columns="wall_s"))
+    train_cell(dict(cell.settings, input_noise=0.0), path, tmp_path / "q", threads=1, cell_id=cell.id)
+    assert not np.allclose(hist["loss"].iloc[1:], pd.read_csv(tmp_path / "q" / "history.csv")["loss"].iloc[1:])
+
+
+def test_time_limit_stops_at_an_epoch_end(tmp_path):
+    cell, path = _cell(tmp_path, epochs=10_000, time_limit_s=0.5)
+    res = train_cell(cell.settings, path, tmp_path / "t", threads=1, cell_id=cell.id)
+    assert res["status"] == "time_limit" and 1 <= res["epochs_done"] < 10_000
+    assert res["epochs_done"] == len(pd.read_csv(tmp_path / "t" / "history.csv")) - 1

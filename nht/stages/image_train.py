@@ -1,11 +1,13 @@
-"""Stage ``image-train``: train one image cell and write its history (see :mod:`nht.core.history`)."""
+"""Stage ``image-train``: train one image cell and write its ``history.csv`` (see
+:mod:`nht.core.history`) and ``meta.json``; prints one JSON line: status and final accuracies."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from nht.core.io import json_arg
+from nht.core.io import json_arg, read_json
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,7 +23,13 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     from nht.domains.images.train import train_cell  # torch is imported only here
 
-    res = train_cell(a.settings, a.data, a.out, device=a.device, threads=a.threads,
-                     deterministic=not a.nondeterministic, tf32=a.tf32, cell_id=a.cell)
-    print(json.dumps({k: res.get(k) for k in ("cell", "status", "regime", "final_clean_acc", "final_reliance",
-                                                "wall_s")}))
+    train_cell(a.settings, a.data, a.out, device=a.device, threads=a.threads,
+               deterministic=not a.nondeterministic, tf32=a.tf32, cell_id=a.cell)
+    import pandas as pd
+
+    meta = read_json(Path(a.out) / "meta.json")
+    last = pd.read_csv(Path(a.out) / "history.csv").iloc[-1]
+    final = {f"final_{k}": float(last[k]) for k in ("train_acc", "test_acc", "phi", "worst_group_acc")
+             if k in last.index}
+    print(json.dumps({"cell": meta["cell"], "status": meta["status"], "epochs_done": meta["epochs_done"],
+                      **final, "wall_s": meta["wall_s"]}))

@@ -1,20 +1,24 @@
-"""Train one image cell: per-epoch accuracies on the four test sets, shortcut reliance, group
-accuracies and the squared parameter norms V; resumable after SIGKILL, NaN -> status ``diverged``.
+"""Train one image cell on the shared loop (:mod:`nht.core.loop`): per-epoch accuracies on the four
+test sets, shortcut reliance, group accuracies and the squared parameter norms; resumable after
+SIGKILL, NaN/Inf -> status ``diverged``.
 
 Outputs in the cell directory::
 
-    history.csv   one row per epoch (epoch 0 = initialisation): lr, loss, train_acc (running mean over
-                  the epoch's minibatches), clean_acc, aligned_acc, conflicting_acc, shortcut_only_acc,
-                  reliance (share of conflicting images classified as the border's class),
-                  group_acc:y<y>_a<a> and worst_group_acc (datasets with a spurious attribute),
-                  V = ||theta||^2 (squared L2 norm), V_no_norm, V_layer:<name>, wall_s,
-                  decay_budget (cumulative Lambda = lambda * sum of lr over the steps so far)
-    norms.json    V_init, V_peak, epoch_peak, V_final, decay_pct, regime, transition_epoch, final
-                  accuracies, the decay budget lambda * sum(lr), status, provenance
+    history.csv   one row per epoch (epoch 0 = initialisation), the history schema
+                  (:mod:`nht.core.history`): step, epoch, Lambda (= lambda * sum of lr over the
+                  steps so far), train_acc and loss (running means over the epoch's minibatches),
+                  test_acc (clean test set), phi (share of cue-conflicting images classified as
+                  the border's class), V (squared L2 norm); then lr, wall_s (seconds),
+                  aligned_acc, conflicting_acc, shortcut_only_acc, group_acc:y<y>_a<a> and
+                  worst_group_acc (datasets with a spurious attribute), V_no_norm, V:<tensor>
+    meta.json     cell, experiment, status (finished | diverged | time_limit), stop_reason,
+                  steps, epochs_done, sum_lr, n_params, n_train, n_test, wall_s, settings,
+                  provenance
     checkpoint.pt resumable state, written every ``checkpoint_seconds`` at an epoch end; deleted on success
 
-Resuming from the checkpoint gives the same metrics as an uninterrupted run: the minibatch order of
-epoch e is drawn from a generator seeded by (seed, e), and the model/optimizer state is restored.
+Training computes no summary (the ``norms`` stage reads history and meta). Resuming from the
+checkpoint gives the same history as an uninterrupted run: the minibatch order of epoch e is drawn
+from a generator seeded by (seed, e), and the model/optimizer state is restored.
 
 Optional settings (absent = the original behaviour):
 
@@ -27,13 +31,7 @@ Optional settings (absent = the original behaviour):
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import secrets
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,22 +40,16 @@ import torch
 import torch.nn.functional as F
 
 from nht.core import device as devmod
-from nht.core.fingerprint import code_fingerprint
+from nht.core import loop
+from nht.core.history import ordered_columns
+from nht.core.io import write_atomic, write_json
+from nht.core.norms import squared_norms
 from nht.domains.images.data import load_npz
 from nht.domains.images.models import build_model, n_params
-from nht.domains.images.norms import squared_norms, summarize_history
-from nht.core.io import write_atomic
 
-TEST_SETS = ("clean", "aligned", "conflicting", "shortcut_only")
-
-
-def code_version() -> str | None:
-    """``git rev-parse HEAD`` of the working tree, or None outside a git checkout."""
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, timeout=10, cwd=Path(__file__).resolve().parent).stdout.strip()
-    except Exception:
-        return None
+TEST_SETS = {"clean": "test_acc", "aligned": "aligned_acc", "conflicting": "conflicting_acc",
+             "shortcut_only": "shortcut_only_acc"}      # test set -> history column
+NOISE_SEED_OFFSET = 7_919_000_000
 
 
 def group_accuracies(pred: np.ndarray, y: np.ndarray, a: np.ndarray) -> tuple[dict[str, float], float]:
@@ -71,28 +63,14 @@ def group_accuracies(pred: np.ndarray, y: np.ndarray, a: np.ndarray) -> tuple[di
     return accs, min(accs.values())
 
 
-_MEMORY_FORMAT = torch.contiguous_format
-
-
-def _normalise(xb: torch.Tensor) -> torch.Tensor:
-    return ((xb.to(devmod.DTYPE) / 255.0 - 0.5) / 0.5).contiguous(memory_format=_MEMORY_FORMAT)
-
-
-@torch.no_grad()
-def predict(model, x: torch.Tensor, batch: int) -> torch.Tensor:
-    model.eval()
-    out = [model(_normalise(x[i:i + batch])).argmax(1) for i in range(0, len(x), batch)]
-    model.train()
-    return torch.cat(out)
-
-
-def _lr_at(step: int, total: int, base: float, schedule: str) -> float:
+def lr_at(step: int, total: int, base: float, schedule: str) -> float:
+    """The learning rate of update ``step + 1`` (``cosine``: from ``base`` to 0 over ``total`` steps)."""
     if schedule == "cosine":
         return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
     return base
 
 
-def _make_optimizer(model, s: dict):
+def make_optimizer(model, s: dict):
     opt = s["optimizer"]
     if opt["name"] == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"],
@@ -101,174 +79,146 @@ def _make_optimizer(model, s: dict):
                            momentum=opt["momentum"])
 
 
-def _load_checkpoint(path: Path, dev, cell_id: str, code: str) -> tuple[dict | None, str]:
-    """(state, "") or (None, why). Loaded with ``weights_only=True`` (tensors and plain values only);
-    used only when it is this cell's and was written by the same trainer code."""
-    try:
-        state = torch.load(path, map_location=dev, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a corrupt or foreign checkpoint is not an error: start over
-        return None, f"unreadable ({type(err).__name__})"
-    if state.get("cell_id") != cell_id:
-        return None, f"it belongs to cell {state.get('cell_id')!r}"
-    if state.get("code") != code:
-        return None, "the trainer's code changed since it was written"
-    return state, ""
+class ImageCell:
+    """The image domain of :func:`nht.core.loop.run`: one cell, evaluated at every epoch end."""
+
+    def __init__(self, s: dict, d: dict, device: torch.device, cell_id: str):
+        self.s, self.device, self.cells, self.active = s, device, [cell_id], [cell_id]
+        self.x_train = torch.from_numpy(d["x_train"]).to(device)
+        self.y_train = torch.from_numpy(d["y_train"]).to(device)
+        self.tests = {k: torch.from_numpy(d[f"x_{k}"]).to(device) for k in TEST_SETS}
+        self.y_test, self.c_conf, self.a_test = d["y_test"], d["c_conflicting"], d.get("a_test")
+        self.memory_format = torch.channels_last if s.get("channels_last", True) else torch.contiguous_format
+        self.model = build_model(s["model"], int(len(d["classes"])), tuple(d["x_train"].shape[1:])).to(
+            device, memory_format=self.memory_format)
+        self.opt = make_optimizer(self.model, s)
+        self.n = len(self.y_train)
+        self.bs = self.n if s["batch_size"] == "full" else min(int(s["batch_size"]), self.n)
+        self.steps_per_epoch = self.eval_every = math.ceil(self.n / self.bs)
+        self.max_steps = int(s["epochs"]) * self.steps_per_epoch
+        self.noise = float(s.get("input_noise") or 0.0)
+        self.step, self.sum_lr = 0, 0.0
+
+    def _normalise(self, xb: torch.Tensor) -> torch.Tensor:
+        return ((xb.to(devmod.DTYPE) / 255.0 - 0.5) / 0.5).contiguous(memory_format=self.memory_format)
+
+    def _start_epoch(self, epoch: int) -> None:
+        seed = int(self.s["seed"]) * 1_000_003 + epoch
+        self.perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        self.noise_gen = torch.Generator().manual_seed(seed + NOISE_SEED_OFFSET) if self.noise > 0 else None
+        self.loss_sum, self.correct, self.seen = 0.0, 0, 0
+
+    def train_step(self) -> torch.Tensor:
+        """One minibatch update; returns its loss, shape (1,). A non-finite loss is not applied."""
+        i = self.step % self.steps_per_epoch
+        if i == 0:
+            self._start_epoch(self.step // self.steps_per_epoch + 1)
+        idx = self.perm[i * self.bs:(i + 1) * self.bs]
+        lr = lr_at(self.step, self.max_steps, self.s["lr"], self.s["lr_schedule"])
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        xb = self._normalise(self.x_train[idx])
+        if self.noise_gen is not None:
+            xb = xb + self.noise * torch.randn(xb.shape, generator=self.noise_gen, dtype=xb.dtype).to(self.device)
+        logits = self.model(xb)
+        loss = F.cross_entropy(logits, self.y_train[idx])
+        if not torch.isfinite(loss):
+            return loss.detach().reshape(1)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step += 1
+        self.sum_lr += lr
+        self.loss_sum += loss.item() * len(idx)
+        self.correct += int((logits.argmax(1) == self.y_train[idx]).sum())
+        self.seen += len(idx)
+        return loss.detach().reshape(1)
+
+    @torch.no_grad()
+    def _predict(self, x: torch.Tensor) -> np.ndarray:
+        self.model.eval()
+        batch = int(self.s["eval_batch_size"])
+        out = [self.model(self._normalise(x[i:i + batch])).argmax(1) for i in range(0, len(x), batch)]
+        self.model.train()
+        return torch.cat(out).cpu().numpy()
+
+    def evaluate(self, wall_s: float) -> list[dict]:
+        """The history row at this epoch end (epoch 0: the initialisation, loss/train_acc NaN)."""
+        epoch = self.step // self.steps_per_epoch
+        first = epoch == 0
+        row = {"step": self.step, "epoch": epoch, "Lambda": float(self.s["weight_decay"]) * self.sum_lr,
+               "loss": float("nan") if first else self.loss_sum / self.seen,
+               "train_acc": float("nan") if first else self.correct / self.seen,
+               "lr": lr_at(self.step, self.max_steps, self.s["lr"], self.s["lr_schedule"]), "wall_s": wall_s}
+        preds = {k: self._predict(x) for k, x in self.tests.items()}
+        for k, col in TEST_SETS.items():
+            row[col] = float((preds[k] == self.y_test).mean())
+        row["phi"] = float((preds["conflicting"] == self.c_conf).mean())
+        if self.a_test is not None:
+            accs, worst = group_accuracies(preds["clean"], self.y_test, self.a_test)
+            row.update(accs)
+            row["worst_group_acc"] = worst
+        row.update(squared_norms(self.model))
+        return [row]
+
+    def stop(self, cell: str, row: dict) -> tuple[str, str] | None:
+        """Finished after ``epochs``; ``time_limit`` at an earlier epoch end past ``time_limit_s``."""
+        if self.step >= self.max_steps:
+            return "finished", "epochs"
+        limit = self.s.get("time_limit_s")
+        if self.step > 0 and limit is not None and row["wall_s"] >= float(limit):
+            return "time_limit", "time_limit_s"
+        return None
+
+    def keep(self, ids: list[str]) -> None:
+        self.active = list(ids)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
+                "sum_lr": float(self.sum_lr)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.step, self.sum_lr = state["step"], state["sum_lr"]
 
 
 def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, device: str = "auto",
                threads: int | None = None, deterministic: bool = True, tf32: bool = False,
-               cell_id: str = "", stop_after_epoch: int | None = None) -> dict:
-    """Train one cell (``settings`` = the cell's resolved config values) and write its outputs.
+               cell_id: str = "", stop_after_epoch: int | None = None,
+               progress_every_s: float = 20.0) -> dict:
+    """Train one cell (``settings`` = the cell's resolved config values), write ``history.csv`` and
+    ``meta.json`` in ``out_dir`` and return the meta dict.
 
     ``stop_after_epoch`` (tests only) simulates a kill: it writes a checkpoint after that epoch and
-    returns without final outputs.
+    returns ``{"aborted_at": step}`` without final outputs.
     """
     s = settings
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
+    ckpt = out / "checkpoint.pt"
     dev = devmod.resolve_device(device)
-    devmod.configure(threads or s.get("threads"), deterministic, tf32)
+    precision = "tf32" if tf32 else "fp32"
+    devmod.configure(threads or s.get("threads"), deterministic, precision)
     devmod.seed_everything(int(s["seed"]))
-
     d = load_npz(data_path)
-    n_classes = int(len(d["classes"]))
-    x_train = torch.from_numpy(d["x_train"]).to(dev)
-    y_train = torch.from_numpy(d["y_train"]).to(dev)
-    tests = {k: torch.from_numpy(d[f"x_{k}"]).to(dev) for k in TEST_SETS}
-    y_test = d["y_test"]
-    c_conf = d["c_conflicting"]
-    a_test = d.get("a_test")
+    cell = ImageCell(s, d, dev, cell_id)
+    res = loop.run(cell, code_module=__name__, name=cell_id, checkpoint=ckpt,
+                   checkpoint_every_s=float(s["checkpoint_seconds"]), progress_every_s=progress_every_s,
+                   stop_after_steps=None if stop_after_epoch is None else stop_after_epoch * cell.steps_per_epoch,
+                   provenance_extra={"precision": precision, "deterministic": deterministic})
+    if res is None:
+        return {"aborted_at": cell.step}
 
-    global _MEMORY_FORMAT
-    _MEMORY_FORMAT = torch.channels_last if s.get("channels_last", True) else torch.contiguous_format
-    model = build_model(s["model"], n_classes, tuple(d["x_train"].shape[1:])).to(
-        dev, memory_format=_MEMORY_FORMAT)
-    opt = _make_optimizer(model, s)
-    n = len(y_train)
-    bs = n if s["batch_size"] == "full" else min(int(s["batch_size"]), n)
-    steps_per_epoch = math.ceil(n / bs)
-    epochs = int(s["epochs"])
-    total_steps = epochs * steps_per_epoch
-    schedule = s["lr_schedule"]
-    eval_batch = int(s["eval_batch_size"])
-    noise = float(s.get("input_noise") or 0.0)
-    time_limit = s.get("time_limit_s")
-
-    rows, start_epoch, step, sum_lr, elapsed = [], 1, 0, 0.0, 0.0
-    status = "running"
-    code = code_fingerprint("nht.domains.images.train")
-    if ckpt_path.exists():
-        state, why = _load_checkpoint(ckpt_path, dev, cell_id, code)
-        if state is None:
-            print(f"[{cell_id}] ignoring checkpoint {ckpt_path}: {why}; starting fresh", file=sys.stderr, flush=True)
-        else:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["opt"])
-            rows, start_epoch, step = json.loads(state["rows"]), state["epoch"] + 1, state["step"]
-            sum_lr, elapsed = state["sum_lr"], state["elapsed"]
-
-    def evaluate(epoch: int, loss: float, train_acc: float) -> dict:
-        row = {"epoch": epoch, "step": step, "lr": _lr_at(step, total_steps, s["lr"], schedule),
-               "loss": loss, "train_acc": train_acc}
-        preds = {k: predict(model, tests[k], eval_batch).cpu().numpy() for k in TEST_SETS}
-        for k in TEST_SETS:
-            row[f"{k}_acc"] = float((preds[k] == y_test).mean())
-        row["reliance"] = float((preds["conflicting"] == c_conf).mean())
-        if a_test is not None:
-            accs, worst = group_accuracies(preds["clean"], y_test, a_test)
-            row.update(accs)
-            row["worst_group_acc"] = worst
-        row.update(squared_norms(model))
-        row["decay_budget"] = float(s["weight_decay"]) * sum_lr
-        return row
-
-    t0 = time.monotonic()
-    last_ckpt = t0
-    if not rows:
-        rows.append(evaluate(0, float("nan"), float("nan")) | {"wall_s": 0.0})
-    model.train()
-    for epoch in range(start_epoch, epochs + 1):
-        gen = torch.Generator().manual_seed(int(s["seed"]) * 1_000_003 + epoch)
-        perm = torch.randperm(n, generator=gen).to(dev)
-        noise_gen = torch.Generator().manual_seed(int(s["seed"]) * 1_000_003 + epoch + 7_919_000_000) \
-            if noise > 0 else None
-        loss_sum, correct, seen, diverged = 0.0, 0, 0, False
-        for i in range(0, n, bs):
-            idx = perm[i:i + bs]
-            lr = _lr_at(step, total_steps, s["lr"], schedule)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            xb = _normalise(x_train[idx])
-            if noise_gen is not None:
-                xb = xb + noise * torch.randn(xb.shape, generator=noise_gen, dtype=xb.dtype).to(dev)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, y_train[idx])
-            if not torch.isfinite(loss):
-                diverged = True
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            sum_lr += lr
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == y_train[idx]).sum())
-            seen += len(idx)
-        if diverged or not all(math.isfinite(float(p.detach().sum())) for p in model.parameters()):
-            status = "diverged"
-            rows.append({"epoch": epoch, "step": step, "loss": float("nan"), "V": float("nan"),
-                         "wall_s": elapsed + time.monotonic() - t0})
-            break
-        rows.append(evaluate(epoch, loss_sum / seen, correct / seen)
-                    | {"wall_s": elapsed + time.monotonic() - t0})
-        r = rows[-1]
-        print(f"[{cell_id}] epoch {epoch}/{epochs}  loss {r['loss']:.4f}  train {r['train_acc']:.3f}  "
-              f"clean {r['clean_acc']:.3f}  reliance {r['reliance']:.3f}  V {r['V']:.1f}  "
-              f"{r['wall_s'] / epoch:.1f} s/epoch",
-              file=sys.stderr, flush=True)
-        now = time.monotonic()
-        stop_now = stop_after_epoch is not None and epoch >= stop_after_epoch
-        if stop_now or (epoch < epochs and now - last_ckpt >= float(s["checkpoint_seconds"])):
-            state = {"cell_id": cell_id, "code": code, "model": model.state_dict(), "opt": opt.state_dict(),
-                     "rows": json.dumps(rows, default=float), "epoch": epoch, "step": step,
-                     "sum_lr": float(sum_lr), "elapsed": float(elapsed + now - t0)}
-            tmp = ckpt_path.with_name(f"checkpoint.pt.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, ckpt_path)
-            last_ckpt = now
-        if stop_now:
-            return {"status": "stopped", "epoch": epoch}
-        if time_limit is not None and epoch < epochs and rows[-1]["wall_s"] >= float(time_limit):
-            status = "time_limit"
-            break
-    if status == "running":
-        status = "ok"
-
-    hist = pd.DataFrame(rows)
-    cols = [c for c in hist.columns if not c.startswith("V_layer:")] + \
-           [c for c in hist.columns if c.startswith("V_layer:")]
-    hist = hist[cols]
-    summary = summarize_history(hist, s, status)
-    summary.update({
-        "cell": cell_id, "experiment": s.get("experiment"),
-        "rho": s["rho"], "border": s["border"], "lr": s["lr"], "weight_decay": s["weight_decay"],
-        "seed": s["seed"], "n_params": n_params(model), "n_train": n, "n_test": int(len(y_test)),
-        "steps": step, "sum_lr": sum_lr, "decay_budget": s["weight_decay"] * sum_lr,
-        "wall_s": float(rows[-1].get("wall_s", 0.0)),
-        "provenance": {**devmod.describe(dev), "code_version": code_version()},
-        "settings": s,
-    })
+    hist = pd.DataFrame(res.history[cell_id])
+    hist = hist[ordered_columns(hist.columns)]
+    status = res.status[cell_id]
+    meta = {"cell": cell_id, "experiment": s.get("experiment"), "status": status["status"],
+            "stop_reason": status["stop_reason"], "steps": cell.step, "epochs_done": int(hist["epoch"].iloc[-1]),
+            "sum_lr": cell.sum_lr, "n_params": n_params(cell.model), "n_train": cell.n,
+            "n_test": int(len(cell.y_test)), "wall_s": res.elapsed_s, "settings": s,
+            "provenance": res.provenance}
     write_atomic(out / "history.csv", hist.to_csv(index=False))
-    write_atomic(out / "norms.json", json.dumps(summary, indent=1, default=_json_default))
-    if ckpt_path.exists():
-        ckpt_path.unlink()
-    return summary
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    return str(o)
+    write_json(meta, out / "meta.json")
+    ckpt.unlink(missing_ok=True)
+    return meta
