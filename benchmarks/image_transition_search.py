@@ -5,19 +5,24 @@
 Every protocol in :data:`PROTOCOLS` is run through nht's own image code (``nht.domains.images.data`` loaders,
 ``nht.domains.images.shortcuts.inject``, ``nht.domains.images.train.train_cell`` with the config validated by the image
 schema), one cell (lambda x seed) at a time on 1 torch thread, each cell capped by ``time_limit_s``.
-Cells already trained with identical settings (``norms.json`` present under ``--work``) are reused, so
-the search can be rerun or extended. Outputs, rewritten after every cell:
+Cells already trained with identical settings (``meta.json`` present under ``--work``, carrying this
+search's tag) are reused, so the search can be rerun or extended. Histories follow the one history schema
+(:mod:`nht.core.history`: ``test_acc`` = clean accuracy, ``phi`` = reliance, ``Lambda`` = decay budget).
+Outputs, rewritten after every cell:
 
-* ``docs/image_transition_search.csv``  one row per protocol x cell: outcome under the rule below;
+* ``docs/image_transition_search.csv``  one row per protocol x cell: outcome under the rule below, and
+  ``regime``, the cell's regime from :func:`nht.core.events.extract_events` (the one event rule every nht
+  cell reports: weak / intermediate / strong / immediate / diverged);
 * ``docs/image_transition_search.md``   readable table per protocol, closest cases, the paper's scale;
-* ``docs/figures/image_transition_search_curves.csv.gz``  per epoch and cell: train/clean/conflicting accuracy,
-  reliance phi, V (squared L2 norm) and the cumulative decay budget Lambda = lambda * sum_s eta_s;
+* ``docs/figures/image_transition_search_curves.csv.gz``  per epoch and cell: train/test (clean)/conflicting
+  accuracy, reliance phi, V (squared L2 norm) and the cumulative decay budget Lambda = lambda * sum_s eta_s;
 * ``docs/figures/image_transition_<protocol>.png``  for promising protocols (a transition or a sustained
   fit on the cue in some cell): per seed, clean accuracy and reliance vs epoch, V on a second axis
   (log), one colour per lambda.
 
-Transition rule (``nht.domains.images.norms.shortcut_phases``, the same rule every nht image cell now reports as
-``phase_regime``; all times in EPOCHS; Lambda is the decay budget accumulated up to that epoch's end):
+Transition rule (:func:`shortcut_phases` with :data:`PHASE_RULE`, both defined here: the search's own
+exploratory instrument, kept as recorded in docs/image_transition_search.md; all times in EPOCHS; Lambda
+is the decay budget accumulated up to that epoch's end):
 
 1. fit on the cue at t_fit: first epoch >= 1 with train accuracy >= FIT_TRAIN and reliance >= FIT_REL
    (reliance phi = share of conflicting test images classified as the border's class);
@@ -38,7 +43,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -51,10 +55,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from nht.config import expand_cells, stable_hash, validate_config  # noqa: E402
+from nht.core.events import extract_events  # noqa: E402
+from nht.core.io import write_json  # noqa: E402
 from nht.domains.images.data import load_dataset, load_npz, save_npz  # noqa: E402
-from nht.domains.images.norms import PHASE_RULE, classify_regime, shortcut_phases, summarize_history  # noqa: E402
 from nht.domains.images.shortcuts import inject  # noqa: E402
 from nht.domains.images.train import train_cell  # noqa: E402
+
+# The search's exploratory transition rule (see the module docstring and shortcut_phases).
+PHASE_RULE = {"fit_train": 0.9, "fit_reliance": 0.7, "sustain_reliance": 0.5, "sustain_min": 5,
+              "sustain_frac": 0.05, "rise": 0.20, "fall": 0.30}
+PHASE_REGIMES = ("no_fit", "no_shortcut", "immediate", "shortcut_persists", "delayed")
 
 FIT_TRAIN, FIT_REL = PHASE_RULE["fit_train"], PHASE_RULE["fit_reliance"]
 SUSTAIN_REL, SUSTAIN_MIN, SUSTAIN_FRAC = (PHASE_RULE[k] for k in ("sustain_reliance", "sustain_min", "sustain_frac"))
@@ -141,12 +151,82 @@ COMMON = {"kind": "image", "threads": 1, "checkpoint_seconds": 1.0e9, "eval_batc
 
 # ----------------------------------------------------------------------------- outcome rule
 
-def classify(hist: pd.DataFrame, structure: str = "clean_acc") -> dict:
-    """Outcome of one cell's history under the rule (:func:`nht.domains.images.norms.shortcut_phases`), with
-    ``structure`` (clean_acc, or conflicting_acc: shape label under a wrong border) as the accuracy
-    that must rise."""
-    return shortcut_phases(hist["epoch"], hist["train_acc"], hist[structure], hist["reliance"], hist["V"],
-                           hist["decay_budget"])
+def shortcut_phases(epochs, train_acc, clean_acc, reliance, V=None, decay_budget=None,
+                    rule: dict | None = None) -> dict:
+    """Behavioural phases of one cell (no norms involved): fit on the cue, sustained reliance, switch.
+
+    Times are EPOCHS (epoch 0 = initialisation is ignored); ``decay_budget`` (Lambda = lambda * sum of
+    lr up to the epoch) and ``V`` (squared L2 norm) are only read off at the phase epochs. With ``rule``
+    = :data:`PHASE_RULE` (any key may be overridden):
+
+    1. fit on the cue at ``t_fit``: first epoch with train accuracy >= fit_train and reliance >=
+       fit_reliance;
+    2. sustained: reliance >= sustain_reliance at every epoch of [t_fit, t_fit + K), K = max(sustain_min,
+       ceil(sustain_frac * last epoch)); ``sustain_epochs`` = epochs from t_fit until reliance first
+       falls below sustain_reliance;
+    3. switch at ``t_switch``: first epoch >= t_fit + K with clean accuracy >= clean(t_fit) + rise and
+       reliance <= reliance(t_fit) - fall.
+
+    ``phase_regime``: ``no_fit`` (train accuracy never reached fit_train: learning suppressed, the
+    strong regime), ``no_shortcut`` (fitted, but never with reliance >= fit_reliance), ``immediate``
+    (fit on the cue, reliance gone within K epochs), ``shortcut_persists`` (sustained, no switch: the
+    weak regime), ``delayed`` (sustained, then the switch: the intermediate regime, a transition).
+    ``score`` = max over epochs >= t_fit + K of min(1, rise_e / rise, fall_e / fall), clipped at 0
+    (rise/fall relative to t_fit; from epoch 1 when there is no fit); ``late_rise``: clean accuracy rose
+    by >= rise after a sustained fit (or, with no fit, after epoch 1).
+    """
+    r = {**PHASE_RULE, **(rule or {})}
+    ep = np.asarray(epochs, dtype=float)
+    keep = ep >= 1
+    ep = ep[keep].astype(int)
+    tr, cl, rel = (np.asarray(a, dtype=float)[keep] for a in (train_acc, clean_acc, reliance))
+    V = np.asarray(V, dtype=float)[keep] if V is not None else np.full(len(ep), np.nan)
+    lam = np.asarray(decay_budget, dtype=float)[keep] if decay_budget is not None else np.full(len(ep), np.nan)
+    out = {"phase_regime": "no_fit", "transition": False, "t_fit": None, "t_switch": None, "Lambda_fit": None,
+           "Lambda_switch": None, "V_fit": None, "V_switch": None, "sustained": False, "sustain_epochs": None,
+           "score": 0.0, "late_rise": False, "max_rise": None, "max_fall": None}
+    if len(ep) == 0:
+        return out
+
+    def num(x):
+        return float(x) if np.isfinite(x) else None
+
+    k = max(int(r["sustain_min"]), math.ceil(r["sustain_frac"] * int(ep.max())))
+    fit = np.flatnonzero((tr >= r["fit_train"]) & (rel >= r["fit_reliance"]))
+    if len(fit):
+        i = int(fit[0])
+        out.update(t_fit=int(ep[i]), Lambda_fit=num(lam[i]), V_fit=num(V[i]))
+        window = rel[i:i + k]
+        out["sustained"] = bool(len(window) == k and (window >= r["sustain_reliance"]).all())
+        below = np.flatnonzero(rel[i:] < r["sustain_reliance"])
+        out["sustain_epochs"] = int(ep[i + below[0]] - ep[i]) if len(below) else int(ep[-1] - ep[i] + 1)
+        start = i + k
+        out["phase_regime"] = "shortcut_persists" if out["sustained"] else "immediate"
+    else:
+        i, start = 0, 1
+        if (tr >= r["fit_train"]).any():
+            out["phase_regime"] = "no_shortcut"
+    if start < len(ep):
+        rise, fall = cl[start:] - cl[i], rel[i] - rel[start:]
+        out["max_rise"], out["max_fall"] = float(np.nanmax(rise)), float(np.nanmax(fall))
+        both = np.minimum(np.minimum(rise / r["rise"], fall / r["fall"]), 1.0).clip(min=0.0)
+        out["score"] = float(np.nanmax(both))
+        out["late_rise"] = bool(out["max_rise"] >= r["rise"] and (out["sustained"] or not len(fit)))
+        if len(fit) and out["sustained"]:
+            sw = np.flatnonzero((rise >= r["rise"]) & (fall >= r["fall"]))
+            if len(sw):
+                j = start + int(sw[0])
+                out.update(transition=True, t_switch=int(ep[j]), Lambda_switch=num(lam[j]), V_switch=num(V[j]),
+                           phase_regime="delayed")
+    return out
+
+
+def classify(hist: pd.DataFrame, structure: str = "test_acc") -> dict:
+    """Outcome of one cell's history (history schema) under the rule (:func:`shortcut_phases`), with
+    ``structure`` (``test_acc`` = clean accuracy, or ``conflicting_acc``: shape label under a wrong
+    border) as the accuracy that must rise."""
+    return shortcut_phases(hist["epoch"], hist["train_acc"], hist[structure], hist["phi"], hist["V"],
+                           hist["Lambda"])
 
 
 # ----------------------------------------------------------------------------- running
@@ -170,27 +250,28 @@ def run_protocol(proto: dict, work: Path, limit_s: float, log) -> list[dict]:
         s = cell.settings
         out_dir = work / proto["name"] / cell.id
         tag = stable_hash([cell.id, proto.get("classes"), proto.get("alpha")])
-        done = out_dir / "norms.json"
+        done = out_dir / "meta.json"
+        trained = False
         if not (done.exists() and json.loads(done.read_text()).get("search_tag") == tag):
             ds = s["dataset"]
             data = inject(raw, s["rho"], s["border"], s["seed"], ds.get("n_train"), ds.get("n_test"),
                           ds.get("subset_seed", 0), alpha=proto.get("alpha", 1.0), classes=proto.get("classes"))
             data_path = work / "cache" / f"data-{proto['name']}-{tag}.npz"
             save_npz(data, data_path)
-            t0 = time.monotonic()
-            res = train_cell(s, data_path, out_dir, device="cpu", threads=1, cell_id=cell.id)
-            res["search_tag"] = tag
-            done.write_text(json.dumps(res, indent=1, default=str))
-            log(f"{proto['name']} {cell.id}: {res['status']} {time.monotonic() - t0:.0f}s "
-                f"epochs {res['epochs_done']} clean {res.get('final_clean_acc')} "
-                f"reliance {res.get('final_reliance')} regime {res.get('regime')}")
+            meta = train_cell(cell.train_settings, data_path, out_dir, device="cpu", threads=1, cell_id=cell.id)
+            meta["search_tag"] = tag
+            write_json(meta, done)
+            trained = True
         res = json.loads(done.read_text())
         hist = pd.read_csv(out_dir / "history.csv")
         oc = classify(hist)
         occ = classify(hist, "conflicting_acc")
-        summ = summarize_history(hist, s, res["status"])
-        regime = classify_regime(summ["decay_pct"], res["status"], tuple(s["regime_thresholds"]), summ["norm_grew"])
+        ev = extract_events(hist, s, res["status"])
         last = hist[hist["epoch"] >= 1].iloc[-1]
+        if trained:
+            log(f"{proto['name']} {cell.id}: {res['status']} {res.get('wall_s', 0):.0f}s "
+                f"epochs {res['epochs_done']} clean {float(last['test_acc']):.3f} "
+                f"reliance {float(last['phi']):.3f} regime {ev['regime']} phase {oc['phase_regime']}")
         rows.append({
             "protocol": proto["name"], "cell": cell.id, "weight_decay": s["weight_decay"], "seed": s["seed"],
             "rho": s["rho"], "lr": s["lr"], "lr_schedule": s["lr_schedule"], "batch_size": s["batch_size"],
@@ -199,19 +280,18 @@ def run_protocol(proto: dict, work: Path, limit_s: float, log) -> list[dict]:
             "delta_Lambda": (oc["Lambda_switch"] - oc["Lambda_fit"]) if oc["transition"] else None,
             "delta_Lambda_law": (0.5 * math.log(oc["V_fit"] / oc["V_switch"])
                                  if oc["transition"] and oc["V_switch"] > 0 else None),
-            "V_init": res.get("V_init"), "V_end": float(last["V"]), "Lambda_end": float(last["decay_budget"]),
-            "clean_end": float(last["clean_acc"]), "reliance_end": float(last["reliance"]),
-            "train_end": float(last["train_acc"]), "best_clean": float(hist["clean_acc"].max()),
-            "regime": regime, "regime_from_peak": classify_regime(summ["decay_pct"], res["status"],
-                                                                  tuple(s["regime_thresholds"])),
-            "norm_grew": summ["norm_grew"], "decay_pct": summ["decay_pct"],
+            "V_init": float(hist["V"].iloc[0]), "V_end": float(last["V"]), "Lambda_end": float(last["Lambda"]),
+            "clean_end": float(last["test_acc"]), "reliance_end": float(last["phi"]),
+            "train_end": float(last["train_acc"]), "best_clean": float(hist["test_acc"].max()),
+            "regime": ev["regime"], "epoch_fit_events": ev["epoch_fit"],
+            "epoch_transition_events": ev["epoch_transition"],
+            "norm_grew": ev["norm_grew"], "decay_pct": ev["decay_pct"],
             "transition_conf": occ["transition"], "phase_regime_conf": occ["phase_regime"],
             "t_switch_conf": occ["t_switch"], "Lambda_switch_conf": occ["Lambda_switch"],
             "score_conf": occ["score"], "conflicting_end": float(last["conflicting_acc"]),
             "wall_s": res.get("wall_s"), "note": proto["note"],
         })
-        curves = hist[["epoch", "train_acc", "clean_acc", "conflicting_acc", "reliance", "V",
-                       "decay_budget"]].copy()
+        curves = hist[["epoch", "train_acc", "test_acc", "conflicting_acc", "phi", "V", "Lambda"]].copy()
         curves.insert(0, "weight_decay", s["weight_decay"])
         curves.insert(0, "seed", s["seed"])
         curves.insert(0, "protocol", proto["name"])
@@ -277,7 +357,7 @@ def write_reports(rows: list[dict], docs: Path, wall_total: float, skipped: list
                          f"{int(g['transition_conf'].sum())} | {g['wall_s'].sum():.0f} |")
         lines += ["", "## Cells", "", "| protocol | lambda | seed | status | epochs | t_fit | Lambda_fit | "
                   "V_fit | sustain | t_switch | Lambda_switch | V_switch | dLambda / law | V_init | V_end | clean end | "
-                  "reliance end | conflicting end | score | phase regime | phase regime (conflicting) | V regime |",
+                  "reliance end | conflicting end | score | phase regime | phase regime (conflicting) | regime |",
                   "|" + "---|" * 22]
         for _, r in df.iterrows():
             dl = (f"{fmt(r['delta_Lambda'])} / {fmt(r['delta_Lambda_law'])}" if r["transition"] else "-")
@@ -338,8 +418,8 @@ def plot_protocol(name: str, curves: list[pd.DataFrame], figdir: Path) -> None:
                 continue
             lam = float(c["weight_decay"].iloc[0])
             col = cmap(lams.index(lam) / max(1, len(lams) - 1) * 0.9)
-            ax.plot(c["epoch"], c["clean_acc"], color=col, lw=1.4, label=f"lambda {lam:g}: clean")
-            ax.plot(c["epoch"], c["reliance"], color=col, lw=1.0, ls="--", label=f"lambda {lam:g}: reliance")
+            ax.plot(c["epoch"], c["test_acc"], color=col, lw=1.4, label=f"lambda {lam:g}: clean")
+            ax.plot(c["epoch"], c["phi"], color=col, lw=1.0, ls="--", label=f"lambda {lam:g}: reliance")
             ax2.plot(c["epoch"], c["V"], color=col, lw=0.8, ls="-.", alpha=0.6)
         ax.set(xlabel="epoch", ylim=(0, 1),
                title=f"{name}, seed {seed}")
@@ -397,10 +477,10 @@ def main(argv=None):
 
 
 def all_done(proto: dict, work: Path, limit_s: float) -> bool:
-    """True when every cell of ``proto`` has a norms.json (so tabulating trains nothing)."""
+    """True when every cell of ``proto`` has a meta.json (so tabulating trains nothing)."""
     exp = {**COMMON, **copy.deepcopy(proto["exp"]), "time_limit_s": limit_s}
     cfg = validate_config({"experiments": {proto["name"]: exp}})
-    return all((work / proto["name"] / c.id / "norms.json").exists() for c in expand_cells(cfg))
+    return all((work / proto["name"] / c.id / "meta.json").exists() for c in expand_cells(cfg))
 
 
 if __name__ == "__main__":
