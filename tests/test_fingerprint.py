@@ -14,9 +14,9 @@ from nht.core.fingerprint import code_fingerprint, code_set, rule_fingerprint, r
 from nht.recompute.decide import rule_code_set
 
 REPO = Path(__file__).resolve().parent.parent
-ANALYSIS = {"nht.science.scaling", "nht.science.delay_law", "nht.science.analyse", "nht.science.stats", "nht.domains.modular.figures", "nht.science.scorecard",
-            "nht.science.prediction", "nht.science.separation", "nht.science.verdict_inputs", "nht.science.figures",
-            "nht.science.scorecard_render", "nht.science.cellrecords"}
+# analysis: every module of the science layer, the event extraction and the figure modules
+ANALYSIS = {f"nht.science.{p.stem}" for p in (REPO / "nht" / "science").glob("*.py") if p.stem != "__init__"} | {
+    "nht.core.events", "nht.domains.modular.figures", "nht.domains.images.figures", "nht.domains.images.summary"}
 
 
 @pytest.fixture
@@ -52,16 +52,20 @@ def test_each_stage_code_set_and_training_never_imports_analysis():
     sources = rule_sources(files)
     sets = {name: rule_code_set(src) for name, src in sources.items() if "python -m nht" in src}
     print(json.dumps(sets, indent=1))                   # the listing, in the test log
-    assert {"train_modular", "extract_norms", "fit_modular", "science_modular", "figures_modular",
-            "image_train", "image_figures"} <= set(sets)
+    assert {"train_modular", "extract_norms", "fit_modular", "science", "figures_modular",
+            "image_train", "image_norms", "image_figures", "image_experiment_summary"} <= set(sets)
+    assert len(ANALYSIS) > 10
     for training in ("train_modular", "image_train", "make_modular_data", "image_fetch", "image_shortcut"):
         assert not ANALYSIS & set(sets[training]), (training, ANALYSIS & set(sets[training]))
     assert "nht.domains.modular.train" in sets["train_modular"] and "nht.domains.modular.models" in sets["train_modular"]
     assert "nht.domains.modular.figures" in sets["figures_modular"] and "nht.domains.modular.figures" not in sets["fit_modular"]
     assert "nht.domains.images.train" in sets["image_train"]
-    for rule, mods in sets.items():                     # image stages never run modular science
+    for rule, mods in sets.items():                     # image stages never run modular domain code
         if rule.startswith("image_"):
-            assert not {"nht.science.scaling", "nht.science.delay_law", "nht.domains.modular.train", "nht.domains.modular.models"} & set(mods), rule
+            assert not {m for m in mods if m.startswith("nht.domains.modular")}, rule
+    # one event rule and one science path for both domains
+    assert "nht.core.events" in sets["extract_norms"] and "nht.core.events" in sets["image_norms"]
+    assert "nht.science.analyse" in sets["science"]
 
 
 @pytest.mark.parametrize("stage", ["nht.stages.train", "nht.stages.make_data"])

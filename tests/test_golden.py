@@ -1,9 +1,9 @@
 """Behaviour preserved (issue 11): per-cell values of a small committed config of every domain,
 recorded in tests/golden/expected.json, must come out the same after a refactor.
 
-Modular cells: T_mem, T_gen (steps, exact), V_mem, V_final (relative 1e-5), regime, read from the
-job's history with the definitions the file was recorded with (:func:`modular_record`), so the
-check is of training alone. Image cell: per-epoch train accuracy, clean test accuracy and shortcut
+Modular cells: T_mem, T_gen (steps, exact), V_mem, V_final (relative 1e-5), regime, from the job's
+history through today's one event extraction (:func:`modular_record`), so the check covers training
+and the event rule. Image cell: per-epoch train accuracy, clean test accuracy and shortcut
 reliance (absolute 1e-6; the history's ``train_acc``, ``test_acc``, ``phi``) and V (relative 1e-5).
 CPU, 1 thread, deterministic. Cells are matched by the readable part of their id (the hash suffix
 also covers analysis-only settings). An intended change regenerates the file
@@ -24,20 +24,21 @@ MODULAR_KEYS = ("T_mem", "T_gen", "V_mem", "V_final", "regime")
 IMAGE_COLUMNS = {"train_acc": "train_acc", "clean_acc": "test_acc", "reliance": "phi", "V": "V"}  # key: column
 
 
-def modular_record(h: pd.DataFrame, s: dict, status: str) -> dict:
-    """T_mem / T_gen: first evaluated step with train / test accuracy >= its threshold (steps);
-    V at T_mem and at the last row (squared norm); regime: diverged | no_fit | shortcut_persists |
-    immediate (T_gen - T_mem <= immediate_delay) | delayed."""
-    def first(col, thr):
-        hit = h.loc[h[col] >= thr, "step"]
-        return int(hit.iloc[0]) if len(hit) else None
+#: the recorded regime names (before the one vocabulary of nht.core.events) -> today's names
+RECORDED_REGIME = {"delayed": "intermediate", "shortcut_persists": "weak", "no_fit": "strong",
+                   "immediate": "immediate", "diverged": "diverged"}
 
-    t_mem, t_gen = first("train_acc", s["train_threshold"]), first("test_acc", s["test_threshold"])
-    regime = ("diverged" if status == "diverged" else "no_fit" if t_mem is None else
-              "shortcut_persists" if t_gen is None else
-              "immediate" if t_gen - t_mem <= s["immediate_delay"] else "delayed")
-    return {"T_mem": t_mem, "T_gen": t_gen, "V_final": float(h["V"].iloc[-1]), "regime": regime,
-            "V_mem": None if t_mem is None else float(h.loc[h["step"] == t_mem, "V"].iloc[0])}
+
+def modular_record(h: pd.DataFrame, s: dict, status: str) -> dict:
+    """The recorded keys from today's one event extraction (:func:`nht.core.events.extract_events`):
+    T_mem = T_fit and T_gen = T_transition (steps), V_mem = V_fit, V_final (squared norms), and the
+    regime in the recorded vocabulary (:data:`RECORDED_REGIME`, an intended renaming)."""
+    from nht.core.events import extract_events
+
+    rec = extract_events(h, s, status)
+    back = {new: old for old, new in RECORDED_REGIME.items()}
+    return {"T_mem": rec["T_fit"], "T_gen": rec["T_transition"], "V_mem": rec["V_fit"],
+            "V_final": rec["V_final"], "regime": back[rec["regime"]]}
 
 
 def readable(cell_id: str) -> str:
@@ -62,7 +63,8 @@ def measure(tmp: Path) -> dict:
         h = pd.read_csv(hist)
         status = json.loads(meta.read_text())["cells"]
         for c in job.cells:
-            rec = modular_record(h[h["cell"] == c.id].reset_index(drop=True), c.settings, status[c.id]["status"])
+            rec = modular_record(h[h["cell"] == c.id].drop(columns="cell").reset_index(drop=True), c.settings,
+                                 status[c.id]["status"])
             out[c.id] = {k: rec[k] for k in MODULAR_KEYS}
     for c in (c for c in cells if c.kind == "image"):
         d = shortcuts.inject(idata.load_digits(), c["rho"], c["border"], c["seed"],

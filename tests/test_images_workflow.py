@@ -15,9 +15,24 @@ def test_tiny_image_experiment_through_snakemake(tmp_path):
     summary = json.loads((tmp_path / "results" / "tiny_img" / "experiment_summary.json").read_text())
     assert summary["kind"] == "image" and summary["cells"] == 2
     assert set(summary["clean_acc_by_strength"]) == {"0.1", "1"}
+    # one science path: the image summary has the science blocks and the shared scorecard
+    for block in ("delay_law", "prediction", "decay_rate", "clean_norm_separation", "norm_ordering",
+                  "regime_ordering", "layer_hierarchy", "scorecard"):
+        assert block in summary, block
+    assert set(summary["regimes"]) == {"weak", "intermediate", "strong", "immediate", "diverged"}
+    for entry in summary["scorecard"].values():
+        assert entry["verdict"] in ("holds", "fails", "uncertain", "not_applicable", "not_enough_data")
+        if entry["verdict"] == "not_enough_data":
+            assert entry["detail"]["reason"], entry
+    history = (tmp_path / "results" / "tiny_img" / "cells").glob("*/history.csv")
+    import pandas as pd
+    from nht.core.history import check_history
+    for h in history:
+        check_history(pd.read_csv(h), str(h))
     for f in summary["figures"]:
         assert (tmp_path / f).stat().st_size > 1000
-    for rule in ("image_fetch", "image_shortcut", "image_train", "image_figures", "image_experiment_summary"):
+    for rule in ("image_fetch", "image_shortcut", "image_train", "image_norms", "science", "image_figures",
+                 "image_experiment_summary"):
         assert list((tmp_path / "logs" / rule).rglob("*.log")), rule
         assert list((tmp_path / "benchmarks" / "rules" / rule).rglob("*.tsv")), rule
     # a second run has nothing to do

@@ -26,7 +26,7 @@ from dvc_helpers import (SNAKEMAKE, commit_record, dvc, env, git, make_repo, pla
 pytestmark = pytest.mark.slow
 
 ARTIFACTS = ("data", "results")
-AGGREGATES = {"fit_modular", "science_modular", "figures_modular", "experiment_summary_modular", "summary"}
+AGGREGATES = {"fit_modular", "science", "figures_modular", "experiment_summary_modular", "summary"}
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def test_rule_shell_edit_reruns_that_rule(origin, tmp_path):
     edit(p / "workflow" / "rules" / "modular.smk",
          '" --out {output.science:q} --figure-dir {params.figure_dir:q}"',
          '" --out {output.science:q} --figure-dir {params.figure_dir:q} --n-boot 999"')
-    assert planned(p) == {"science_modular": 1, "experiment_summary_modular": 1, "summary": 1}
+    assert planned(p) == {"science": 1, "experiment_summary_modular": 1, "summary": 1}
 
 
 # ----------------------------------------------------------------------------- behaviour 3: corruption
