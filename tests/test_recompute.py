@@ -124,23 +124,23 @@ def test_max_steps_reruns_every_training_job_not_the_dataset(ws):
 # ----------------------------------------------------------------------------- behaviour 2: code
 
 def test_comment_docstring_and_format_edits_rerun_nothing(ws):
-    f = ws / "nht" / "train.py"
+    f = ws / "nht" / "domains" / "modular" / "train.py"
     text = f.read_text()
     f.write_text('"""Edited docstring."""\n' + text.split('"""', 2)[2].replace("\n\n\n", "\n\n\n\n", 1)
                  + "\n# a comment\n")
-    edit(ws / "nht" / "scaling.py", "\n", "\n# comment\n")
+    edit(ws / "nht" / "science" / "scaling.py", "\n", "\n# comment\n")
     assert planned(ws) == {}
 
 
 def test_real_code_edit_reruns_exactly_the_stages_that_import_it(ws):
-    (ws / "nht" / "figures.py").write_text((ws / "nht" / "figures.py").read_text() + "\nEDITED = 1\n")
+    (ws / "nht" / "domains" / "modular" / "figures.py").write_text((ws / "nht" / "domains" / "modular" / "figures.py").read_text() + "\nEDITED = 1\n")
     assert planned(ws) == {"figures_modular": 1, "experiment_summary_modular": 1, "summary": 1}
     run_and_settle(ws)
 
 
 def test_training_code_edit_reruns_training_and_downstream(origin, tmp_path):
     p = workspace(origin, tmp_path)
-    (p / "nht" / "models.py").write_text((p / "nht" / "models.py").read_text() + "\nEDITED = 1\n")
+    (p / "nht" / "domains" / "modular" / "models.py").write_text((p / "nht" / "domains" / "modular" / "models.py").read_text() + "\nEDITED = 1\n")
     assert planned(p) == {"train_modular": 2, "extract_norms": 2, **{a: 1 for a in AGGREGATES}}
 
 
@@ -190,7 +190,7 @@ def test_corrupt_output_without_cache_copy_reruns_its_job(origin, tmp_path):
 def test_failed_run_keeps_every_record_and_shows_nothing_stale(origin, tmp_path):
     p = workspace(origin, tmp_path)
     records = {f.name: f.read_bytes() for f in (p / "results" / ".records").glob("*.json")}
-    fig = p / "nht" / "figures.py"
+    fig = p / "nht" / "domains" / "modular" / "figures.py"
     good = fig.read_text()
     fig.write_text(good + "\nraise RuntimeError('broken on purpose')\n")
     proc = snakemake(p, "--cores", "2", check=False)
