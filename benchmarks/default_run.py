@@ -87,6 +87,9 @@ def main() -> None:
                     if k.startswith("P")}
         if verdicts:
             print("  scorecard: " + ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items())))
+        for k, v in sorted(card.items()):
+            if isinstance(v, dict) and v.get("verdict") == "not_enough_data":
+                print(f"    {k}: {(v.get('detail') or {}).get('reason')}")
     print(f"results in {wd}")
 
 
