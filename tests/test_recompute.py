@@ -146,7 +146,7 @@ def test_training_code_edit_reruns_training_and_downstream(origin, tmp_path):
 
 def test_rule_shell_edit_reruns_that_rule(origin, tmp_path):
     p = workspace(origin, tmp_path)
-    edit(p / "workflow" / "rules" / "modular.smk",
+    edit(p / "workflow" / "rules" / "science.smk",
          '" --out {output.science:q} --figure-dir {params.figure_dir:q}"',
          '" --out {output.science:q} --figure-dir {params.figure_dir:q} --n-boot 999"')
     assert planned(p) == {"science": 1, "experiment_summary_modular": 1, "summary": 1}
