@@ -8,7 +8,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 
 def clean_nan(obj: Any) -> Any:
@@ -22,14 +22,21 @@ def clean_nan(obj: Any) -> Any:
     return obj
 
 
-def write_atomic(path: str | Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file unique to this process, then rename."""
+def write_atomic(path: str | Path, data: bytes | str | Callable[[BinaryIO], Any]) -> None:
+    """Write ``data`` to ``path`` through a temporary file unique to this process, then rename, so
+    a reader never sees a half-written file and concurrent writers never mix. ``data`` is text,
+    bytes, or a function that writes into the open binary file (``torch.save``, ``np.savez``, a
+    copy), so large objects are streamed, not held twice in memory. The file is mode 0644."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

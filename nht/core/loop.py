@@ -29,8 +29,7 @@ a checkpoint when ``checkpoint_every_s`` seconds have passed; print a progress l
 ``progress_every_s`` seconds. It returns the rows, the cells' status and the run's timing and
 provenance; the domain writes its own files.
 
-Checkpoints are written atomically (a temporary name unique to this process, then
-``os.replace``), carry the cells' signature and the trainer's code fingerprint
+Checkpoints are written atomically (:func:`nht.core.io.write_atomic`), carry the cells' signature and the trainer's code fingerprint
 (:func:`nht.core.fingerprint.code_fingerprint`), and are loaded with ``weights_only=True``; one
 written for other cells or by other code, or unreadable, is ignored (the log says why) and the run
 starts fresh. A resumed run ends with the same history as an uninterrupted one (same device and
@@ -41,8 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -53,6 +50,7 @@ import torch
 from nht.core import device as devmod
 from nht.core import provenance
 from nht.core.fingerprint import code_fingerprint
+from nht.core.io import write_atomic
 
 
 @dataclass
@@ -74,14 +72,8 @@ def signature(cells: list[str]) -> str:
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """``torch.save`` to a temporary name unique to this process, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``torch.save`` through the one atomic writer (:func:`nht.core.io.write_atomic`)."""
+    write_atomic(path, lambda fh: torch.save(state, fh))
 
 
 def load_checkpoint(path: Path, sig: str, code: str) -> tuple[dict | None, str]:

@@ -17,9 +17,7 @@ from __future__ import annotations
 import configparser
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from nht.core.io import write_atomic
@@ -121,11 +119,6 @@ def restore_file(cache: Path | None, md5: str, dest: str | Path) -> bool:
     src = cache_object(cache, md5)
     if src is None or file_md5(src) != md5:
         return False
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".restore", dir=dest.parent)
-    os.close(fd)
-    shutil.copyfile(src, tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, dest)
+    with open(src, "rb") as fh_src:
+        write_atomic(dest, lambda fh: shutil.copyfileobj(fh_src, fh))
     return True

@@ -25,7 +25,7 @@ import pandas as pd
 from nht.science.cellrecords import clean_json, records
 from nht.science.delay_law import fit_delay_laws, fit_points
 from nht.science.prediction import predictive_verdict
-from nht.science.figures import (_save, plot_clean_separation, plot_decay_rate, plot_delay_law,
+from nht.science.figures import (plot_clean_separation, plot_decay_rate, plot_delay_law,
                                  plot_norm_fits, plot_prediction)
 from nht.science.separation import S_THRESHOLD, clean_norm_separation, clean_norm_separation_cell
 from nht.science.verdict_inputs import (decay_rate, decay_rates, layer_hierarchy, norm_ordering,

@@ -5,7 +5,6 @@ the workflow: ``delay_law_bootstrap``, ``prospective``, ``norm_fits``, ``decay_r
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 

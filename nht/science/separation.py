@@ -29,7 +29,7 @@ import pandas as pd
 from scipy import stats as st
 
 from nht.science import stats
-from nht.science.cellrecords import is_diverged, num, records, time_sorted
+from nht.science.cellrecords import num, records, time_sorted
 
 S_THRESHOLD = 0.8
 S_MIN_POINTS = 5

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nht.core.io import write_atomic
+
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 CIFAR10_PYTHON_MD5 = "c58f30108f718f92721af3b95e74349a"   # cifar-10-python.tar.gz, as in torchvision
@@ -367,12 +369,8 @@ def load_dataset(spec: dict, base: str | Path | None = None) -> dict:
 
 
 def save_npz(arrays: dict, path: str | Path) -> None:
-    """Write arrays atomically (temp file + rename) so a killed job leaves no half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    """Write arrays atomically (:func:`nht.core.io.write_atomic`) so a killed job leaves no half file."""
+    write_atomic(path, lambda fh: np.savez(fh, **arrays))
 
 
 def load_npz(path: str | Path) -> dict:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nht.core.io import write_atomic
+
 import numpy as np
 
 OPS = {
@@ -50,11 +52,8 @@ def make_modular_dataset(op: str, p: int, train_frac: float, split_seed: int) ->
 
 
 def save_dataset(data: dict[str, np.ndarray], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **data)
-    tmp.replace(path)
+    """Write the dataset atomically (:func:`nht.core.io.write_atomic`), compressed."""
+    write_atomic(path, lambda fh: np.savez_compressed(fh, **data))
 
 
 def load_dataset(path: str | Path) -> dict[str, np.ndarray]:
