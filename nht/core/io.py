@@ -10,15 +10,33 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+import numpy as np
+import pandas as pd
 
-def clean_nan(obj: Any) -> Any:
-    """``obj`` with every non-finite float replaced by None (JSON has no NaN/inf)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
+
+def clean_json(obj: Any) -> Any:
+    """``obj`` made JSON-safe, recursively: numpy scalars and arrays become Python values, and
+    every NaN/inf (and pandas' missing values) becomes None, since JSON has no NaN. The one NaN
+    cleaner of the project."""
     if isinstance(obj, dict):
-        return {k: clean_nan(v) for k, v in obj.items()}
+        return {str(k): clean_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [clean_nan(v) for v in obj]
+        return [clean_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [clean_json(v) for v in obj.tolist()]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    try:
+        if pd.isna(obj):
+            return None
+    except (TypeError, ValueError):
+        pass
     return obj
 
 
@@ -45,7 +63,7 @@ def write_atomic(path: str | Path, data: bytes | str | Callable[[BinaryIO], Any]
 
 def write_json(obj: Any, path: str | Path) -> None:
     """Atomically write ``obj`` as indented, key-sorted JSON (NaN -> null)."""
-    write_atomic(path, json.dumps(clean_nan(obj), indent=1, sort_keys=True) + "\n")
+    write_atomic(path, json.dumps(clean_json(obj), indent=1, sort_keys=True) + "\n")
 
 
 def read_json(path: str | Path) -> Any:

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from nht.science.cellrecords import clean_json, records
+from nht.core.io import clean_json
+from nht.science.cellrecords import records
 from nht.science.delay_law import fit_delay_laws, fit_points
 from nht.science.prediction import predictive_verdict
 from nht.science.figures import (plot_clean_separation, plot_decay_rate, plot_delay_law,

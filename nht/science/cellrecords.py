@@ -8,9 +8,7 @@ epochs); ``eta`` = ``lr``, ``lambda`` = ``weight_decay``.
 
 from __future__ import annotations
 
-from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from nht.science.stats import finite_or_none as num
@@ -22,30 +20,6 @@ SEED_AXES = ("seed", "split_seed")
 GROUP_AXES = tuple(a for a in AXES if a not in SEED_AXES)
 #: settings that define "the same task" when peers at the same lambda are looked up
 TASK_AXES = ("op", "p", "train_frac", "dataset", "rho", "border", "model", "optimizer")
-
-
-def clean_json(obj: Any) -> Any:
-    """Recursively turn numpy scalars/arrays into Python types and NaN/inf into ``None``."""
-    if isinstance(obj, dict):
-        return {str(k): clean_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean_json(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [clean_json(v) for v in obj.tolist()]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return num(obj)
-    if obj is None or isinstance(obj, str):
-        return obj
-    try:
-        if pd.isna(obj):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return obj
 
 
 def records(cells: pd.DataFrame | list[dict]) -> list[dict]:
