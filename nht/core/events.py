@@ -174,8 +174,7 @@ def extract_events(history: pd.DataFrame, settings: dict, status: str = "finishe
                         else bool(rec["V_peak"] > rec["V_init"]))
     rec["decay_pct"] = (100.0 * (rec["V_peak"] - rec["V_final"]) / rec["V_peak"]
                         if rec["V_peak"] and rec["V_final"] is not None else None)
-    rec["censored"] = bool(status != "diverged" and T_fit is not None and T_tr is None and i_fit is not None
-                           and rec["regime"] == "weak")
+    rec["censored"] = rec["regime"] == "weak"          # a shortcut fit with no transition by the stop
     rec["delay_lower_bound"] = (stop - T_fit) if rec["censored"] else None
     rec["norm_grew_after_fit"] = None if rec["V_fit"] is None else bool(rec["V_final"] >= rec["V_fit"])
     rec["layers"] = {}
