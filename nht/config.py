@@ -248,6 +248,41 @@ class Cell:
         return {k: v for k, v in self.run_settings.items() if k not in EVENT_RULE_KEYS}
 
 
+# Fields of an image experiment's dataset block that change the decoded raw file.
+IMAGE_RAW_KEYS = ("name", "source", "archive", "root", "md5", "pad", "image_size", "target_attr",
+                  "spurious_attr", "max_train", "max_test", "subset_seed")
+
+
+def image_raw_spec(experiment_config: dict) -> dict:
+    """The part of an image experiment's dataset block that defines its decoded raw file."""
+    ds = experiment_config["dataset"]
+    return {k: ds[k] for k in IMAGE_RAW_KEYS if k in ds}
+
+
+def image_fetch_id(experiment_config: dict) -> str:
+    """Id of the decoded raw file (``{data_dir}/image/raw/<id>.npz``), shared by experiments whose
+    raw spec is equal."""
+    spec = image_raw_spec(experiment_config)
+    return f"{spec['name']}_{spec['source']}-{stable_hash(spec)}"
+
+
+def image_shortcut_id(cell: "Cell", experiment_config: dict) -> str:
+    """Id of a cell's shortcut dataset (``{data_dir}/image/<experiment>/<id>.npz``): its
+    (rho, border, seed) and the whole dataset block."""
+    return f"{cell.dataset_id}-{stable_hash(experiment_config['dataset'])}"
+
+
+def image_tables(config: dict, cells: dict) -> tuple[dict, dict, dict]:
+    """Lookup tables of the image rules: ``{fetch id: raw spec}``, ``{experiment: its cells sorted
+    by id}`` and ``{(experiment, shortcut id): (rho, border, seed)}``."""
+    exps = {n: e for n, e in config["experiments"].items() if e["kind"] == "image"}
+    fetch = {image_fetch_id(e): image_raw_spec(e) for e in exps.values()}
+    by_exp = {n: sorted((c for c in cells.values() if c.experiment == n), key=lambda c: c.id) for n in exps}
+    shortcuts = {(n, image_shortcut_id(c, exps[n])): (c["rho"], c["border"], c["seed"])
+                 for n, cs in by_exp.items() for c in cs}
+    return fetch, by_exp, shortcuts
+
+
 def dataset_id(kind: str, settings: dict) -> str:
     """Id of the dataset a cell trains on; shared by all cells with equal dataset axes."""
     spec = KINDS[kind]

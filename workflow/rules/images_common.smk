@@ -4,39 +4,19 @@
 import json as _img_json
 import re as _img_re
 
-from nht.config import stable_hash as _img_hash
+from nht.config import image_fetch_id, image_shortcut_id, image_tables
 
 
 IMAGE_EXPERIMENTS = list(experiments_of_kind("image"))
-# fields of the dataset block that change the decoded raw file
-_IMG_RAW_KEYS = ("name", "source", "archive", "root", "md5", "pad", "image_size", "target_attr",
-                 "spurious_attr", "max_train", "max_test", "subset_seed")
-
-
-def _img_raw_spec(exp):
-    ds = config["experiments"][exp]["dataset"]
-    return {k: ds[k] for k in _IMG_RAW_KEYS if k in ds}
+IMAGE_FETCH, IMAGE_CELLS, IMAGE_SHORTCUTS = image_tables(config, CELLS)
 
 
 def _img_fetch_id(exp):
-    spec = _img_raw_spec(exp)
-    return f"{spec['name']}_{spec['source']}-{_img_hash(spec)}"
-
-
-IMAGE_FETCH = {_img_fetch_id(e): _img_raw_spec(e) for e in IMAGE_EXPERIMENTS}
-IMAGE_CELLS = {e: sorted((c for c in CELLS.values() if c.experiment == e), key=lambda c: c.id)
-               for e in IMAGE_EXPERIMENTS}
+    return image_fetch_id(config["experiments"][exp])
 
 
 def _img_shortcut_id(cell):
-    ds = config["experiments"][cell.experiment]["dataset"]
-    return f"{cell.dataset_id}-{_img_hash(ds)}"
-
-
-IMAGE_SHORTCUTS = {}   # (experiment, shortcut id) -> (rho, border, seed)
-for _e, _cells in IMAGE_CELLS.items():
-    for _c in _cells:
-        IMAGE_SHORTCUTS[(_e, _img_shortcut_id(_c))] = (_c["rho"], _c["border"], _c["seed"])
+    return image_shortcut_id(cell, config["experiments"][cell.experiment])
 
 
 _IMG_EXP_RE = "|".join(_img_re.escape(e) for e in IMAGE_EXPERIMENTS) or "NO_IMAGE_EXPERIMENT"
