@@ -54,7 +54,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from nht.config import expand_cells, stable_hash, validate_config  # noqa: E402
+from nht.config import expand_cells, validate_config  # noqa: E402
+from nht.core.io import stable_hash  # noqa: E402
 from nht.core.events import extract_events  # noqa: E402
 from nht.core.io import write_json  # noqa: E402
 from nht.domains.images.data import load_dataset, load_npz, save_npz  # noqa: E402

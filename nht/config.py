@@ -18,7 +18,6 @@ cells' ids (and cached results) alone. Ids are unique across experiments.
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -27,6 +26,8 @@ from typing import Any
 
 import jsonschema
 import yaml
+
+from nht.core.io import stable_hash
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "workflow" / "schemas"
 
@@ -211,12 +212,6 @@ def format_value(value: Any) -> str:
     else:
         text = str(value)
     return text.replace("/", "-").replace(" ", "")
-
-
-def stable_hash(obj: Any, length: int = 8) -> str:
-    """Hex digest of a JSON-serialisable object, independent of dict order."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ JSON without NaN (written as null), so a reader never sees a half-written or inv
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -69,6 +70,13 @@ def write_json(obj: Any, path: str | Path) -> None:
 def read_json(path: str | Path) -> Any:
     with open(path) as fh:
         return json.load(fh)
+
+
+def stable_hash(obj: Any, length: int = 8) -> str:
+    """Hex digest of a JSON-serialisable object, independent of dict order (cell, job and dataset
+    ids; checkpoint signatures)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
 def json_arg(text: str):

@@ -38,7 +38,6 @@ thread count).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 import time
@@ -50,7 +49,7 @@ import torch
 from nht.core import device as devmod
 from nht.core import provenance
 from nht.core.fingerprint import code_fingerprint
-from nht.core.io import write_atomic
+from nht.core.io import stable_hash, write_atomic
 
 
 @dataclass
@@ -68,7 +67,7 @@ class Run:
 
 def signature(cells: list[str]) -> str:
     """Identity of a job's cells: a checkpoint is used only by the same cells."""
-    return hashlib.sha256("\n".join(cells).encode()).hexdigest()[:16]
+    return stable_hash(list(cells), 16)
 
 
 def save_checkpoint(state: dict, path: Path) -> None:

@@ -74,9 +74,7 @@ def delay_status(rec: dict) -> tuple[str, float | None]:
 
 
 def time_sorted(history: pd.DataFrame) -> pd.DataFrame:
-    """The history sorted by time, with an image history's ``epoch`` column named ``step``."""
-    if "step" not in history.columns and "epoch" in history.columns:
-        history = history.rename(columns={"epoch": "step"})
+    """The history sorted by ``step`` (every history has it, :mod:`nht.core.history`)."""
     return history.sort_values("step", kind="stable").reset_index(drop=True)
 
 

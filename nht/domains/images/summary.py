@@ -31,7 +31,6 @@ sample standard deviation, 0.0 when n = 1; rho/lambda keys are rendered like cel
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +53,7 @@ def mean_sd_n(values) -> list:
 def load_cells(norms_paths) -> pd.DataFrame:
     rows = []
     for p in norms_paths:
-        with open(p) as fh:
-            d = json.load(fh)
+        d = read_json(p)
         d.pop("settings", None)
         prov = d.pop("provenance", {})
         d["device"] = prov.get("device")
