@@ -12,6 +12,7 @@ so both paths do identical work), then prints:
 
 Usage: .venv/bin/python benchmarks/batched_training.py [--experiment mlp_regimes] [--steps 500]
        [--threads 1] [--per-cell-sample 6]
+       .venv/bin/python benchmarks/batched_training.py --smoke   # tiny: 2 cells, 5 steps (test suite)
 """
 
 from __future__ import annotations
@@ -67,12 +68,18 @@ def main() -> None:
     ap.add_argument("--per-cell-sample", type=int, default=6,
                     help="time this many cells one-process-each and extrapolate the rate")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny run for the test suite: 2 cells, 5 steps, 1 per-process cell, 256x256 matmul")
     args = ap.parse_args()
+    if args.smoke:
+        args.steps, args.per_cell_sample = 5, 1
 
     config = load_config(args.config)
     exp = config["experiments"][args.experiment]
     exp.update(max_steps=args.steps, stop_margin=10 ** 9, checkpoint_seconds=10 ** 9)
     cells = expand_cells(config, args.experiment)
+    if args.smoke:
+        cells = cells[:2]
     s = cells[0].settings
     data = make_modular_dataset(s["op"], s["p"], s["train_frac"], s["split_seed"])
 
@@ -98,7 +105,7 @@ def main() -> None:
         per_cell_rate = len(sample) * args.steps / per_cell_s
 
     flops = flops_per_cell_step(cells[0], data)
-    peak = matmul_flops_per_second(args.threads)
+    peak = matmul_flops_per_second(args.threads, n=256 if args.smoke else 2048)
     achieved = flops * batched_rate
     result = {
         "experiment": args.experiment, "cells": len(cells), "steps_per_cell": args.steps,

@@ -14,6 +14,7 @@ is set:
   cells of the experiment in one process, evaluation included), per precision (fp32, tf32, bf16).
 
 Usage: .venv/bin/python benchmarks/gpu_check.py [--steps 300] [--precisions fp32,tf32,bf16]
+       .venv/bin/python benchmarks/gpu_check.py --smoke   # CPU, 3 steps, fp32 (test suite)
 """
 
 from __future__ import annotations
@@ -109,8 +110,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--precisions", default="fp32,tf32,bf16")
+    ap.add_argument("--smoke", action="store_true", help="tiny run for the test suite: CPU, 3 steps, fp32")
     args = ap.parse_args()
-    dev = devmod.resolve_device("auto")
+    if args.smoke:
+        args.steps, args.precisions = 3, "fp32"
+    dev = torch.device("cpu") if args.smoke else devmod.resolve_device("auto")
     devmod.configure(None)
     config = load_config(REPO / "config.yaml")
     result = {"device": devmod.describe(dev)}
