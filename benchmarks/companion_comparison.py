@@ -23,6 +23,13 @@ Usage:
   # train some cells of a config's experiment first (records go to --results), then compare:
   .venv/bin/python benchmarks/companion_comparison.py --train workflow/presets/companion-sweep.yaml \\
       --experiment companion_sweep --lambdas 1 0.5 --seeds 42 43 44 --results /tmp/cmp --threads 1
+  # smoke test (the suite): one companion_sweep cell (lambda 1, seed 42) for 40 steps, evaluated every
+  # 20, on a 20-step grid, in a temporary directory; prints the table, writes nothing in the repo:
+  .venv/bin/python benchmarks/companion_comparison.py --smoke
+
+The companion's per-run keys (docs/reference/companion_summary2.json: ``T_mem``, ``T_grok``,
+``V_at_mem``, ``V_final``) are mapped to nht's names (T_fit, T_grok, V_fit, V_final) by
+:data:`COMPANION_KEYS`; the reference file is a verbatim copy and is not edited.
 """
 
 from __future__ import annotations
@@ -39,6 +46,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 REFERENCE = REPO / "docs" / "reference" / "companion_summary2.json"
+PRESET = REPO / "workflow" / "presets" / "companion-sweep.yaml"
+
+#: nht's name of a value -> the companion's key for it in summary2.json (its "definitions" block:
+#: T_mem = first evaluated step with train accuracy >= 0.99, nht's T_fit; V_at_mem = ||theta||^2 there)
+COMPANION_KEYS = {"T_fit": "T_mem", "T_grok": "T_grok", "V_fit": "V_at_mem", "V_final": "V_final"}
 
 
 # ----------------------------------------------------------------------------- records
@@ -88,10 +100,18 @@ def load_nht(results: Path, experiments: list[str] | None, grid: int) -> tuple[l
 
 
 def load_companion(path: Path) -> tuple[list[dict], dict]:
+    """The companion's runs (one row per lambda x seed, keys renamed by :data:`COMPANION_KEYS`) and
+    its ``source`` block. A run without one of the expected keys is an error naming the key."""
     doc = json.loads(path.read_text())
-    rows = [{"lam": float(r["lam"]), "seed": int(r["seed"]), "T_fit": r["T_fit"], "T_grok": r["T_grok"],
-             "V_fit": r["V_at_mem"], "V_final": r["V_final"],
-             "cap": 15000 if r["lam"] <= 0.01 else 80000} for r in doc["results"]]
+    rows = []
+    for i, r in enumerate(doc["results"]):
+        missing = [k for k in ("lam", "seed", *COMPANION_KEYS.values()) if k not in r]
+        if missing:
+            raise SystemExit(f"{path}: results[{i}] lacks {missing} (has {sorted(r)})")
+        row = {"lam": float(r["lam"]), "seed": int(r["seed"]),
+               "cap": 15000 if r["lam"] <= 0.01 else 80000}
+        row.update({ours: r[theirs] for ours, theirs in COMPANION_KEYS.items()})
+        rows.append(row)
     return rows, doc["source"]
 
 
@@ -180,16 +200,26 @@ def build_table(nht: list[dict], comp: list[dict], source: dict, caps: dict[str,
 # ----------------------------------------------------------------------------- optional training
 
 def train(config_path: str, experiment: str, lambdas: list[float], seeds: list[int], results: Path,
-          threads: int) -> dict[str, int]:
-    """Train the selected cells (one job per λ, seeds batched) and write their norm records."""
+          threads: int, max_steps: int | None = None, eval_every: int | None = None) -> dict[str, int]:
+    """Train the selected cells (one job per λ, seeds batched) and write their norm records.
+    ``max_steps`` / ``eval_every`` (steps) override the config's (the smoke test's tiny run)."""
+    import pandas as pd
     import torch  # noqa: F401  (imported here: the table alone needs no torch)
 
     from nht.config import group_jobs, expand_cells, load_config
+    from nht.core.history import ordered_columns
+    from nht.core.io import write_json
     from nht.domains.modular.data import make_modular_dataset
-    from nht.stages.norms import cell_norms
     from nht.domains.modular.train import train_job
+    from nht.stages.norms import cell_record
 
     config = load_config(config_path)
+    if experiment not in config["experiments"]:
+        raise SystemExit(f"{config_path} has no experiment '{experiment}' (has {sorted(config['experiments'])})")
+    if max_steps is not None:
+        config["experiments"][experiment]["max_steps"] = int(max_steps)
+    if eval_every is not None:
+        config["experiments"][experiment]["eval_every"] = int(eval_every)
     cells = [c for c in expand_cells(config, experiment)
              if (not lambdas or any(math.isclose(c["weight_decay"], lam) for lam in lambdas))
              and (not seeds or c["seed"] in seeds)]
@@ -208,11 +238,14 @@ def train(config_path: str, experiment: str, lambdas: list[float], seeds: list[i
                              device="cpu", threads=threads, job_id=job.id, progress_every_s=60)
             print(f"λ {lam:g}: {len(job.cells)} cells, {time.time() - t:.0f} s, "
                   f"{meta['cell_steps_per_second']:.0f} cell-steps/s", file=sys.stderr, flush=True)
+            long = pd.read_csv(jobdir / "history.csv")
             for c in job.cells:
                 d = results / experiment / "cells" / c.id
                 d.mkdir(parents=True, exist_ok=True)
-                cell_norms(str(jobdir / "history.csv"), str(jobdir / "meta.json"), c.id, c.settings,
-                           str(d / "history.csv"), str(d / "norms.json"))
+                h = long[long["cell"] == c.id].drop(columns="cell").reset_index(drop=True)
+                h = h[ordered_columns(h.columns)]
+                h.to_csv(d / "history.csv", index=False, float_format="%.9g")
+                write_json(cell_record(h, meta, c.id, "modular", c.settings), d / "norms.json")
             (results / experiment / "settings.json").write_text(json.dumps(
                 {k: v for k, v in s.items() if k not in ("weight_decay", "seed")}, indent=1, default=str))
     return {experiment: int(cells[0]["max_steps"])}
@@ -228,7 +261,9 @@ def caps_from(results: Path) -> dict[str, int]:
     return caps
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, _steps: tuple[int, int] | tuple = ()) -> None:
+    """The command line (see the module docstring); ``_steps`` = (max_steps, eval_every) overrides
+    for ``--train`` (the smoke run)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default=str(REPO / "results"), help="directory holding <experiment>/cells/*/norms.json")
     ap.add_argument("--experiment", nargs="*", help="only these experiments (default: every one found)")
@@ -243,12 +278,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="*", default=[])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(REPO / "results" / "companion_comparison.md"))
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny end-to-end run for the test suite (see Usage); replaces the other options")
     a = ap.parse_args(argv)
+    if a.smoke:
+        import shutil
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix="nht-companion-smoke-"))
+        try:
+            main(["--train", str(PRESET), "--experiment", "companion_sweep", "--lambdas", "1", "--seeds", "42",
+                  "--results", str(tmp / "results"), "--grid", "20", "--config", str(PRESET),
+                  "--cap", "companion_sweep=40", "--out", str(tmp / "companion_comparison.md"), "--threads", "1"],
+                 _steps=(40, 20))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     results = Path(a.results)
     if a.train:
         if not a.experiment or len(a.experiment) != 1:
             raise SystemExit("--train needs exactly one --experiment")
-        train(a.train, a.experiment[0], a.lambdas, a.seeds, results, a.threads)
+        train(a.train, a.experiment[0], a.lambdas, a.seeds, results, a.threads, *_steps)
     caps = caps_from(results)
     if Path(a.config).exists():
         import yaml
