@@ -18,15 +18,17 @@ its record (:mod:`.records`) and nothing is written:
 status      when                                                             inputs returned
 ==========  ===============================================================  ======================
 clean       record matches definition, code, input md5s; outputs match       all ``ancient()``
-restore     as clean, but an output is missing/corrupt and DVC's cache has   + ``.nht/force/<stage>``
+restore     as clean, but an output is missing/corrupt and DVC's cache has   + a force stamp
             its recorded version (the job wrapper copies it back)
-stale       definition, code or an input changed, an upstream job reruns,    + ``.nht/force/<stage>``
+stale       definition, code or an input changed, an upstream job reruns,    + a force stamp
             the record is unreadable, or outputs exist with no record
 new         no record and no output yet                                      as they are
 ==========  ===============================================================  ======================
 
-Snakemake builds a missing file only when a target or a job that must run needs it, so the force
-stamps are also inputs of the target rule ``all`` (:meth:`Recompute.force_targets`, which decides
+The force stamp ``.nht/force/<stage>/<digest>`` is made by the rule ``nht_force``; its digest is
+new each time the job may have changed since its last stamp (:meth:`Recompute._stamp`), because
+Snakemake ignores a stamp older than the job's outputs. Snakemake builds a missing file only when
+a target or a job that must run needs it, so the force stamps are also inputs of the target rule ``all`` (:meth:`Recompute.force_targets`, which decides
 every recorded job of the current config up front). With an explicit target instead of ``all``,
 a stale job is reported with the ``--forcerun`` that reruns it.
 
@@ -57,6 +59,7 @@ class Decision:
     status: str                  # clean | restore | stale | new
     reason: str
     inputs: dict = field(default_factory=dict)
+    stamp: str = ""              # force stamp of a stale/restore job (unique per decision), else ""
 
 
 def _paths(value) -> list[str]:
@@ -89,10 +92,11 @@ class RuleHandle:
     """What a rule takes from :class:`Recompute`: ``input`` (for ``unpack``), ``output``, ``params``."""
 
     def __init__(self, rc: "Recompute", name: str, inputs: Callable, outputs: dict, params: dict,
-                 exists: Callable):
+                 exists: Callable, scheduling: dict | None = None):
         self.rc, self.name, self.inputs, self.outputs, self.user_params = rc, name, inputs, outputs, params
         self.exists = exists
-        for key, value in list(params.items()) + [("inputs", inputs)]:
+        self.scheduling = dict(scheduling or {})
+        for key, value in list(params.items()) + list(self.scheduling.items()) + [("inputs", inputs)]:
             if callable(value) and len(inspect.signature(value).parameters) != 1:
                 raise ValueError(f"rule {name}: {key} must be a value or a function of the wildcards only")
 
@@ -107,7 +111,7 @@ class RuleHandle:
     @property
     def params(self) -> dict:
         tag = lambda wildcards: self.rc.tag(self.name, Wildcards(wildcards.items()))  # noqa: E731
-        return dict(self.user_params, nht=tag)
+        return dict(self.user_params, **self.scheduling, nht=tag)
 
 
 class Recompute:
@@ -134,11 +138,13 @@ class Recompute:
 
     # -- registration ---------------------------------------------------------------------------
     def rule(self, name: str, inputs: Callable | dict, outputs: dict, params: dict | None = None,
-             exists: Callable | None = None) -> RuleHandle:
+             exists: Callable | None = None, scheduling: dict | None = None) -> RuleHandle:
         """Register a rule. ``exists(wildcards)``: whether a recorded job of this rule is part of
-        the current config (default: always)."""
+        the current config (default: always). ``scheduling``: more params that only tune how the
+        job runs (threads, chunk sizes, checkpoint interval; nht.config.SCHEDULING_KEYS), never what
+        it computes; they reach the job like ``params`` but are not part of its definition."""
         fn = inputs if callable(inputs) else _constant(inputs)
-        handle = RuleHandle(self, name, fn, outputs, params or {}, exists or _constant(True))
+        handle = RuleHandle(self, name, fn, outputs, params or {}, exists or _constant(True), scheduling)
         self.rules[name] = handle
         return handle
 
@@ -176,8 +182,8 @@ class Recompute:
         return [p for v in self.rules[rule].outputs.values() for p in _paths_format(v, w)]
 
     def definition(self, rule: str, w: dict) -> str:
-        """Hash of what defines a job besides content and code: its rule's source, params values,
-        input and output paths and wildcards."""
+        """Hash of what defines a job besides content and code: its rule's source, params values
+        (not its ``scheduling`` params), input and output paths and wildcards."""
         h = self.rules[rule]
         doc = {"rule": self.sources.get(rule, ""),
                "params": {k: _call(v, w) for k, v in sorted(h.user_params.items())},
@@ -205,8 +211,29 @@ class Recompute:
         self._decisions[stage] = Decision(stage, "stale", "dependency cycle")   # guard
         inputs = self.rules[rule].inputs(w)
         status, reason = self._judge(rule, w, stage, inputs)
-        d = self._decisions[stage] = Decision(stage, status, reason, inputs)
+        stamp = self._stamp(rule, w, stage) if status in ("stale", "restore") else ""
+        d = self._decisions[stage] = Decision(stage, status, reason, inputs, stamp)
         return d
+
+    def _stamp(self, rule: str, w: dict, stage: str) -> str:
+        """The force stamp of a stale or restorable job: ``.nht/force/<stage>/<digest>``.
+
+        Snakemake reruns a job only while its stamp is *missing or newer* than the job's outputs,
+        and a stamp, once made, stays (rule ``all`` consumes it, so ``temp()`` never removes it).
+        So the name must be new whenever the job may have run or been touched since its last
+        stamp: the digest covers the job's definition and code, its record file and the state of
+        its outputs (md5, size, mtime_ns, inode). A successful run or restore rewrites the record
+        or the outputs (new files) and an edit or damage of an output changes that output's state,
+        so a job that goes stale again after it ran gets a new stamp. Nothing in it depends on
+        other jobs, so every process of one run (a remote job's own Snakemake included) computes
+        the same stamp for a job until that job runs. File times only make the *name* unique;
+        whether a job is stale is decided by content (:meth:`_judge`).
+        """
+        state = {"definition": self.definition(rule, w), "code": self.code(rule)[0],
+                 "record": _file_state(self.root / self.records_dir_of(rule, w) / f"{stage}.json"),
+                 "outputs": {p: [self.md5(p), _file_state(self.root / p)] for p in self.outputs_of(rule, w)}}
+        digest = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
+        return f"{FORCE_DIR}/{stage}/{digest}"
 
     def _judge(self, rule: str, w: dict, stage: str, inputs: dict) -> tuple[str, str]:
         rec = self.records.get(stage)
@@ -253,7 +280,7 @@ class Recompute:
             wrap = ancient if d.status == "clean" else str
             out[key] = [wrap(p) for p in value] if isinstance(value, (list, tuple)) else wrap(str(value))
         if d.status in ("stale", "restore"):
-            out["nht_force"] = f"{FORCE_DIR}/{d.stage}"
+            out["nht_force"] = d.stamp
             if not self._targets_evaluated and d.stage not in self._warned:
                 self._warned.add(d.stage)
                 import sys
@@ -297,7 +324,7 @@ class Recompute:
                 continue
             d = self.decide(*found)
             if d.status in ("stale", "restore"):
-                stamps.append(f"{FORCE_DIR}/{d.stage}")
+                stamps.append(d.stamp)
             todo.extend(p for v in d.inputs.values() for p in _paths(v))
         return sorted(set(stamps))
 
@@ -316,6 +343,15 @@ def _pattern_regex(pattern: str):
     parts = re.split(r"\{(\w+)\}", pattern)
     rx = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[^/]+)" for i, p in enumerate(parts))
     return re.compile(rx)
+
+
+def _file_state(path: Path) -> list | None:
+    """(size, mtime_ns, inode) of a file, or None when it does not exist (see :meth:`Recompute._stamp`)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
 def _constant(value):
