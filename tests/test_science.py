@@ -157,7 +157,8 @@ def test_nht_beats_baseline_when_the_norm_sets_the_delay_and_not_otherwise():
     assert bad["loo_error"]["baseline_inverse_eta_lambda"]["median"] < 0.05
     small = predictive_verdict(*grid(lams=(0.5, 1.0), lrs=(0.001,), alphas=(1, 2, 3)), n_boot=300)
     assert small["paired_difference"]["n"] < 8 and small["nht_beats_baseline"] == "uncertain"
-    for name in ("nht", "nht_theory", "baseline_inverse_eta_lambda", "per_lambda_mean"):
+    for name in ("nht", "nht_theory", "baseline_inverse_eta_lambda", "same_eta_lambda_mean",
+                 "per_lambda_mean"):
         assert {"median", "ci", "n"} <= set(good["loo_error"][name])
 
 
@@ -181,8 +182,11 @@ def test_norm_shift_at_fixed_eta_lambda_holds_and_fails():
     assert good["verdict"] == "holds" and good["consistent_with_theory"]
     bad = predictive_verdict(*grid(law=False), n_boot=300)["norm_shift"]
     assert bad["verdict"] == "fails" and abs(bad["slope"]) < 0.05
+    # two strata of three init scales suffice: the permutation p (36 arrangements) can reach 0.05
     few = predictive_verdict(*grid(lams=(0.5, 1.0), lrs=(0.001,)), n_boot=300)["norm_shift"]
-    assert few["verdict"] == "uncertain" and few["ci"] is None
+    assert few["n_strata"] == 2 and few["verdict"] == "holds" and few["p"] < 0.05
+    one = predictive_verdict(*grid(lams=(0.5,), lrs=(0.001,)), n_boot=300)["norm_shift"]
+    assert one["verdict"] == "not_enough_data" and "need >= 2" in one["reason"]
     only_lambda = predictive_verdict(*grid(alphas=(1,), lrs=(0.001,)), n_boot=300)
     assert only_lambda["discriminating"] is False
     assert only_lambda["norm_shift"]["verdict"] == "not_enough_data"
@@ -204,7 +208,8 @@ def test_prediction_reads_nothing_of_the_held_out_group():
         assert new[target][name] == base[target][name], name
 
 
-def test_censored_cells_get_a_stated_bound_and_stay_out_of_the_verdict():
+def test_censored_cells_are_scored_as_bounds_not_dropped():
+    from nht.science.prediction import _error
     cells, hists = grid(alphas=(1, 2))
     row, h = synth_cell("cens", lr=0.001, wd=0.5, V_fit=800.0, V_st=1.0, max_steps=3000,
                         init_scale=9, every=20)
@@ -212,8 +217,13 @@ def test_censored_cells_get_a_stated_bound_and_stay_out_of_the_verdict():
                              n_boot=0)
     c = out["per_cell"]["cens"]
     assert c["kind"] == "censored" and c["delay_or_cap"] == 2800
-    assert out["loo_error"]["nht"]["n_censored"] == 1
-    assert out["loo_error"]["nht"]["n"] == len(cells)
+    nht = out["loo_error"]["nht"]
+    assert nht["n_censored"] == 1 and nht["n_observed"] == len(cells)
+    assert nht["n"] == len(cells) + 1                   # in the verdict's median, as a bound
+    # a prediction beyond the cap is consistent with the bound (error 0), a shorter one is short
+    assert _error(3000.0, "censored", 2800.0) == 0.0
+    assert _error(1400.0, "censored", 2800.0) == pytest.approx(0.5)
+    assert _error(1400.0, "observed", 2800.0) == pytest.approx(0.5)
 
 
 # ----------------------------------------------------------------------------- P5 S and nulls

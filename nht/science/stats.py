@@ -17,6 +17,9 @@ medians equal) the percentile interval of the same resamples is used and ``ci_me
 * :func:`log_fit` -- :func:`line_fit` of ``ln y`` on ``ln x`` over positive pairs.
 * :func:`exp_decay_fit` -- ``ln v_t = a - gamma t`` (the decay rate ``gamma``).
 * :func:`median_ci` -- median with its BCa interval.
+* :func:`group_median_ci` -- median over cells with the interval from resampling whole *groups*
+  (the units that share a fit / are held out together), BCa over >= :data:`MIN_BOOT_N` groups.
+* :func:`permutation_p` -- ``(1 + #{null >= observed}) / (1 + draws)`` of a permutation null.
 * :func:`rank_biserial` -- ``P(h > l) - P(h < l)`` = ``2 U / (n_h n_l) - 1`` (Mann-Whitney U).
 * :func:`wilson_interval` -- Wilson 95 % interval of a binomial share
   (:meth:`scipy.stats.binomtest(...).proportion_ci`).
@@ -33,7 +36,8 @@ import numpy as np
 from scipy import stats as _st
 
 __all__ = ["MIN_BOOT_N", "finite_or_none", "bootstrap_ci", "line_fit", "log_fit",
-           "exp_decay_fit", "median_ci", "rank_biserial", "wilson_interval", "spearman"]
+           "exp_decay_fit", "median_ci", "group_median_ci", "permutation_p", "rank_biserial",
+           "wilson_interval", "spearman"]
 
 MIN_BOOT_N = 8
 CI_LEVEL = 0.95
@@ -166,6 +170,46 @@ def median_ci(values: Iterable[float], n_boot: int = 1000, seed: int = 0) -> dic
         return {"median": None, "ci": None, "ci_method": None, "n": 0}
     ci, method = bootstrap_ci((v,), np.median, n_boot=n_boot, seed=seed)
     return {"median": float(np.median(v)), "ci": ci, "ci_method": method, "n": int(v.size)}
+
+
+def group_median_ci(values: Sequence[float], groups: Sequence, n_boot: int = 1000,
+                    seed: int = 0) -> dict:
+    """Median of the finite ``values`` (one per cell) with its 95 % interval from resampling whole
+    groups (``groups[i]`` labels cell ``i``; cells of one group are resampled together, so cells that
+    share a fit do not count as independent). BCa over groups, needs >= :data:`MIN_BOOT_N` groups.
+
+    Returns ``{median, ci, ci_method, n, n_groups, resampled}`` (``resampled = "groups"``)."""
+    vals = [finite_or_none(v) for v in values]
+    if len(vals) != len(groups):
+        raise ValueError(f"values and groups differ in length: {len(vals)} vs {len(groups)}")
+    by: dict = {}
+    for v, g in zip(vals, groups):
+        if v is not None:
+            by.setdefault(g, []).append(v)
+    arrs = [np.asarray(v, dtype=float) for v in by.values()]
+    out = {"median": None, "ci": None, "ci_method": None, "n": int(sum(a.size for a in arrs)),
+           "n_groups": len(arrs), "resampled": "groups"}
+    if not arrs:
+        return out
+    out["median"] = float(np.median(np.concatenate(arrs)))
+
+    def stat(idx):
+        return float(np.median(np.concatenate([arrs[int(i)] for i in np.atleast_1d(idx)])))
+
+    ci, method = bootstrap_ci((np.arange(len(arrs), dtype=float),), stat, n_boot=n_boot, seed=seed)
+    if ci is not None and method == "degenerate":
+        ci = [out["median"], out["median"]]
+    out.update({"ci": ci, "ci_method": method})
+    return out
+
+
+def permutation_p(null_draws: Sequence[float], observed: float | None) -> float | None:
+    """One-sided permutation p-value ``(1 + #{null >= observed}) / (1 + draws)`` (never 0; the
+    observed arrangement counts as one draw). ``None`` without draws or observation."""
+    d = np.asarray([x for x in null_draws if finite_or_none(x) is not None], dtype=float)
+    if d.size == 0 or finite_or_none(observed) is None:
+        return None
+    return float((1 + (d >= observed - 1e-12).sum()) / (1 + d.size))
 
 
 def rank_biserial(high: Sequence[float], low: Sequence[float]) -> float | None:
