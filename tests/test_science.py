@@ -262,11 +262,13 @@ def test_S_holds_above_its_nulls_and_fails_on_a_shuffled_pairing():
     assert shuffled["S"] <= shuffled["null_pairing"]["q95"] and shuffled["verdict"] == "fails"
 
 
-def test_steady_fall_plus_one_rise_gives_S_1_but_not_above_the_pairing_null():
+def test_steady_fall_plus_one_rise_gives_S_1_and_is_descriptive_only():
     cells, hists = grid(alphas=(1, 2))
     sep = science.clean_norm_separation(cells, hists, n_boot=200, n_null=200)
     assert sep["S"] == pytest.approx(1.0)          # S alone would "hold" by construction
-    assert sep["null_pairing"]["q95"] == pytest.approx(1.0) and sep["verdict"] == "fails"
+    # ... and so would every null: no S can beat them, so P5 is reported, not scored
+    assert sep["null_pairing"]["q95"] == pytest.approx(1.0) and sep["verdict"] == "descriptive"
+    assert sep["scored"] is False and "no S can beat it" in sep["reason"]
     assert science.clean_norm_separation(cells.iloc[:2], hists, n_null=50)["verdict"] == \
         "not_enough_data"
 

@@ -11,13 +11,14 @@ EPS = 1e-6
 
 
 def modular_summary(share1=0.9, tau=0.95, share4=0.9, S=0.9, diff=0.2, beats=True,
-                    all_present=True, n=10, null_q95=0.5, width=0.05):
+                    all_present=True, n=10, null_q95=0.5, width=0.05, p1=0.01):
     """A summary whose statistics sit at the given values, each with a +-``width`` interval."""
     ci = (lambda v: [v - width, v + width]) if n >= 8 else (lambda v: None)
     return {
         "kind": "modular",
         "regimes": {"intermediate": n},
-        "norm_ordering": {"share": share1, "ci": ci(share1), "n": n, "same_cell_share": 1.0},
+        "norm_ordering": {"share": share1, "ci": ci(share1), "n": n, "same_cell_share": 1.0,
+                          "p": p1},
         "regime_ordering": {"tau_b": tau, "ci": ci(tau), "n_slices": n, "n_pairs": 30,
                             "n_discordant": 1, "n_lambda": 4, "all_present": all_present,
                             "counts": {"weak (shortcut persists)": 2 if all_present else 0,
@@ -33,33 +34,37 @@ def modular_summary(share1=0.9, tau=0.95, share4=0.9, S=0.9, diff=0.2, beats=Tru
                        "paired_difference": {"median": diff, "ci": ci(diff), "n": n},
                        "loo_error": {"nht": {"median": 0.1, "ci": [0.05, 0.2]},
                                      "baseline_inverse_eta_lambda": {"median": 0.3, "ci": None}},
-                       "norm_shift": {"slope": 1.1, "ci": [0.8, 1.4], "verdict": "holds"}},
+                       "norm_shift": {"slope": 1.1, "ci": [0.8, 1.4], "p": 0.001,
+                                      "n_strata": 8, "verdict": "holds"}},
         "delay_law": {"k": 1.6, "b": 10.0, "r2": 0.97, "n": n, "tautology_r2": 0.99},
         "baseline_inverse_eta_lambda": {"k": 1, "b": 0, "r2": 0.96, "n": n},
         "decay_rate": {"ratio_to_theory": {"median": 0.4, "ci": [0.3, 0.5], "n": n}},
     }
 
 
-def image_summary(norm_ratio=1.5, decay=(0.5, 5, 20, 50), regimes=None, acc=(0.8, 0.6, 0.4, 0.1),
-                  wga=None):
+RHOS = (0.1, 0.3, 0.5, 0.9, 1.0)
+
+
+def image_summary(norm_ratio=1.5, decay=(0.5, 5, 20, 50), regimes=None,
+                  acc=(0.8, 0.7, 0.6, 0.4, 0.1), wga=None, sd=0.01, n=2):
     return {
         "kind": "image",
         "norm_ratio": norm_ratio,
         "decay_from_peak": {str(lam): [d, 1.0, 2] for lam, d in zip((0.001, 0.01, 0.1, 1), decay)},
         "regimes": regimes if regimes is not None else {"weak": 2, "intermediate": 3, "strong": 2,
                                                         "diverged": 0},
-        "clean_acc_by_strength": {str(r): [a, 0.01, 2] for r, a in zip((0.1, 0.5, 0.9, 1.0), acc)},
+        "clean_acc_by_strength": {str(r): [a, sd, n] for r, a in zip(RHOS, acc)},
         "worst_group_acc": wga,
     }
 
 
 def test_modular_card_has_all_keys_and_is_json():
     card = sc.build_scorecard(modular_summary(), "modular")
-    assert list(card) == list(sc.PREDICTIONS)
+    assert list(card) == list(sc.HEADLINES)
     for e in card.values():
-        assert {"statistic", "threshold", "verdict"} <= set(e)
+        assert {"statistic", "threshold", "verdict", "scored"} <= set(e)
         assert e["verdict"] in sc.VERDICTS
-    assert all(card[p]["verdict"] == "holds" for p in sc.PREDICTIONS if p != "P3_group_accuracy")
+    assert all(card[p]["verdict"] == "holds" for p in sc.HEADLINES if p != "P3_group_accuracy")
     assert card["P3_group_accuracy"]["verdict"] == "not_applicable"
     json.dumps(card, allow_nan=False)
 
@@ -87,6 +92,34 @@ def test_modular_verdict_is_an_interval_verdict(pred):
                                           else "not_enough_data")
 
 
+def test_P1_must_beat_the_V_irrelevant_null():
+    card = lambda **kw: sc.build_scorecard(modular_summary(**kw))["P1_norm_ordering"]
+    assert card(p1=0.01)["verdict"] == "holds"
+    e = card(p1=0.4)                       # the interval is >= 0.8, the null does as well
+    assert e["verdict"] == "fails" and "V-irrelevant null" in e["detail"]["reason"]
+    assert card(p1=None)["verdict"] == "fails"
+
+
+def test_norm_shift_is_a_headline_entry():
+    def card(**shift):
+        s = modular_summary()
+        s["prediction"]["norm_shift"].update(shift)
+        return sc.build_scorecard(s)["norm_shift"]
+    assert card()["verdict"] == "holds" and card()["statistic"] == 1.1
+    assert card(verdict="fails", slope=0.1, ci=[-0.3, 0.5])["verdict"] == "fails"
+    ned = card(verdict="not_enough_data", slope=None, ci=None, reason="1 stratum; need >= 2")
+    assert ned["verdict"] == "not_enough_data" and "need >= 2" in ned["detail"]["reason"]
+    assert not ned["scored"]
+
+
+def test_P5_is_descriptive_when_no_S_could_beat_its_nulls():
+    s = modular_summary()
+    s["clean_norm_separation"].update(verdict="descriptive", reason="a null's 95th percentile is 1")
+    e = sc.build_scorecard(s)["P5_clean_separation"]
+    assert e["verdict"] == "not_enough_data" and not e["scored"] and e["statistic"] == 0.9
+    assert "95th percentile" in e["detail"]["reason"]
+
+
 def test_P5_needs_S_above_threshold_and_above_its_nulls():
     card = lambda **kw: sc.build_scorecard(modular_summary(**kw))["P5_clean_separation"]
     assert card(S=0.9, null_q95=0.5)["verdict"] == "holds"
@@ -104,6 +137,13 @@ def test_P6_is_the_out_of_sample_comparison(beats, verdict):
     assert e["verdict"] == verdict and e["threshold"] == 0.0 and e["comparison"] == ">"
     assert e["detail"]["retrospective_r2"] == 0.97 and e["detail"]["tautology_r2"] == 0.99
     assert e["detail"]["decay_ratio_to_theory"] == 0.4
+    s = modular_summary()
+    # the fair null: beating 1/(eta lambda) is not enough when the same-eta-lambda mean wins
+    s["prediction"].update(nht_beats_nulls=False, nht_vs_same_eta_lambda_mean={
+        "median": -0.1, "ci": [-0.2, -0.05], "n": 10})
+    fair = sc.build_scorecard(s)["P6_delay_scaling"]
+    assert fair["verdict"] == "fails" and fair["statistic"] == -0.1
+    assert fair["detail"]["binding_null"] == "same_eta_lambda_mean"
     s = modular_summary()
     s["prediction"]["discriminating"] = False
     assert "cannot be separated" in sc.build_scorecard(s)["P6_delay_scaling"]["detail"]["reason"]
@@ -146,11 +186,13 @@ def test_image_card_uses_the_shared_science_entries_and_adds_p3():
               "P6_delay_scaling"):
         assert bare[p]["verdict"] == "not_enough_data", p
     # P3: accuracy must fall with rho; worst-group accuracy preferred where defined
-    up = sc.build_scorecard(image_summary(acc=(0.1, 0.4, 0.6, 0.8)))["P3_group_accuracy"]
+    up = sc.build_scorecard(image_summary(acc=(0.1, 0.4, 0.6, 0.7, 0.8)))["P3_group_accuracy"]
     assert up["verdict"] == "fails" and up["statistic"] == pytest.approx(-1)
-    wg = sc.build_scorecard(image_summary(wga={"0.1": [0.1, 0, 1], "0.5": [0.2, 0, 1],
-                                               "0.9": [0.3, 0, 1]}))["P3_group_accuracy"]
-    assert wg["verdict"] == "fails" and wg["detail"]["source"] == "worst_group_acc"
+    wg = sc.build_scorecard(image_summary(wga={"0.1": [0.1, 0, 2], "0.5": [0.2, 0, 2],
+                                               "0.9": [0.3, 0, 2]}))["P3_group_accuracy"]
+    # three rho values: descriptive only, whatever the order
+    assert wg["verdict"] == "not_enough_data" and not wg["scored"]
+    assert wg["detail"]["source"] == "worst_group_acc" and wg["statistic"] == pytest.approx(-1)
 
 
 def test_unknown_kind_raises():
@@ -197,7 +239,7 @@ def test_html_rendering_has_the_tables():
 def test_attach_scorecards_in_place():
     s = {"experiments": {"m": modular_summary(), "x": {"kind": "other"}}}
     assert sc.attach_scorecards(s) is s
-    assert list(s["experiments"]["m"]["scorecard"]) == list(sc.PREDICTIONS)
+    assert list(s["experiments"]["m"]["scorecard"]) == list(sc.HEADLINES)
     assert "scorecard" not in s["experiments"]["x"]
 
 

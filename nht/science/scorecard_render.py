@@ -20,6 +20,8 @@ def _fmt(x) -> str:
 
 def _cell_text(e: dict) -> str:
     v = e["verdict"]
+    if v == "not_enough_data" and e.get("statistic") is not None:
+        return f"not scored ({_fmt(e['statistic'])})"
     if v in ("not_applicable", "not_enough_data"):
         return v.replace("_", " ")
     return f"**{v}** ({_fmt(e['statistic'])} {e['comparison']} {_fmt(e['threshold'])}?)"
@@ -42,8 +44,11 @@ def scorecard_markdown(summary: dict) -> str:
              "Every measured verdict is computed from the data by `nht.science.scorecard` with a threshold "
              "fixed in advance (shown as `statistic >= threshold?`). A modular verdict holds only "
              "when the whole 95 % interval lies on the predicted side (`uncertain` when it "
-             "straddles, or below 8 units, where no interval is computed), P5 must also beat its "
-             "nulls and P6 is an out-of-sample comparison with the 1/(ηλ) baseline; see "
+             "straddles, or below 8 units, where no interval is computed); P1 and P5 must also beat "
+             "nulls where V is unrelated to the transition, P6 is an out-of-sample comparison with "
+             "the 1/(ηλ) fit and the same-ηλ mean of other groups, and the norm shift at fixed ηλ "
+             "(the law's own discriminating prediction, slope 1 vs 0) is a headline of its own, "
+             "not counted in the /6. `not scored (x)`: a descriptive statistic; see "
              "`workflow/report/science.rst` for the estimators. The paper's verdicts are given "
              "by hand; for CelebA and Waterbirds it states only how many predictions hold.", "",
              "## Measured", ""]
@@ -53,6 +58,8 @@ def scorecard_markdown(summary: dict) -> str:
         lines.append("| " + " | ".join([sc.LABELS[p]] + [_cell_text(cards[n][p]) for n in names]) + " |")
     lines.append("| **holds** | " + " | ".join(
         f"{sum(cards[n][p]['verdict'] == 'holds' for p in sc.PREDICTIONS)}/6" for n in names) + " |")
+    lines.append("| " + " | ".join([sc.LABELS["norm_shift"]] + [
+        _cell_text(cards[n]["norm_shift"]) if "norm_shift" in cards[n] else "–" for n in names]) + " |")
     lines += ["", "## Paper", ""]
     phead = ["prediction"] + [sc.PAPER[k]["label"] for k in sc.PAPER]
     lines += ["| " + " | ".join(phead) + " |", "|" + "---|" * len(phead)]
@@ -87,7 +94,9 @@ def scorecard_markdown(summary: dict) -> str:
         lines += ["", f"## `{n}` in detail", "",
                   "| prediction | statistic | 95% CI | threshold | verdict | CI says | n | definition |",
                   "|---|---|---|---|---|---|---|---|"]
-        for p in sc.PREDICTIONS:
+        for p in sc.HEADLINES:
+            if p not in cards[n]:
+                continue
             e = cards[n][p]
             ci = "–" if not e.get("ci") else f"[{_fmt(e['ci'][0])}, {_fmt(e['ci'][1])}]"
             reason = (e.get("detail") or {}).get("reason")

@@ -20,6 +20,14 @@ percentile over ``n_null`` draws and ``p`` = (1 + #null >= S) / (1 + draws). Ver
 when ``S >= threshold`` (0.8) and ``S`` exceeds both nulls' 95th percentiles, ``fails``
 otherwise, ``not_enough_data`` below 3 transition cells. ``S_ci``: BCa interval over cells
 (>= 8 cells).
+
+**Descriptive when no S could beat the nulls.** S is at most 1. Where V falls monotonically over
+the window (the usual case under weight decay), *any* split of the rows into an early reliant and
+a late structured phase gives S = 1, so the pairing null's 95th percentile is 1 and no data, not
+even data that follow the law exactly, can pass. Then ``verdict`` is ``descriptive`` (``scored``
+false, ``reason`` says why): S is reported, not scored. The scored test needs V histories where
+the pairing matters (V stops falling, or wobbles, once a cell leaves the shortcut, so another
+cell's switch time splits its rows worse than its own).
 """
 
 from __future__ import annotations
@@ -178,15 +186,22 @@ def _separation(entries, n_boot, seed, threshold, estimator, n_null=1000) -> dic
     trans = [c for c in per_cell.values() if c["transition"]]
     med = stats.median_ci([c["S"] for c in trans], n_boot=n_boot, seed=seed)
     nulls = separation_nulls(series, med["median"], n_null=n_null, seed=seed)
+    reason, scored = None, True
     if med["n"] < 3:
-        verdict = "not_enough_data"
+        verdict, scored = "not_enough_data", False
+        reason = f"{med['n']} transition cells with S, fewer than 3"
+    elif any(nl["q95"] is not None and nl["q95"] >= 1.0 - 1e-12 for nl in nulls.values()):
+        verdict, scored = "descriptive", False
+        reason = ("a null's 95th percentile is already S = 1 (V falls monotonically over the "
+                  "window: any switch time gives S = 1), so no S can beat it; reported, not scored")
     else:
         beats = all(nl["q95"] is None or med["median"] > nl["q95"] for nl in nulls.values())
         verdict = "holds" if (med["median"] >= threshold and beats) else "fails"
     sp = stats.median_ci([c["S_spearman"] for c in trans], n_boot=0)
     pk = stats.median_ci([c["S_from_peak"] for c in trans], n_boot=0)
     return {"S": med["median"], "S_ci": med["ci"], "S_ci_method": med["ci_method"],
-            "n": med["n"], "threshold": threshold, "verdict": verdict, **nulls,
+            "n": med["n"], "threshold": threshold, "verdict": verdict, "scored": scored,
+            "reason": reason, **nulls,
             "S_all_memorised": stats.median_ci([c["S"] for c in per_cell.values()],
                                                n_boot=0)["median"],
             "S_spearman": sp["median"], "n_spearman": sp["n"],
@@ -200,7 +215,7 @@ def clean_norm_separation(cells, histories: dict[str, pd.DataFrame], n_boot: int
     """Experiment-level S of an experiment of any domain, with both nulls and the verdict
     (phi_t = the history's ``phi``: ``1 - test_acc`` for modular, border reliance for images).
 
-    Returns ``{S, S_ci, S_ci_method, n, threshold, verdict, null_pairing, null_circular,
+    Returns ``{S, S_ci, S_ci_method, n, threshold, verdict, scored, reason, null_pairing, null_circular,
     S_all_memorised, S_spearman, n_spearman, S_from_peak, n_from_peak, estimator, per_cell,
     untrusted_cells}``; ``null_* = {q95, median, p, n_draws}``; ``per_cell[id]`` is
     :func:`clean_norm_separation_cell`'s dict plus ``regime``, ``transition``, ``S_from_peak``.

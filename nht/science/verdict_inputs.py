@@ -12,9 +12,20 @@ shortcut-reliant at its fit (test accuracy at ``T_fit`` below 0.5); ``V_st`` = `
 *other* cells that generalised at the same lambda and task (a cell is never compared with itself
 before and after decay). Per reliant cell, ``q`` = share of those peers with ``V_st < V_sc`` (ties
 half); statistic = mean of ``q`` (the probability that a shortcut solution has a higher squared
-norm than a structured one at the same lambda), BCa interval over cells (>= 8). The old
-same-cell statistic (share with ``V_fit > V_final``, true by construction under decay) is given
-beside as ``same_cell_share``.
+norm than a structured one at the same lambda), BCa interval over cells (>= 8).
+
+Under weight decay V falls after the fit whatever sets the transition, so ``share`` is near 1 even
+when V is irrelevant to it. ``null`` breaks the link: each generalised peer's ``V_transition`` is
+replaced by its own V read at ``T_fit + delay`` of *another* cell of its stratum (cells equal in
+every group axis but ``init_scale`` and the seeds: fixed ``eta lambda`` and task), delays permuted
+within strata (``n_null`` draws; V read from the history, the last row where it ends earlier).
+If the transition happens when V reaches the structured norm (the law), the own delays line up
+with the norms and the permuted ones do not; if the delay ignores V, they are exchangeable.
+``p`` = ``(1 + #{null share >= share}) / (1 + draws)``; ``beats_null`` = ``p <= 0.05``. A stratum
+with one generalised cell cannot be permuted (the null then equals the statistic there): P1 can
+only pass on grids where cells at one ``eta lambda`` differ in norm. The old same-cell statistic
+(share with ``V_fit > V_final``, true by construction under decay) is given beside as
+``same_cell_share``.
 
 **P2, regime ordering.** Regimes ranked weak ``weak`` 0 < ``intermediate``/``immediate`` 1 <
 suppressed ``strong`` 2 (``diverged`` out). Per slice (cells equal in every setting but lambda),
@@ -36,11 +47,13 @@ import pandas as pd
 from scipy import stats as st
 
 from nht.science import stats
-from nht.science.cellrecords import (TASK_AXES, count, eta_lambda, is_diverged, key_of, num, records,
-                             time_sorted)
+from nht.science.cellrecords import (GROUP_AXES, TASK_AXES, count, eta_lambda, is_diverged, key_of,
+                                    num, records, time_sorted)
 
 READOUT_NAMES = ("out.weight", "head.weight")      # modular MLP and transformer readouts
 REGIME_RANK = {"weak": 0, "intermediate": 1, "immediate": 1, "strong": 2}
+P1_ALPHA = 0.05
+STRATUM_AXES = tuple(a for a in GROUP_AXES if a != "init_scale")   # fixed eta lambda and task
 SLICE_KEYS = ("lr", "init_scale", "seed", "op", "p", "train_frac", "split_seed", "dataset", "rho", "border",
               "model", "optimizer")
 
@@ -119,41 +132,96 @@ def _reliant_at_fit(rec: dict, histories: dict) -> bool | None:
     return None if acc is None else acc < 0.5
 
 
+def _v_at(history: pd.DataFrame | None, step: float) -> float | None:
+    """V at the last evaluation with ``step <= step`` (the first row if none is earlier)."""
+    if history is None or "V" not in history.columns or len(history) == 0:
+        return None
+    h = time_sorted(history)
+    idx = int(np.searchsorted(h["step"].to_numpy(float), step, side="right")) - 1
+    return num(h["V"].iloc[max(idx, 0)])
+
+
+def _shares(v_sc: list[float], peers: list[np.ndarray], v_st: np.ndarray) -> np.ndarray:
+    q = []
+    for v, idx in zip(v_sc, peers):
+        p = v_st[idx]
+        q.append(((p < v).sum() + 0.5 * (p == v).sum()) / p.size)
+    return np.asarray(q, float)
+
+
 def norm_ordering(cells, histories: dict | None = None, n_boot: int = 1000,
-                  seed: int = 0) -> dict:
-    """P1 between different solutions (module docstring). Returns ``{share, ci, ci_method, n,
-    n_pairs, skipped, same_cell_share, same_cell_n, definition}``."""
+                  seed: int = 0, n_null: int = 500) -> dict:
+    """P1 between different solutions, against the V-irrelevant null (module docstring).
+
+    Returns ``{share, ci, ci_method, n, n_pairs, null: {q95, median, n_draws, n_strata_permuted},
+    p, beats_null, skipped, same_cell_share, same_cell_n, definition}``."""
     histories = histories or {}
     recs = [r for r in records(cells) if not is_diverged(r)]
-    gen = [r for r in recs if num(r.get("T_transition")) is not None and (num(r.get("V_transition")) or 0) > 0]
-    q, n_pairs, skipped = [], 0, {}
+    gen = [r for r in recs if num(r.get("T_transition")) is not None
+           and (num(r.get("V_transition")) or 0) > 0]
+    gen_ix = {g["cell"]: i for i, g in enumerate(gen)}
+    v_st = np.array([num(g["V_transition"]) for g in gen], float)
+    v_sc, peers, n_pairs, skipped = [], [], 0, {}
     for r in recs:
-        v_sc = num(r.get("V_fit"))
-        if num(r.get("T_fit")) is None or v_sc is None:
+        v = num(r.get("V_fit"))
+        if num(r.get("T_fit")) is None or v is None:
             continue
         if _reliant_at_fit(r, histories) is not True:
             count(skipped, "not_reliant_at_fit")
             continue
-        peers = [num(g["V_transition"]) for g in gen if g["cell"] != r["cell"]
-                 and str(g.get("weight_decay")) == str(r.get("weight_decay"))
-                 and key_of(g, TASK_AXES) == key_of(r, TASK_AXES)]
-        if not peers:
+        idx = np.array([gen_ix[g["cell"]] for g in gen if g["cell"] != r["cell"]
+                        and str(g.get("weight_decay")) == str(r.get("weight_decay"))
+                        and key_of(g, TASK_AXES) == key_of(r, TASK_AXES)], int)
+        if not idx.size:
             count(skipped, "no_generalised_peer_at_lambda")
             continue
-        p = np.asarray(peers)
-        q.append(float(((p < v_sc).sum() + 0.5 * (p == v_sc).sum()) / p.size))
-        n_pairs += p.size
-    ci, method = stats.bootstrap_ci((np.asarray(q),), np.mean, n_boot=n_boot, seed=seed)
+        v_sc.append(v)
+        peers.append(idx)
+        n_pairs += idx.size
+    q = _shares(v_sc, peers, v_st)
+    share = float(q.mean()) if q.size else None
+    ci, method = stats.bootstrap_ci((q,), np.mean, n_boot=n_boot, seed=seed)
+    # the V-irrelevant null: V of each generalised cell read at T_fit + another stratum cell's delay
+    strata: dict[tuple, list[int]] = {}
+    for i, g in enumerate(gen):
+        if num(g.get("T_fit")) is not None:
+            strata.setdefault(key_of(g, STRATUM_AXES), []).append(i)
+    table = {}                                   # (j, k) -> V_j(T_fit_j + delay_k)
+    for members in strata.values():
+        for j in members:
+            for k in members:
+                d_k = num(gen[k]["T_transition"]) - num(gen[k]["T_fit"])
+                v_jk = (v_st[j] if j == k else
+                        _v_at(histories.get(gen[j]["cell"]), num(gen[j]["T_fit"]) + d_k))
+                table[j, k] = v_st[j] if v_jk is None else v_jk
+    rng = np.random.default_rng(seed + 1)
+    draws = []
+    movable = [m for m in strata.values() if len(m) > 1]
+    for _ in range(n_null if q.size else 0):
+        v_null = v_st.copy()
+        for members in movable:
+            for j, k in zip(members, rng.permutation(members)):
+                v_null[j] = table[j, int(k)]
+        draws.append(float(_shares(v_sc, peers, v_null).mean()))
+    p = stats.permutation_p(draws, share)
     delayed = [(num(r.get("V_fit")), num(r.get("V_final"))) for r in recs
                if r.get("regime") == "intermediate"]
     delayed = [(m, f) for m, f in delayed if m is not None and f is not None]
-    return {"share": float(np.mean(q)) if q else None, "ci": ci, "ci_method": method,
-            "n": len(q), "n_pairs": n_pairs, "skipped": skipped,
+    return {"share": share, "ci": ci, "ci_method": method,
+            "n": int(q.size), "n_pairs": n_pairs, "skipped": skipped,
+            "null": {"q95": float(np.quantile(draws, 0.95)) if draws else None,
+                     "median": float(np.median(draws)) if draws else None,
+                     "n_draws": len(draws), "n_strata_permuted": len(movable),
+                     "definition": "share with each generalised peer's V_transition replaced by "
+                                   "its V at T_fit + the delay of another cell of its stratum "
+                                   "(fixed eta lambda), delays permuted within strata"},
+            "p": p, "beats_null": None if p is None else bool(p <= P1_ALPHA),
             "same_cell_share": (sum(m > f for m, f in delayed) / len(delayed)
                                 if delayed else None),
             "same_cell_n": len(delayed),
             "definition": "P(V_fit of a shortcut-reliant cell > V_transition of another generalised "
-                          "cell at the same lambda)"}
+                          "cell at the same lambda), against the null where the delay is unrelated "
+                          "to V"}
 
 
 # ----------------------------------------------------------------------------- P2
