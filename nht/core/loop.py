@@ -11,7 +11,12 @@ object with:
 ``steps_per_epoch``         steps in one pass over the training set, or None (no epochs)
 ``device``                  the torch device it trains on
 ``train_step()``            one optimizer update of every active cell; returns their training
-                            losses, a tensor of shape ``(len(active),)``
+                            losses, a tensor of shape ``(len(active),)`` (it may stay on the
+                            device: the loop does not read it back at every step)
+``check_every`` (optional)  loop iterations between read-backs of the losses' finiteness (default
+                            1); ``None``: only at evaluations. A domain that sets it above 1 must
+                            keep a cell whose loss was NaN/Inf from changing the other cells (its
+                            own state no longer matters)
 ``evaluate(wall_s)``        one history row (:mod:`nht.core.history`) per active cell, in
                             ``active`` order; ``wall_s`` = seconds of training so far
 ``stop(cell, row)``         the stop rule: ``(status, reason)`` to end the cell after this row,
@@ -28,6 +33,13 @@ means ``diverged``: a history ends with its last finite evaluation) and apply th
 a checkpoint when ``checkpoint_every_s`` seconds have passed; print a progress line at most every
 ``progress_every_s`` seconds. It returns the rows, the cells' status and the run's timing and
 provenance; the domain writes its own files.
+
+Host synchronisation: between checks the loop only queues work on the device. The finiteness of
+every loss is folded, on the device, into two small per-cell tensors (finite so far, finite steps
+since the last check); they are read back (one ``tolist``) every ``check_every`` iterations and
+before every evaluation. A cell found non-finite there ends as ``diverged`` with the step of its
+first non-finite loss as ``stop_step``, and the iterations it ran after that are not counted in
+``cell_steps``: status, history and counts are those of a check at every step.
 
 Checkpoints are written atomically (:func:`nht.core.io.write_atomic`), carry the cells' signature and the trainer's code fingerprint
 (:func:`nht.core.fingerprint.code_fingerprint`), and are loaded with ``weights_only=True``; one
@@ -90,6 +102,36 @@ def load_checkpoint(path: Path, sig: str, code: str) -> tuple[dict | None, str]:
     return state, "ok"
 
 
+class _FiniteWatch:
+    """Per active cell, on the domain's device: is every loss since the last check finite, and how
+    many loop iterations since then had a finite loss. Three tensor ops per step, no read-back."""
+
+    def __init__(self, domain) -> None:
+        self.reset(domain)
+
+    def reset(self, domain) -> None:
+        self.cells = list(domain.active)
+        self.ok = torch.ones(len(self.cells), dtype=torch.bool, device=domain.device)
+        self.n_ok = torch.zeros(len(self.cells), dtype=torch.int64, device=domain.device)
+        self.iterations, self.step0 = 0, domain.step
+
+    def update(self, loss: torch.Tensor) -> None:
+        self.ok &= torch.isfinite(loss.detach())
+        self.n_ok += self.ok
+        self.iterations += 1
+
+    def read(self, step_now: int) -> list[tuple[str, int, int]]:
+        """(cell, step of its first non-finite loss, iterations it ran after that) of every cell
+        whose loss was non-finite since the last reset: the one host read-back of a check."""
+        if not self.iterations:
+            return []
+        found = []
+        for cell, n in zip(self.cells, torch.where(self.ok, -1, self.n_ok).tolist()):
+            if n >= 0:   # its first non-finite loss came after n finite iterations
+                found.append((cell, min(step_now, self.step0 + n + 1), self.iterations - n - 1))
+        return found
+
+
 def _finite_row(row: dict) -> bool:
     return math.isfinite(row["V"]) and (row["step"] == 0 or math.isfinite(row["loss"]))
 
@@ -137,19 +179,30 @@ def run(domain, *, code_module: str, name: str = "run", checkpoint: str | Path |
         save_checkpoint({"signature": sig, "code": code, "domain": domain.state_dict(), "history": out.history,
                          "status": out.status, "elapsed_s": elapsed_before + time.perf_counter() - t0}, ckpt)
 
+    check_every = getattr(domain, "check_every", 1)
+    watch = _FiniteWatch(domain)
+
+    def check() -> None:
+        for cell, stop_step, extra in watch.read(domain.step):
+            out.status[cell] = {"status": "diverged", "stop_step": stop_step, "stop_reason": "non-finite loss"}
+            out.cell_steps -= extra
+        if any(out.status[c]["status"] != "running" for c in domain.active):
+            domain.keep([c for c in domain.active if out.status[c]["status"] == "running"])
+        watch.reset(domain)
+
     if out.resumed_from_step is None:
         evaluate()
+        watch.reset(domain)
     while domain.active:
         loss = domain.train_step()
         out.cell_steps += len(loss)
-        bad = ~torch.isfinite(loss)
-        if bool(bad.any()):
-            for cell, b in zip(list(domain.active), bad.tolist()):
-                if b:
-                    end(cell, "diverged", "non-finite loss")
-            domain.keep([c for c, b in zip(domain.active, bad.tolist()) if not b])
-        if domain.active and (domain.step % domain.eval_every == 0 or domain.step >= domain.max_steps):
+        watch.update(loss)
+        due = domain.step % domain.eval_every == 0 or domain.step >= domain.max_steps
+        if due or (check_every is not None and watch.iterations >= check_every):
+            check()
+        if domain.active and due:
             evaluate()
+            watch.reset(domain)
             now = time.perf_counter()
             if stop_after_steps is not None and domain.step >= stop_after_steps:
                 save()

@@ -2,10 +2,12 @@
 
 All cells of a job share the dataset, the model architecture and the schedule (batch size,
 max_steps, eval_every, thresholds); they may differ in learning rate eta, weight decay lambda,
-init scale alpha and seed. Their parameters are stacked along a leading *cell* dimension and the
-model runs as :func:`nht.domains.modular.models.stacked_forward` (batched matrix products over the
-cells); the optimizer step applies per-cell eta and lambda. A job of one cell is the per-cell
-path: the code is the same.
+init scale alpha and seed. Their parameters live in ONE tensor of shape (cells, parameters per
+cell), ``flat``; each model tensor is a view of it (cell on dim 0), the model runs as
+:func:`nht.domains.modular.models.stacked_forward` (batched matrix products over the cells), and
+the optimizer updates ``flat`` with per-cell eta, lambda and step counts held as per-cell
+tensors broadcast over the cell dimension. A job of one cell is the per-cell path: the code is
+the same.
 
 :class:`Trainer` is the modular domain of the shared loop (:mod:`nht.core.loop`), which does the
 evaluation cadence, divergence, checkpoints and progress; :func:`train_job` runs it and writes
@@ -19,8 +21,32 @@ steps on the *whole* train and test sets. History columns (:mod:`nht.core.histor
 
 Stop rule (per cell, recorded in the job's meta.json): a cell stops at the first evaluation at
 least ``stop_margin`` steps after its test accuracy first reached ``test_threshold``, or at
-``max_steps``, or as soon as its loss is NaN/Inf (status ``diverged``). Stopped cells are removed
-from the stacked tensors, so they stop costing compute.
+``max_steps``, or as soon as its loss is NaN/Inf (status ``diverged``; found at the next
+evaluation, its ``stop_step`` is the step of its first non-finite loss).
+
+The cost of a step does not grow with the number of cells: its tensor operations are the same for
+1 or 320 cells (``benchmarks/step_ops.py`` counts them), and nothing is read back to the host
+between evaluations:
+
+* optimizer: :meth:`Trainer._adamw` / :meth:`Trainer._sgd`, a handful of elementwise operations on
+  ``flat`` and its moments, whatever the number of cells or parameter tensors;
+* minibatches: each cell's sampler draws the indices of a stretch of steps at once (up to one
+  evaluation interval, at most ``CHUNK_INDICES`` indices per job), stacked and moved to the device
+  once per stretch (pinned, non-blocking on CUDA);
+* divergence: a cell whose loss is NaN/Inf has its update masked from that step on (its
+  parameters stay at their last finite values, the other cells are untouched); the loop reads the
+  losses' finiteness back at evaluations only (``check_every = None``);
+* stopped cells: removed from the stacked tensors on the CPU (they stop costing compute); on the
+  CUDA-graph path masked instead (static shapes), and the tensors compacted (and the graph
+  captured anew) once at most half of the stacked cells are still active. Masked and removed give
+  the same history (tested on the CPU).
+
+On CUDA (``graph="auto"``) one whole training step (gather, forward, backward, optimizer) is
+captured once as a CUDA graph (``torch.cuda.CUDAGraph``) and replayed; the step's minibatch
+indices are copied into its static input first. Needs the same minibatch size at every step
+(``with_replacement``, full batch, or ``epoch_shuffle`` with a batch size dividing n); otherwise
+the eager step runs. On the CPU the eager step always runs. fp32 on the CPU is bitwise
+deterministic for a given thread count.
 
 Minibatches: see :mod:`nht.domains.modular.samplers`; ``batch_size: full`` is full-batch gradient
 descent. The ``with_replacement`` generator of a cell starts in the state the global generator has
@@ -30,13 +56,13 @@ stream on the CPU).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.func import stack_module_state
-from torch.optim.adamw import adamw as functional_adamw
 
 from nht.config import Cell
 from nht.core import device as devmod
@@ -50,20 +76,32 @@ from nht.domains.modular.samplers import MinibatchSampler, ReplacementSampler
 STOP_RULE = ("stop at the first evaluation >= stop_margin steps after test accuracy first reached "
              "test_threshold, else at max_steps; NaN/Inf loss ends the cell as 'diverged'")
 HPARAMS = ("lr", "weight_decay", "init_scale", "seed")
-
-
-def _bcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape a per-cell vector (C,) to broadcast against a stacked tensor (C, ...)."""
-    return values.view(-1, *([1] * (like.dim() - 1)))
+CHUNK_INDICES = 1 << 22      # most minibatch indices (all cells, all steps) drawn at once: 32 MiB of int64
+STOPPED = ("auto", "remove", "mask")
+GRAPH = ("auto", "on", "off")
 
 
 class Trainer:
-    """The modular domain of :func:`nht.core.loop.run`: the active cells' stacked parameters,
-    optimizer moments and samplers. Use :func:`train_job` from outside."""
+    """The modular domain of :func:`nht.core.loop.run`: the stacked parameters of the job's cells,
+    their optimizer state and samplers. Use :func:`train_job` from outside.
+
+    ``slots``: the cells held in the stacked tensors, in dim-0 order (``active`` is a subset of it
+    when stopped cells are masked). ``stopped``: ``"remove"`` drops stopped cells from the tensors
+    at once, ``"mask"`` keeps them (updates off) until at most half the slots are active,
+    ``"auto"`` = mask on the CUDA-graph path, remove otherwise. ``graph``: ``"auto"`` captures the
+    step as a CUDA graph on CUDA when every minibatch has the same size, ``"on"`` requires it,
+    ``"off"`` never.
+    """
 
     steps_per_epoch = None            # minibatches are drawn with replacement: no epochs
+    check_every = None                # the loop reads divergence back at evaluations only
 
-    def __init__(self, cells: list[Cell], data: dict, device: torch.device, precision: str = "fp32"):
+    def __init__(self, cells: list[Cell], data: dict, device: torch.device, precision: str = "fp32",
+                 stopped: str = "auto", graph: str = "auto"):
+        if stopped not in STOPPED:
+            raise ValueError(f"stopped must be one of {STOPPED}, got {stopped!r}")
+        if graph not in GRAPH:
+            raise ValueError(f"graph must be one of {GRAPH}, got {graph!r}")
         s = cells[0].settings
         self.s, self.device, self.precision = s, device, precision
         self.p = int(s["p"])
@@ -80,6 +118,8 @@ class Trainer:
         self.full_batch = s["batch_size"] == "full" or (
             self.sampling == "epoch_shuffle" and int(s["batch_size"]) >= self.n_train)
         self.opt = s["optimizer"]
+        if self.opt["name"] not in ("adamw", "sgd"):
+            raise ValueError(f"unknown optimizer '{self.opt['name']}', expected adamw or sgd")
 
         models, rng_states = [], []
         for c in self.cells:
@@ -88,119 +128,228 @@ class Trainer:
             rng_states.append(torch.get_rng_state())
         params, _ = stack_module_state(models)
         self.names = list(params)
-        self.params = {k: v.detach().to(device, devmod.DTYPE).clone().requires_grad_(True)
-                       for k, v in params.items()}
+        self.shapes = [tuple(v.shape[1:]) for v in params.values()]
+        self.sizes = [math.prod(sh) for sh in self.shapes]
+        C = len(self.cells)
+        self.flat = torch.cat([v.detach().reshape(C, -1) for v in params.values()], dim=1).to(
+            device, devmod.DTYPE).requires_grad_(True)              # (cells, parameters per cell)
         self.forward = stacked_forward(s["model"])   # (params (C, ...), x (B, 2) | (C, B, 2)) -> (C, B, p)
-        self.m = {k: torch.zeros_like(v) for k, v in self.params.items()}
-        self.v = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        self.m = torch.zeros_like(self.flat, requires_grad=False)
+        self.v = torch.zeros_like(self.m)
+        self.t = torch.zeros(C, dtype=torch.float64, device=device)  # per-cell optimizer steps
+        self.alive = torch.ones(C, dtype=torch.bool, device=device)  # per-cell: updates applied
         if self.full_batch:
-            self.samplers = []
+            samplers = []
         elif self.sampling == "with_replacement":
-            self.samplers = [ReplacementSampler(self.n_train, int(s["batch_size"]), st) for st in rng_states]
+            samplers = [ReplacementSampler(self.n_train, int(s["batch_size"]), st) for st in rng_states]
         elif self.sampling == "epoch_shuffle":
-            self.samplers = [MinibatchSampler(self.n_train, int(s["batch_size"]), self.hp[c]["seed"])
-                             for c in self.cells]
+            samplers = [MinibatchSampler(self.n_train, int(s["batch_size"]), self.hp[c]["seed"]) for c in self.cells]
         else:
             raise ValueError(f"unknown sampling '{self.sampling}'")
-        self.active = list(self.cells)       # aligned with dim 0 of the stacked tensors
+        self.samplers = samplers                     # aligned with ``slots``
+        uniform = {sm.uniform_size() for sm in samplers}
+        static = self.full_batch or (len(uniform) == 1 and None not in uniform)
+        on_cuda = device.type == "cuda"
+        if graph == "on" and not (on_cuda and static):
+            raise ValueError("graph='on' needs a CUDA device and the same minibatch size at every step")
+        self.use_graph = graph != "off" and on_cuda and static
+        self.stopped = ("mask" if self.use_graph else "remove") if stopped == "auto" else stopped
+        self.slots = list(self.cells)                # dim 0 of the stacked tensors
+        self.active = list(self.cells)               # cells still training (a subset of slots)
         self.first_test_pass: dict[str, int] = {}
         self.step = 0
-        self._refresh_hparams()
+        self._chunk: torch.Tensor | None = None      # (slots, indices of the drawn steps) on the device
+        self._chunk_steps: list[tuple[int, int]] = []  # per drawn step not yet taken: (offset, size)
+        self._graph = None
+        self._refresh()
 
-    # ------------------------------------------------------------------ helpers
-    def _refresh_hparams(self) -> None:
-        self.lr = torch.tensor([self.hp[c]["lr"] for c in self.active], device=self.device, dtype=devmod.DTYPE)
-        self.wd = torch.tensor([self.hp[c]["weight_decay"] for c in self.active], device=self.device,
-                               dtype=devmod.DTYPE)
+    # ------------------------------------------------------------------ cells held, hyperparameters
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        """The stacked model tensors ``{name: (slots, ...)}``: views of ``flat`` (no gradient)."""
+        return self._views(self.flat.detach())
+
+    def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        C = flat.shape[0]
+        return {k: part.view(C, *shape) for k, part, shape in zip(self.names, flat.split(self.sizes, dim=1),
+                                                                 self.shapes)}
+
+    def _refresh(self) -> None:
+        """Per-slot hyperparameter tensors and the positions of the active cells among the slots."""
+        f64 = dict(dtype=torch.float64, device=self.device)
+        self.lr = torch.tensor([self.hp[c]["lr"] for c in self.slots], **f64)
+        self.wd = torch.tensor([self.hp[c]["weight_decay"] for c in self.slots], **f64)
+        self._all_active = self.active == self.slots
+        pos = {c: i for i, c in enumerate(self.slots)}
+        self._active_pos = torch.tensor([pos[c] for c in self.active], dtype=torch.long, device=self.device)
 
     def keep(self, ids: list[str]) -> None:
-        """Keep only the active cells ``ids`` in the stacked tensors (the others stopped)."""
-        if list(ids) == self.active:
+        """Keep only the active cells ``ids`` (the others stopped): removed from the stacked tensors,
+        or masked (updates off) while more than half of the slots stay active (module docstring)."""
+        ids = list(ids)
+        if ids == self.active:
             return
-        positions = [self.active.index(c) for c in ids]
+        self.active = ids
+        if self.stopped == "mask" and 2 * len(ids) > len(self.slots):
+            keep_mask = torch.tensor([c in set(ids) for c in self.slots], device=self.device)
+            self.alive &= keep_mask
+        else:
+            self._compact(ids)
+        self._refresh()
+
+    def _compact(self, ids: list[str]) -> None:
+        positions = [self.slots.index(c) for c in ids]
         idx = torch.tensor(positions, device=self.device, dtype=torch.long)
-        self.params = {k: v.detach().index_select(0, idx).clone().requires_grad_(True)
-                       for k, v in self.params.items()}
-        self.m = {k: v.index_select(0, idx).clone() for k, v in self.m.items()}
-        self.v = {k: v.index_select(0, idx).clone() for k, v in self.v.items()}
-        if self.samplers:
-            self.samplers = [self.samplers[i] for i in positions]
-        self.active = list(ids)
-        self._refresh_hparams()
+        with torch.no_grad():
+            self.flat = self.flat.detach().index_select(0, idx).requires_grad_(True)
+            self.m, self.v = self.m.index_select(0, idx), self.v.index_select(0, idx)
+            self.t, self.alive = self.t.index_select(0, idx), self.alive.index_select(0, idx)
+            if self._chunk is not None:
+                self._chunk = self._chunk.index_select(0, idx)
+        self.samplers = [self.samplers[i] for i in positions] if self.samplers else []
+        self.slots = list(ids)
+        self._graph = None                            # shapes changed: capture again
 
     @staticmethod
     def _per_cell_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         C, N, P = logits.shape
         return F.cross_entropy(logits.reshape(C * N, P), y.reshape(C * N), reduction="none").view(C, N)
 
+    # ------------------------------------------------------------------ minibatches
+    def _next_indices(self) -> torch.Tensor:
+        """This step's minibatch indices, (slots, batch), from the drawn stretch (drawn when empty)."""
+        if not self._chunk_steps:
+            size = max(sm.uniform_size() or sm.batch_size for sm in self.samplers[:1])
+            k = min(self.eval_every, max(1, self.max_steps - self.step),
+                    max(1, CHUNK_INDICES // max(1, len(self.slots) * size)))
+            drawn = [sm.take(k) for sm in self.samplers]
+            chunk = torch.stack([d[0] for d in drawn])
+            if self.device.type == "cuda":
+                chunk = chunk.pin_memory().to(self.device, non_blocking=True)
+            elif chunk.device != self.device:
+                chunk = chunk.to(self.device)
+            offsets, off = [], 0
+            for size in drawn[0][1]:
+                offsets.append((off, size))
+                off += size
+            self._chunk, self._chunk_steps = chunk, offsets[::-1]
+        off, size = self._chunk_steps.pop()
+        return self._chunk[:, off:off + size]
+
     # ------------------------------------------------------------------ one update
     def train_step(self) -> torch.Tensor:
-        """One optimizer update of every active cell; returns the per-cell training loss (C,)."""
-        with devmod.autocast(self.device, self.precision):
-            if self.full_batch:
-                logits = self.forward(self.params, self.x_train)
+        """One optimizer update of every active cell; returns the active cells' training losses
+        (len(active),), on the device, not read back."""
+        idx = None if self.full_batch else self._next_indices()
+        if self.use_graph:
+            loss = self._graph_step(idx)
+        else:
+            loss = self._step(idx)
+        self.step += 1
+        return loss if self._all_active else loss.index_select(0, self._active_pos)
+
+    def _step(self, idx: torch.Tensor | None, autocast_cache: bool = True) -> torch.Tensor:
+        """The whole update on tensors of fixed shape: gather, forward, backward, optimizer. Returns
+        the per-slot losses (slots,). The same code runs eagerly and inside the CUDA graph."""
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
+                            enabled=self.precision == "bf16", cache_enabled=autocast_cache):
+            params = self._views(self.flat)
+            if idx is None:
+                logits = self.forward(params, self.x_train)
                 y = self.y_train.expand(logits.shape[0], -1)
             else:
-                idx = torch.stack([s.next() for s in self.samplers]).to(self.device)
-                logits = self.forward(self.params, self.x_train[idx])
+                logits = self.forward(params, self.x_train[idx])
                 y = self.y_train[idx]
         loss = self._per_cell_ce(logits.float(), y).mean(dim=1)
-        grads = torch.autograd.grad(loss.sum(), [self.params[k] for k in self.names])
-        self.step += 1
+        (grad,) = torch.autograd.grad(loss.sum(), [self.flat])
         with torch.no_grad():
+            ok = self.alive & torch.isfinite(loss.detach())          # a non-finite cell: update masked
+            self.alive.copy_(ok)
             if self.opt["name"] == "adamw":
-                self._adamw(grads)
+                self._adamw(grad, ok)
             else:
-                self._sgd(grads)
+                self._sgd(grad, ok)
         return loss.detach()
 
-    def _adamw(self, grads) -> None:
-        """torch.optim.AdamW's update (decoupled decay) with per-cell lr and weight decay.
+    def _adamw(self, grad: torch.Tensor, ok: torch.Tensor) -> None:
+        """torch.optim.AdamW's update (decoupled decay), for every cell at once.
 
-        torch's public functional AdamW (``torch.optim.adamw.adamw``) with ``fused=True``, once
-        per distinct (lr, weight decay) among the active cells, on those cells' slices of the
-        stacked tensors: one pass over memory instead of about ten elementwise ops per tensor,
-        and each slice gets the same kernel call as a one-cell job would give it. The kernel
-        assumes contiguous tensors (a transposed gradient would be misread), hence
-        ``.contiguous()`` on the gradients; parameters and moments are contiguous by construction.
-        The functional form increments each ``state_steps`` entry before the update, so every
-        entry is its own tensor holding the previous step count.
+        Per cell, exactly torch's single-tensor AdamW: ``p *= 1 - lr wd``; ``m = lerp(m, g, 1 - b1)``;
+        ``v = b2 v + (1 - b2) g^2``; ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``,
+        with lr, wd and the step count t per-cell tensors (t counts this cell's updates; the bias
+        corrections are computed in float64 like torch's Python floats). A masked cell (``ok``
+        False: stopped, or a non-finite loss) gets a zero gradient, decay 1 and step size 0, so its
+        parameters do not move. About 10 operations on ``flat``, whatever the number of cells.
         """
-        b1, b2 = self.opt["betas"]
-        grads = [g.contiguous() for g in grads]
-        groups: dict[tuple[float, float], list[int]] = {}
-        for pos, c in enumerate(self.active):
-            groups.setdefault((self.hp[c]["lr"], self.hp[c]["weight_decay"]), []).append(pos)
-        for (lr, wd), positions in groups.items():
-            params = [self.params[k].data[pos] for pos in positions for k in self.names]
-            steps = [torch.full((), float(self.step - 1), device=self.device) for _ in params]
-            functional_adamw(
-                params, [g[pos] for pos in positions for g in grads],
-                [self.m[k][pos] for pos in positions for k in self.names],
-                [self.v[k][pos] for pos in positions for k in self.names], [], steps, fused=True,
-                amsgrad=False, beta1=b1, beta2=b2, lr=lr, weight_decay=wd, eps=self.opt["eps"], maximize=False)
+        b1, b2 = (float(b) for b in self.opt["betas"])
+        eps = float(self.opt["eps"])
+        t = self.t.add_(ok).clamp(min=1.0)
+        lr = self.lr * ok
+        coef = torch.stack([1.0 - lr * self.wd,                                 # decay
+                            -lr / (1.0 - torch.pow(b1, t)),                      # -step size
+                            (1.0 - torch.pow(b2, t)).sqrt()], dim=1).to(self.flat.dtype)   # (C, 3)
+        decay, neg_step, bc2_sqrt = coef[:, 0:1], coef[:, 1:2], coef[:, 2:3]
+        g = torch.where(ok.unsqueeze(1), grad, 0.0)
+        p = self.flat
+        p.mul_(decay)
+        self.m.lerp_(g, 1.0 - b1)
+        self.v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+        denom = self.v.sqrt().div_(bc2_sqrt).add_(eps)
+        p.addcdiv_(self.m * neg_step, denom)
 
-    def _sgd(self, grads) -> None:
-        """SGD on L_train + lambda/2 ||theta||^2 (gradient + lambda theta), optional momentum."""
-        mu = self.opt.get("momentum", 0.0)
-        for k, g in zip(self.names, grads):
-            p = self.params[k]
-            d = g + _bcast(self.wd, p) * p
-            if mu:
-                self.m[k].mul_(mu).add_(d)
-                d = self.m[k]
-            p.sub_(_bcast(self.lr, p) * d)
+    def _sgd(self, grad: torch.Tensor, ok: torch.Tensor) -> None:
+        """SGD on L_train + lambda/2 ||theta||^2 (gradient + lambda theta), optional momentum, for
+        every cell at once; a masked cell (``ok`` False) does not move."""
+        mu = float(self.opt.get("momentum", 0.0))
+        self.t.add_(ok)
+        coef = torch.stack([self.wd, -(self.lr * ok)], dim=1).to(self.flat.dtype)
+        wd, neg_lr = coef[:, 0:1], coef[:, 1:2]
+        p = self.flat
+        d = torch.addcmul(torch.where(ok.unsqueeze(1), grad, 0.0), p, wd)
+        if mu:
+            self.m.mul_(mu).add_(d)
+            d = self.m
+        p.addcmul_(d, neg_lr)
+
+    # ------------------------------------------------------------------ CUDA graph
+    def _graph_step(self, idx: torch.Tensor | None) -> torch.Tensor:
+        """Copy this step's indices into the graph's static input and replay the captured step."""
+        if self._graph is None:
+            self._capture(idx)
+        if idx is not None:
+            self._idx_static.copy_(idx, non_blocking=True)
+        self._graph.replay()
+        return self._loss_static.clone()
+
+    def _capture(self, idx: torch.Tensor | None) -> None:
+        """Warm up on a side stream (state restored afterwards), then capture one step."""
+        self._idx_static = None if idx is None else idx.clone()
+        state = [self.flat.detach().clone(), self.m.clone(), self.v.clone(), self.t.clone(), self.alive.clone()]
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._step(self._idx_static, autocast_cache=False)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        with torch.no_grad():
+            for dst, src in zip([self.flat, self.m, self.v, self.t, self.alive], state):
+                dst.copy_(src)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._loss_static = self._step(self._idx_static, autocast_cache=False)
+        self._graph = graph
 
     # ------------------------------------------------------------------ evaluation and stop rule
     @torch.no_grad()
     def _loss_acc(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         chunk = int(self.s.get("eval_batch_size", 4096))
-        loss_sum = torch.zeros(len(self.active), dtype=torch.float64, device=self.device)
+        params = self.params
+        loss_sum = torch.zeros(len(self.slots), dtype=torch.float64, device=self.device)
         correct = torch.zeros_like(loss_sum)
         for start in range(0, len(y), chunk):
             xs, ys = x[start:start + chunk], y[start:start + chunk]
             with devmod.autocast(self.device, self.precision):
-                logits = self.forward(self.params, xs).float()
+                logits = self.forward(params, xs).float()
             yb = ys.expand(logits.shape[0], -1)
             loss_sum += self._per_cell_ce(logits, yb).double().sum(dim=1)
             correct += (logits.argmax(dim=-1) == yb).double().sum(dim=1)
@@ -208,17 +357,18 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, wall_s: float = 0.0) -> list[dict]:
-        """One history row per active cell at the current step (whole train and test sets)."""
+        """One history row per active cell at the current step (whole train and test sets). All
+        numbers go to the host in one read-back."""
         tr_loss, tr_acc = self._loss_acc(self.x_train, self.y_train)
         te_loss, te_acc = self._loss_acc(self.x_test, self.y_test)
         norms = stacked_squared_norms(self.params)
+        table = torch.stack([tr_loss, tr_acc, te_loss, te_acc, *norms.values()], dim=1)
+        table = (table if self._all_active else table.index_select(0, self._active_pos)).cpu().tolist()
         rows = []
-        for pos, c in enumerate(self.active):
-            test_acc = te_acc[pos].item()
+        for c, (loss, train_acc, test_loss, test_acc, *vs) in zip(self.active, table):
             rows.append({"step": self.step, "Lambda": self.hp[c]["lr"] * self.hp[c]["weight_decay"] * self.step,
-                         "train_acc": tr_acc[pos].item(), "test_acc": test_acc, "phi": 1.0 - test_acc,
-                         "loss": tr_loss[pos].item(), "test_loss": te_loss[pos].item(),
-                         **{k: v[pos].item() for k, v in norms.items()}})
+                         "train_acc": train_acc, "test_acc": test_acc, "phi": 1.0 - test_acc,
+                         "loss": loss, "test_loss": test_loss, **dict(zip(norms, vs))})
         return rows
 
     def stop(self, cell: str, row: dict) -> tuple[str, str] | None:
@@ -233,19 +383,33 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        return {"step": self.step, "active": self.active, "first_test_pass": self.first_test_pass,
-                "params": {k: v.detach().cpu() for k, v in self.params.items()},
-                "m": {k: v.cpu() for k, v in self.m.items()}, "v": {k: v.cpu() for k, v in self.v.items()},
-                "samplers": [s.state() for s in self.samplers]}
+        """Tensors and plain values only; the drawn but untaken minibatch indices included, so a
+        resumed run takes exactly the minibatches an uninterrupted one takes."""
+        chunk = None
+        if self._chunk_steps:
+            first = self._chunk_steps[-1][0]
+            chunk = {"idx": self._chunk[:, first:].cpu(),
+                     "steps": [(off - first, size) for off, size in self._chunk_steps]}
+        return {"step": self.step, "active": self.active, "slots": self.slots,
+                "first_test_pass": self.first_test_pass,
+                "flat": self.flat.detach().cpu(), "m": self.m.cpu(), "v": self.v.cpu(), "t": self.t.cpu(),
+                "alive": self.alive.cpu(), "samplers": [sm.state() for sm in self.samplers], "chunk": chunk}
 
     def load_state_dict(self, state: dict) -> None:
-        self.keep(state["active"])
+        by_cell = dict(zip(self.slots, self.samplers)) if self.samplers else {}
+        self.slots, self.active = list(state["slots"]), list(state["active"])
         self.step, self.first_test_pass = state["step"], dict(state["first_test_pass"])
-        self.params = {k: v.to(self.device).requires_grad_(True) for k, v in state["params"].items()}
-        self.m = {k: v.to(self.device) for k, v in state["m"].items()}
-        self.v = {k: v.to(self.device) for k, v in state["v"].items()}
+        self.flat = state["flat"].to(self.device).requires_grad_(True)
+        self.m, self.v, self.t = (state[k].to(self.device) for k in ("m", "v", "t"))
+        self.alive = state["alive"].to(self.device)
+        self.samplers = [by_cell[c] for c in self.slots] if by_cell else []
         for sampler, st in zip(self.samplers, state["samplers"]):
             sampler.load(st)
+        chunk = state.get("chunk")
+        self._chunk = None if chunk is None else chunk["idx"].to(self.device)
+        self._chunk_steps = [] if chunk is None else [tuple(x) for x in chunk["steps"]]
+        self._graph = None
+        self._refresh()
 
 
 def train_job(cells: list[Cell], data: dict, history_path: str | Path, meta_path: str | Path,
