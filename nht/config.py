@@ -11,8 +11,17 @@ human-readable and depends only on the cell's own resolved settings::
 
 The readable part names the grid-axis values; the 8-hex-digit suffix is a hash of the
 experiment name and of *every* setting that can change the cell's result (model sizes,
-max_steps, thresholds, ...), so any change to a cell gives it a new id and leaves all other
+max_steps, test_threshold, ...), so any change to a cell gives it a new id and leaves all other
 cells' ids (and cached results) alone. Ids are unique across experiments.
+
+Every key of an experiment is a *result* setting (in the cell hash and in the training job's
+definition) unless it is listed in one of four categories, the same for every kind
+(:data:`NOT_IN_CELL_HASH`): :data:`WORKFLOW_ONLY_KEYS` (descriptions, job grouping, cluster
+resources), :data:`ANALYSIS_KEYS` (read by figures and summaries only), :data:`EVENT_RULE_KEYS`
+(read when a history is analysed: re-extract events, retrain nothing) and
+:data:`SCHEDULING_KEYS` (reach the trainer, but only as speed/memory/resumption knobs: they are
+passed to the job outside its definition, so editing one reruns nothing). A new key is a result
+setting until it is listed in a category.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +53,6 @@ class KindSpec:
 
     axes: tuple[str, ...]          # grid axes, in id order
     abbrev: dict[str, str]         # axis -> id prefix ("" = value only)
-    not_in_hash: tuple[str, ...]   # settings that cannot change a cell's result
     batchable: tuple[str, ...] = ()  # axes that may be trained together in one process
 
 
@@ -51,29 +61,37 @@ KINDS: dict[str, KindSpec] = {
         axes=("op", "p", "train_frac", "split_seed", "lr", "weight_decay", "init_scale", "seed"),
         abbrev={"op": "", "p": "p", "train_frac": "f", "split_seed": "ss", "lr": "lr",
                 "weight_decay": "wd", "init_scale": "a", "seed": "s"},
-        not_in_hash=("description", "batch_over", "max_cells_per_job", "threads", "mem_mb", "runtime_min",
-                     "gpus", "checkpoint_seconds", "figure_cells_max", "eval_batch_size", "immediate_delay",
-                     "fit_phi", "transition_rise", "transition_fall"),
         batchable=("lr", "weight_decay", "init_scale", "seed"),
     ),
     "image": KindSpec(
         axes=("rho", "border", "lr", "weight_decay", "seed"),
         abbrev={"rho": "r", "border": "b", "lr": "lr", "weight_decay": "wd", "seed": "s"},
-        not_in_hash=("description", "batch_over", "max_cells_per_job", "threads", "gpus", "mem_mb",
-                     "runtime_min", "checkpoint_seconds", "eval_batch_size", "reference_rho",
-                     "reference_weight_decay", "train_threshold", "fit_phi", "transition_rise",
-                     "transition_fall", "immediate_epochs"),
         batchable=(),
     ),
 }
+
+# Key categories (the same for every kind; a key absent from a kind's schema is simply never set).
+# A key in none of them is a result setting: it enters the cell hash and the training job.
+
+# Settings that only steer the workflow around a cell (descriptions, job grouping, cluster
+# resources), never what its jobs compute.
+WORKFLOW_ONLY_KEYS = ("description", "batch_over", "max_cells_per_job", "mem_mb", "runtime_min", "gpus")
+
+# Settings read only by figures and summaries of a whole experiment, never by a cell's jobs.
+ANALYSIS_KEYS = ("figure_cells_max", "reference_rho", "reference_weight_decay")
 
 # Settings of the event rule (nht.core.events): read when a history is analysed, never by training.
 EVENT_RULE_KEYS = ("train_threshold", "secondary_threshold", "immediate_delay", "immediate_epochs", "fit_phi",
                    "transition_rise", "transition_fall")
 
-# Settings that only steer the workflow around a cell, never what its jobs compute.
-WORKFLOW_ONLY_KEYS = ("description", "batch_over", "max_cells_per_job", "mem_mb", "runtime_min", "gpus",
-                      "figure_cells_max")
+# Settings the trainer reads that change only its speed, memory or resumption, never what it
+# computes (CPU threads, evaluation chunk size, checkpoint interval in SECONDS): passed to the
+# training job outside its definition (``scheduling`` of nht.recompute's Recompute.rule), so
+# editing one reruns nothing.
+SCHEDULING_KEYS = ("threads", "checkpoint_seconds", "eval_batch_size")
+
+# Settings that cannot change a cell's result: left out of its id hash.
+NOT_IN_CELL_HASH = WORKFLOW_ONLY_KEYS + ANALYSIS_KEYS + EVENT_RULE_KEYS + SCHEDULING_KEYS
 
 # Axes of a dataset: cells with equal values share one generated dataset file.
 DATASET_AXES = {"modular": ("op", "p", "train_frac", "split_seed"), "image": ("rho", "border", "seed")}
@@ -125,17 +143,52 @@ def _is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, int(n ** 0.5) + 1))
 
 
+def _check_finite(value: Any, key: str) -> None:
+    """Refuse NaN and +-inf anywhere in the config (YAML's ``.nan``/``.inf`` load as floats, and
+    JSON schema bounds do not reject NaN), naming the key."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"invalid config key '{key}' = {value}: not a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{key}[{i}]")
+
+
+def _check_no_repeats(prefix: str, exp: dict) -> None:
+    """A grid axis may list a value once (twice would make two cells with one id)."""
+    for axis in KINDS[exp["kind"]].axes:
+        values = exp.get(axis)
+        if not isinstance(values, list):
+            continue
+        for i, v in enumerate(values):
+            if v in values[:i]:
+                raise ConfigError(f"invalid config key '{prefix}.{axis}': value {json.dumps(v)} is listed twice")
+
+
+PATH_KEYS = ("results_dir", "data_dir")
+
+
 def validate_config(config: dict) -> dict:
     """Validate a config dict in place (filling defaults) and return it.
 
     Raises :class:`ConfigError` naming the first invalid key, e.g.
     ``invalid config key 'experiments.mlp.weight_decay[1]' = -1: -1 is less than the minimum of 0``.
+    Every number must be finite (no NaN or inf). ``results_dir`` and ``data_dir`` are normalised
+    (``os.path.normpath``: ``results/``, ``./results`` and ``results`` are one directory, with
+    one set of paths, records and job definitions); relative paths stay relative.
     """
+    if isinstance(config, dict):
+        _check_finite(config, "")
     _validate(config, _load_schema("config.schema.yaml"), "")
+    for key in PATH_KEYS:
+        config[key] = os.path.normpath(config[key])
     for name, exp in config["experiments"].items():
         prefix = f"experiments.{name}"
         kind = exp["kind"]
         _validate(exp, _load_schema(f"{kind}_experiment.schema.yaml"), prefix)
+        _check_no_repeats(prefix, exp)
         spec = KINDS[kind]
         for axis in exp.get("batch_over", []):
             if axis not in spec.batchable:
@@ -156,10 +209,13 @@ KNOWN_IMAGE_SIZES = {"digits": (1437, 360), "cifar10": (50000, 10000)}
 def check_measurable(prefix: str, exp: dict) -> None:
     """Checks across keys: refuse a config that cannot produce a measurement, naming the key.
 
-    Modular: every (op, p, train_frac) leaves a non-empty train and test set; eval_every <= max_steps
-    (otherwise only step 0 is evaluated). Image: n_train / n_test within the dataset (when its
-    size is known from the config or the dataset), borders thinner than half the image.
+    Modular: every (op, p, train_frac) leaves a non-empty train and test set, at least
+    ``batch_size`` training pairs; eval_every <= max_steps (otherwise only step 0 is evaluated).
+    Image: n_train / n_test within the dataset and batch_size <= the training set (when its size
+    is known from the config or the dataset), borders thinner than half the image.
     """
+    batch = exp.get("batch_size")
+    batch = batch if isinstance(batch, int) else None          # 'full' never exceeds the set
     if exp["kind"] == "modular":
         for op in _as_list(exp["op"]):
             for p in _as_list(exp["p"]):
@@ -169,6 +225,9 @@ def check_measurable(prefix: str, exp: dict) -> None:
                     if not 0 < n_train < n:
                         raise ConfigError(f"invalid config key '{prefix}.train_frac' = {frac}: with p = {p} "
                                           f"({n} pairs) it leaves {n_train} training and {n - n_train} test pairs")
+                    if batch is not None and batch > n_train:
+                        raise ConfigError(f"invalid config key '{prefix}.batch_size' = {batch}: larger than the "
+                                          f"training set ({n_train} pairs of op {op}, p = {p}, train_frac = {frac})")
         for steps in _as_list(exp["max_steps"]):
             for every in _as_list(exp.get("eval_every", 1)):
                 if every > steps:
@@ -183,6 +242,11 @@ def check_measurable(prefix: str, exp: dict) -> None:
         if want is not None and cap is not None and want > cap:
             raise ConfigError(f"invalid config key '{prefix}.dataset.{key}' = {want}: the "
                               f"{ds.get('name')} {'training' if i == 0 else 'test'} set has only {cap} images")
+    # an upper bound of the training set (n_train, else the decoded or known size; classes only shrink it)
+    most = ds.get("n_train") or ds.get("max_train") or (sizes[0] if sizes else None)
+    if batch is not None and most is not None and batch > most:
+        raise ConfigError(f"invalid config key '{prefix}.batch_size' = {batch}: larger than the training set "
+                          f"(at most {most} {ds.get('name')} images)")
     side = (8 + 2 * ds.get("pad", 4)) if ds.get("name") == "digits" else (ds.get("image_size") or 32)
     for width in _as_list(exp.get("border", 0)):
         if 2 * width >= side:
@@ -232,15 +296,43 @@ class Cell:
 
     @property
     def run_settings(self) -> dict:
-        """The settings a job of this cell receives: all but those that only steer the workflow
-        (scheduling, figures, descriptions), so editing those reruns no training or extraction."""
-        return {k: v for k, v in self.settings.items() if k not in WORKFLOW_ONLY_KEYS}
+        """The settings a job of this cell defines itself by: all but the workflow-only, analysis
+        and scheduling keys, so editing those reruns no training or extraction."""
+        skip = WORKFLOW_ONLY_KEYS + ANALYSIS_KEYS + SCHEDULING_KEYS
+        return {k: v for k, v in self.settings.items() if k not in skip}
+
+    @property
+    def result_settings(self) -> dict:
+        """What defines its training job (in the job's definition): :attr:`run_settings` without
+        the event rule, so editing an event threshold re-extracts events but retrains nothing."""
+        return {k: v for k, v in self.run_settings.items() if k not in EVENT_RULE_KEYS}
+
+    @property
+    def scheduling(self) -> dict:
+        """Its :data:`SCHEDULING_KEYS` (threads, eval_batch_size, checkpoint_seconds), passed to its
+        training job outside the job's definition."""
+        return {k: self.settings[k] for k in SCHEDULING_KEYS if k in self.settings}
 
     @property
     def train_settings(self) -> dict:
-        """The settings its training job receives: :attr:`run_settings` without the event rule,
-        so editing an event threshold re-extracts events but retrains nothing."""
-        return {k: v for k, v in self.run_settings.items() if k not in EVENT_RULE_KEYS}
+        """Everything its trainer reads: :attr:`result_settings` plus :attr:`scheduling`."""
+        return dict(self.result_settings, **self.scheduling)
+
+
+def train_job_spec(job: "Job") -> dict:
+    """The ``--job`` argument of a modular training job, part of its definition:
+    ``{experiment, job, cells: [{id, settings}]}`` with each cell's :attr:`Cell.result_settings`."""
+    return {"experiment": job.experiment, "job": job.id,
+            "cells": [{"id": c.id, "settings": c.result_settings} for c in job.cells]}
+
+
+def job_scheduling(cells) -> dict:
+    """The scheduling settings of a training job (:data:`SCHEDULING_KEYS`; equal for all its
+    cells, as they are not grid axes), passed to it outside its definition."""
+    values = {json.dumps(c.scheduling, sort_keys=True) for c in cells}
+    if len(values) != 1:
+        raise ValueError(f"cells of one job disagree on scheduling settings: {sorted(values)}")
+    return json.loads(values.pop())
 
 
 # Fields of an image experiment's dataset block that change the decoded raw file.
@@ -288,7 +380,7 @@ def cell_id(experiment: str, kind: str, settings: dict) -> str:
     """Readable axis values + hash of the experiment name and every result-relevant setting."""
     spec = KINDS[kind]
     readable = "_".join(f"{spec.abbrev[a]}{format_value(settings[a])}" for a in spec.axes)
-    hashed = {k: v for k, v in settings.items() if k not in spec.not_in_hash}
+    hashed = {k: v for k, v in settings.items() if k not in NOT_IN_CELL_HASH}
     return f"{readable}-{stable_hash([experiment, hashed])}"
 
 

@@ -20,10 +20,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--nondeterministic", action="store_true")
     ap.add_argument("--tf32", action="store_true")
+    ap.add_argument("--scheduling", type=json_arg, default={},
+                    help="JSON: settings added to the cell's that change only speed, memory or resumption "
+                         "(nht.config.SCHEDULING_KEYS: threads, eval_batch_size, checkpoint_seconds)")
     a = ap.parse_args(argv)
     from nht.domains.images.train import train_cell  # torch is imported only here
 
-    train_cell(a.settings, a.data, a.out, device=a.device, threads=a.threads,
+    train_cell({**a.settings, **a.scheduling}, a.data, a.out, device=a.device, threads=a.threads,
                deterministic=not a.nondeterministic, tf32=a.tf32, cell_id=a.cell)
     import pandas as pd
 

@@ -23,10 +23,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--deterministic", dest="nondeterministic", action="store_false",
                     help="deterministic algorithms (the default)")
     ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
+    ap.add_argument("--scheduling", type=json.loads, default={},
+                    help="JSON: settings added to every cell's that change only speed, memory or "
+                         "resumption (nht.config.SCHEDULING_KEYS: threads, eval_batch_size, checkpoint_seconds)")
     a = ap.parse_args(argv)
     from nht.domains.modular.train import train_job  # torch is imported only here
 
-    cells = [Cell(a.job["experiment"], "modular", c["id"], c["settings"]) for c in a.job["cells"]]
+    cells = [Cell(a.job["experiment"], "modular", c["id"], {**c["settings"], **a.scheduling})
+             for c in a.job["cells"]]
     train_job(cells, data.load_dataset(a.dataset), a.history, a.meta, a.checkpoint, device=a.device,
               threads=a.threads, deterministic=not a.nondeterministic, precision=a.precision,
               job_id=a.job["job"])

@@ -9,7 +9,7 @@ import time
 from snakemake.exceptions import WorkflowError
 
 from nht import paths as P
-from nht.config import ConfigError, cell_index, dataset_id, validate_config
+from nht.config import ConfigError, cell_index, dataset_id, job_scheduling, train_job_spec, validate_config
 from nht.costs import modular_job_work, priority
 from nht.recompute.decide import Recompute
 
@@ -81,12 +81,13 @@ MODULAR_DATASETS = {
 
 
 def job_spec(job_id):
-    job = JOBS[job_id]
-    return {
-        "experiment": job.experiment,
-        "job": job.id,
-        "cells": [{"id": c.id, "settings": c.train_settings} for c in job.cells],
-    }
+    """The --job argument of a modular training job: its cells' result settings (its definition)."""
+    return train_job_spec(JOBS[job_id])
+
+
+def job_scheduling_arg(job_id):
+    """The --scheduling argument of a training job (nht.config.SCHEDULING_KEYS), outside its definition."""
+    return json.dumps(job_scheduling(JOBS[job_id].cells), sort_keys=True)
 
 
 def job_setting(key):

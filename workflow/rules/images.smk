@@ -95,6 +95,7 @@ IMAGE_TRAIN_RULE = RC.rule(
         "det": "" if config.get("deterministic", True) else "--nondeterministic",
         "tf32": "--tf32" if config.get("precision", "fp32") == "tf32" else "",
     },
+    scheduling={"scheduling": lambda w: _img_json.dumps(CELLS[w.cell].scheduling, sort_keys=True)},
 )
 
 
@@ -122,7 +123,7 @@ rule image_train:
     shell:
         "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht image-train --settings {params.settings:q} --data {input.data:q}"
         " --out {params.outdir:q} --cell {wildcards.cell:q} --device {params.device:q} --threads {threads}"
-        " {params.det} {params.tf32}"
+        " {params.det} {params.tf32} --scheduling {params.scheduling:q}"
 
 
 IMAGE_NORMS_RULE = RC.rule(
@@ -171,7 +172,7 @@ IMAGE_FIGURES_RULE = RC.rule(
     outputs={name: report(f"{R}/{{experiment}}/figures/{name}.png", caption=f"../report/images_{name}.rst",
                           category="image")
              for name in IMAGE_FIGURE_NAMES},
-    params={"config": lambda w: _img_json.dumps(config["experiments"][w.experiment], sort_keys=True, default=str),
+    params={"config": lambda w: _img_json.dumps(_img_without_scheduling(w.experiment), sort_keys=True, default=str),
             "outdir": lambda w: f"{R}/{w.experiment}/figures"},
 )
 

@@ -4,7 +4,7 @@
 import json as _img_json
 import re as _img_re
 
-from nht.config import image_fetch_id, image_shortcut_id, image_tables
+from nht.config import SCHEDULING_KEYS, image_fetch_id, image_shortcut_id, image_tables
 
 
 IMAGE_EXPERIMENTS = list(experiments_of_kind("image"))
@@ -52,9 +52,15 @@ def image_experiment_summary_files():
 
 
 def _img_settings(cell, stage="train"):
-    """A cell's settings for its training job (no event rule) or for its norms job (all)."""
-    base = cell.train_settings if stage == "train" else cell.run_settings
+    """A cell's settings for its training job (its result settings: no event rule, no scheduling keys,
+    which travel apart) or for its norms job (with the event rule)."""
+    base = cell.result_settings if stage == "train" else cell.run_settings
     return dict(base, experiment=cell.experiment)
+
+
+def _img_without_scheduling(exp):
+    """An experiment's config without its scheduling keys (figures never read them)."""
+    return {k: v for k, v in config["experiments"][exp].items() if k not in SCHEDULING_KEYS}
 
 
 def _img_exp_threads(exp):

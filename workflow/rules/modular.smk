@@ -47,6 +47,7 @@ TRAIN_MODULAR = RC.rule(
         "deterministic": "--deterministic" if config["deterministic"] else "--nondeterministic",
         "precision": config["precision"],
     },
+    scheduling={"scheduling": lambda w: job_scheduling_arg(w.job)},
 )
 
 
@@ -75,7 +76,7 @@ rule train_modular:
         "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht train --job {params.job:q} --dataset {input.dataset:q}"
         " --history {output.history:q} --meta {output.meta:q} --checkpoint {params.checkpoint:q}"
         " --device {params.device:q} --threads {threads} {params.deterministic}"
-        " --precision {params.precision:q}"
+        " --precision {params.precision:q} --scheduling {params.scheduling:q}"
 
 
 EXTRACT_NORMS = RC.rule(
