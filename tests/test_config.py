@@ -1,4 +1,5 @@
 import copy
+import re
 
 import pytest
 
@@ -143,3 +144,69 @@ def test_new_model_and_sampling_keys_are_validated():
     assert filled["sampling"] == "with_replacement"
     assert {k: filled["model"][k] for k in ("norm_first", "init", "pos_init_std")} == {
         "norm_first": False, "init": "companion", "pos_init_std": None}
+
+
+# ----------------------------------------------------------------------------- bad input (issue 18.4)
+
+def tiny_image(**overrides):
+    exp = {"kind": "image", "dataset": {"name": "digits", "source": "sklearn", "n_train": 300, "n_test": 100},
+           "rho": [0.1, 1.0], "weight_decay": 0.1, "epochs": 2, "batch_size": 100}
+    exp.update(overrides)
+    return exp
+
+
+@pytest.mark.parametrize("yaml_text, key", [
+    ("lr: .nan", "experiments.e.lr"),
+    ("weight_decay: [0.5, .inf]", "experiments.e.weight_decay[1]"),
+    ("init_scale: -.inf", "experiments.e.init_scale"),
+    ("optimizer: {name: adamw, eps: .nan}", "experiments.e.optimizer.eps"),
+    ("checkpoint_seconds: .inf", "experiments.e.checkpoint_seconds"),
+    ("train_threshold: .nan", "experiments.e.train_threshold"),
+])
+def test_nan_and_inf_are_refused_naming_the_key(tmp_path, yaml_text, key):
+    import yaml
+
+    exp = tiny_modular()
+    exp.update(yaml.safe_load(yaml_text))           # YAML's .nan/.inf load as floats
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"experiments": {"e": exp}}))
+    with pytest.raises(ConfigError, match=rf"'{re.escape(key)}' = (nan|inf|-inf): not a finite number"):
+        load_config(path)
+
+
+def test_nan_in_an_image_dataset_block_is_refused():
+    exp = tiny_image()
+    exp["dataset"]["border_alpha"] = float("nan")
+    assert "'experiments.e.dataset.border_alpha' = nan" in error_for({"experiments": {"e": exp}})
+
+
+def test_p_has_a_maximum():
+    assert "experiments.e.p" in error_for(cfg(p=2003))
+    assert "experiments.e.p" in error_for(cfg(p=[11, 5000]))
+    validate_config(cfg(p=1999, train_frac=0.5))
+
+
+def test_batch_size_larger_than_the_training_set_is_refused():
+    # p = 11, train_frac 0.7: round(0.7 * 121) = 85 training pairs
+    message = error_for(cfg(batch_size=86))
+    assert "'experiments.e.batch_size' = 86" in message and "85 pairs" in message, message
+    validate_config(cfg(batch_size=85))
+    assert "'experiments.e.batch_size' = 86" in error_for(cfg(batch_size=86, train_frac=[0.9, 0.7]))
+    assert "'experiments.e.batch_size' = 301" in error_for({"experiments": {"e": tiny_image(batch_size=301)}})
+    validate_config({"experiments": {"e": tiny_image(batch_size=300)}})
+    whole = tiny_image(batch_size=1438)
+    whole["dataset"] = {"name": "digits", "source": "sklearn"}          # all 1437 training digits
+    assert "'experiments.e.batch_size' = 1438" in error_for({"experiments": {"e": whole}})
+
+
+@pytest.mark.parametrize("kind, axis, values, shown", [
+    ("modular", "seed", [0, 1, 0], "0"),
+    ("modular", "weight_decay", [0.5, 1.0, 0.5], "0.5"),
+    ("modular", "op", ["add", "add"], '"add"'),
+    ("image", "rho", [0.9, 0.9], "0.9"),
+])
+def test_a_repeated_grid_value_is_refused_naming_the_key(kind, axis, values, shown):
+    exp = tiny_modular() if kind == "modular" else tiny_image()
+    exp[axis] = values
+    assert error_for({"experiments": {"mlp": exp}}) == (
+        f"invalid config key 'experiments.mlp.{axis}': value {shown} is listed twice")
