@@ -38,7 +38,7 @@ __all__ = ["analyse_experiment", "clean_json", "fit_delay_laws", "predictive_ver
            "S_THRESHOLD"]
 
 
-def analyse_experiment(cells: pd.DataFrame, histories: dict[str, pd.DataFrame], figure_dir: str,
+def analyse_experiment(cells: pd.DataFrame, histories: dict[str, pd.DataFrame], figure_dir: str | None,
                     n_boot: int = 1000, seed: int = 0, layers: dict | None = None,
                     n_null: int = 1000) -> dict:
     """Everything the science layer measures on one experiment, whatever its domain.
@@ -49,7 +49,8 @@ def analyse_experiment(cells: pd.DataFrame, histories: dict[str, pd.DataFrame], 
     ``optimizer``, ``model``; optional ``test_acc_at_fit``, ``delay_lower_bound``).
     ``histories``: ``{cell_id: DataFrame}`` with ``step``, ``V``, ``test_acc``. Per-layer values
     come from ``layers`` (``{cell_id: norms["layers"]}``), else a ``layers`` column, else
-    ``layer_<field>:<name>`` columns. Figures (PNG + PDF) go to ``figure_dir``.
+    ``layer_<field>:<name>`` columns. Figures (PNG + PDF) go to ``figure_dir`` (``None``: no
+    figures, ``figures`` is empty; the numbers are the same).
 
     Returns ``{delay_law, baseline_inverse_eta_lambda, delay_law_log, scaling_exponent, per_op,
     censoring, fit_cells, excluded, prediction, decay_rate, clean_norm_separation,
@@ -60,14 +61,17 @@ def analyse_experiment(cells: pd.DataFrame, histories: dict[str, pd.DataFrame], 
     pred = predictive_verdict(recs, histories, n_boot=n_boot, seed=seed)
     rates = decay_rates(recs, histories, n_boot=n_boot, seed=seed)
     sep = clean_norm_separation(recs, histories, n_boot=n_boot, seed=seed, n_null=n_null)
-    figures = plot_delay_law(fit_points(recs), fits, figure_dir)
-    figures += plot_prediction(pred, figure_dir)
-    figures += plot_norm_fits(recs, histories, rates, figure_dir)
-    figures += plot_decay_rate(recs, rates, figure_dir)
-    figures += plot_clean_separation(sep, figure_dir)
+    figures = []
+    if figure_dir is not None:
+        figures = plot_delay_law(fit_points(recs), fits, figure_dir)
+        figures += plot_prediction(pred, figure_dir)
+        figures += plot_norm_fits(recs, histories, rates, figure_dir)
+        figures += plot_decay_rate(recs, rates, figure_dir)
+        figures += plot_clean_separation(sep, figure_dir)
     out = dict(fits)
     out.update({"prediction": pred, "decay_rate": rates, "clean_norm_separation": sep,
-                "norm_ordering": norm_ordering(recs, histories, n_boot=n_boot, seed=seed),
+                "norm_ordering": norm_ordering(recs, histories, n_boot=n_boot, seed=seed,
+                                               n_null=min(n_null, 500)),
                 "regime_ordering": regime_ordering(recs, n_boot=n_boot, seed=seed),
                 "layer_hierarchy": layer_hierarchy(recs, layers), "figures": figures})
     return clean_json(out)

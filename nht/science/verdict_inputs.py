@@ -16,7 +16,7 @@ norm than a structured one at the same lambda), BCa interval over cells (>= 8).
 
 Under weight decay V falls after the fit whatever sets the transition, so ``share`` is near 1 even
 when V is irrelevant to it. ``null`` breaks the link: each generalised peer's ``V_transition`` is
-replaced by its own V read at ``T_fit + delay`` of *another* cell of its stratum (cells equal in
+replaced by its own V (log-linearly interpolated) at ``T_fit + delay`` of *another* cell of its stratum (cells equal in
 every group axis but ``init_scale`` and the seeds: fixed ``eta lambda`` and task), delays permuted
 within strata (``n_null`` draws; V read from the history, the last row where it ends earlier).
 If the transition happens when V reaches the structured norm (the law), the own delays line up
@@ -133,12 +133,16 @@ def _reliant_at_fit(rec: dict, histories: dict) -> bool | None:
 
 
 def _v_at(history: pd.DataFrame | None, step: float) -> float | None:
-    """V at the last evaluation with ``step <= step`` (the first row if none is earlier)."""
+    """V at ``step``, log-linearly interpolated between evaluations (clamped to the first/last
+    row), so that a V read between evaluations is not biased towards either neighbour."""
     if history is None or "V" not in history.columns or len(history) == 0:
         return None
     h = time_sorted(history)
-    idx = int(np.searchsorted(h["step"].to_numpy(float), step, side="right")) - 1
-    return num(h["V"].iloc[max(idx, 0)])
+    t, v = h["step"].to_numpy(float), h["V"].to_numpy(float)
+    ok = np.isfinite(t) & np.isfinite(v) & (v > 0)
+    if not ok.any():
+        return None
+    return num(np.exp(np.interp(step, t[ok], np.log(v[ok]))))
 
 
 def _shares(v_sc: list[float], peers: list[np.ndarray], v_st: np.ndarray) -> np.ndarray:
