@@ -7,6 +7,7 @@ needs. Peak RSS comes from getrusage(RUSAGE_CHILDREN).ru_maxrss: the largest res
 descendant process.
 
 Usage: .venv/bin/python benchmarks/default_run.py [--cores 2] [--config config.yaml] [--keep DIR]
+       .venv/bin/python benchmarks/default_run.py --smoke   # the same on a 2-cell, 300-step config (tests)
 """
 
 from __future__ import annotations
@@ -26,19 +27,33 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
+#: --smoke: one tiny modular experiment (one job of 2 cells of p 11, 300 steps; a second of training)
+SMOKE_CONFIG = {"experiments": {"smoke": {
+    "kind": "modular", "p": 11, "train_frac": 0.7, "model": {"name": "mlp", "embed_dim": 8, "hidden": 32},
+    "lr": 0.01, "weight_decay": 1.0, "init_scale": [1, 3], "max_steps": 300, "eval_every": 20,
+    "stop_margin": 40}}}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cores", default="all")
     ap.add_argument("--config", default=str(REPO / "config.yaml"))
     ap.add_argument("--keep", help="run in this directory and keep it (default: a temporary one)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tests: run SMOKE_CONFIG on 2 cores in a temporary directory, removed at the end")
     args = ap.parse_args()
     wd = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="nht-default-"))
     wd.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "Snakefile", wd)
     for name in ("workflow", "profiles"):
         shutil.copytree(REPO / name, wd / name, dirs_exist_ok=True)
-    shutil.copy(args.config, wd / "config.yaml")
+    if args.smoke:
+        import yaml
+
+        args.cores = "2"
+        (wd / "config.yaml").write_text(yaml.safe_dump(SMOKE_CONFIG))
+    else:
+        shutil.copy(args.config, wd / "config.yaml")
     shared = REPO.parent / "shared"
     if shared.exists() and not (wd.parent / "shared").exists():
         print(f"note: ../shared is not next to {wd}; image presets that read it use their own paths")
@@ -90,7 +105,10 @@ def main() -> None:
         for k, v in sorted(card.items()):
             if isinstance(v, dict) and v.get("verdict") == "not_enough_data":
                 print(f"    {k}: {(v.get('detail') or {}).get('reason')}")
-    print(f"results in {wd}")
+    if args.smoke and not args.keep:
+        shutil.rmtree(wd, ignore_errors=True)
+    else:
+        print(f"results in {wd}")
 
 
 def _f(x) -> str:
