@@ -1,6 +1,8 @@
 """Search for an image protocol that shows the shortcut -> structure switch on a laptop (issue 13).
 
     nice -n 19 .venv/bin/python benchmarks/image_transition_search.py [--only NAME ...] [--budget-min 60]
+    .venv/bin/python benchmarks/image_transition_search.py --smoke   # the test suite: SMOKE_PROTOCOL,
+                                                    # work and reports in a temporary directory
 
 Every protocol in :data:`PROTOCOLS` is run through nht's own image code (``nht.domains.images.data`` loaders,
 ``nht.domains.images.shortcuts.inject``, ``nht.domains.images.train.train_cell`` with the config validated by the image
@@ -146,6 +148,9 @@ PROTOCOLS = [
     _mlp_case("nonoise_wide", "wider MLP 1024-1024, init x8, 500 epochs", model={"name": "mlp", "hidden": [1024, 1024],
               "init_scale": 8.0}, weight_decay=[16.0], epochs=500, input_noise=0.0),
 ]
+
+#: --smoke: the probe's closest case cut to one cell (lambda 8) and 3 epochs
+SMOKE_PROTOCOL = _mlp_case("smoke", "smoke test: 1 cell, 3 epochs", input_noise=0.0, epochs=3, weight_decay=[8.0])
 
 COMMON = {"kind": "image", "threads": 1, "checkpoint_seconds": 1.0e9, "eval_batch_size": 512}
 
@@ -443,9 +448,27 @@ def main(argv=None):
     p.add_argument("--work", default=str(REPO / "results" / "image_transition_search"))
     p.add_argument("--docs", default=str(REPO / "docs"))
     p.add_argument("--report-only", action="store_true", help="only tabulate cells already trained")
+    p.add_argument("--smoke", action="store_true",
+                   help="run SMOKE_PROTOCOL only, --work and --docs in a temporary directory (tests)")
     a = p.parse_args(argv)
+    if a.smoke:
+        import shutil
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix="nht-search-smoke-"))
+        try:
+            search(a, [SMOKE_PROTOCOL], tmp / "work", tmp / "docs")
+            print((tmp / "docs" / "image_transition_search.csv").read_text())
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+    search(a, PROTOCOLS, Path(a.work), Path(a.docs))
+
+
+def search(a: argparse.Namespace, protocols: list[dict], work: Path, docs: Path) -> None:
+    """Run or tabulate ``protocols`` (options ``a`` of :func:`main`); cells under ``work``, reports
+    under ``docs``."""
     torch.set_num_threads(1)
-    work, docs = Path(a.work), Path(a.docs)
     work.mkdir(parents=True, exist_ok=True)
     logf = open(work / "search.log", "a")
 
@@ -457,7 +480,7 @@ def main(argv=None):
 
     t0 = time.monotonic()
     rows, skipped = [], []
-    for proto in PROTOCOLS:
+    for proto in protocols:
         wanted = a.only is None or proto["name"] in a.only
         have = (work / proto["name"]).exists()
         over = time.monotonic() - t0 > a.budget_min * 60
