@@ -66,19 +66,33 @@ def ordered_columns(columns: Iterable[str]) -> list[str]:
 
 
 def check_history(history: pd.DataFrame, where: str = "history") -> pd.DataFrame:
-    """``history`` if it follows the schema, else :class:`HistoryError` naming what is wrong."""
+    """``history`` if it follows the schema, else :class:`HistoryError` naming ``where`` and what is
+    wrong: a missing required column, no rows, a non-numeric required column, steps out of order."""
     missing = [c for c in REQUIRED if c not in history.columns]
     if missing:
         raise HistoryError(f"{where}: missing column(s) {', '.join(missing)}; a history has "
                            f"{', '.join(REQUIRED)} (see nht.core.history)")
     if len(history) == 0:
         raise HistoryError(f"{where}: no rows (a history starts with the evaluation at step 0)")
+    text = [c for c in REQUIRED if not pd.api.types.is_numeric_dtype(history[c])]
+    if text:
+        raise HistoryError(f"{where}: column(s) {', '.join(text)} hold non-numbers (e.g. "
+                           f"{history[text[0]].iloc[0]!r}); every required column is numeric")
     steps = history["step"].to_numpy()
     if (steps[1:] < steps[:-1]).any():
         raise HistoryError(f"{where}: 'step' is not in increasing order")
     return history
 
 
+def read_table(path) -> pd.DataFrame:
+    """A CSV table, or :class:`HistoryError` naming the file when it is not one (empty, garbled)."""
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise HistoryError(f"{path}: not a readable CSV table ({type(err).__name__}: {err})") from None
+
+
 def read_history(path) -> pd.DataFrame:
-    """Read and check one ``history.csv``."""
-    return check_history(pd.read_csv(path), str(path))
+    """Read and check one ``history.csv``; :class:`HistoryError` naming the file when it is not a
+    CSV table or does not follow the schema."""
+    return check_history(read_table(path), str(path))

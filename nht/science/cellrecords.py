@@ -8,9 +8,13 @@ epochs); ``eta`` = ``lr``, ``lambda`` = ``weight_decay``.
 
 from __future__ import annotations
 
+import json
+import math
 
 import pandas as pd
 
+from nht.config import KINDS
+from nht.core.events import REGIMES
 from nht.science.stats import finite_or_none as num
 
 AXES = ("op", "p", "train_frac", "split_seed", "dataset", "rho", "border", "lr", "weight_decay", "init_scale",
@@ -20,6 +24,53 @@ SEED_AXES = ("seed", "split_seed")
 GROUP_AXES = tuple(a for a in AXES if a not in SEED_AXES)
 #: settings that define "the same task" when peers at the same lambda are looked up
 TASK_AXES = ("op", "p", "train_frac", "dataset", "rho", "border", "model", "optimizer")
+
+
+#: fields of a cell record (``norms.json``, nht.stages.norms) that the science layer reads; the
+#: grid axes of the record's kind are required too. Times in steps, V squared.
+REQUIRED = ("cell", "kind", "status", "regime", "stop_step", "T_fit", "T_transition", "delay",
+            "delay_lower_bound", "V_init", "V_fit", "V_transition", "V_peak", "V_final", "T_pred",
+            "test_acc_at_fit")
+#: fields that are a number, or null where the event did not happen
+NUMERIC = ("stop_step", "T_fit", "T_transition", "delay", "delay_lower_bound", "V_init", "V_fit",
+           "V_transition", "V_peak", "V_final", "T_pred", "test_acc_at_fit")
+
+
+class RecordError(ValueError):
+    """A cell record that is not what nht.stages.norms writes; the message names the file."""
+
+
+def check_record(rec, where: str = "cell record") -> dict:
+    """``rec`` if it is a cell record the science layer can read, else :class:`RecordError` naming
+    ``where`` and what is missing or wrong (a record with no ``T_fit`` must not pass as a cell
+    that never fitted, i.e. regime ``strong``)."""
+    if not isinstance(rec, dict):
+        raise RecordError(f"{where}: a cell record is a JSON object, not {type(rec).__name__}")
+    kind = rec.get("kind")
+    if kind not in KINDS:
+        raise RecordError(f"{where}: 'kind' is {kind!r}, not one of {', '.join(sorted(KINDS))}"
+                          + ("" if "kind" in rec else " (missing)") + "; made by `python -m nht norms`?")
+    missing = [k for k in REQUIRED + KINDS[kind].axes if k not in rec]
+    if missing:
+        raise RecordError(f"{where}: missing field(s) {', '.join(missing)} of a cell record "
+                          "(norms.json, written by `python -m nht norms`)")
+    if rec["regime"] not in REGIMES:
+        raise RecordError(f"{where}: 'regime' is {rec['regime']!r}, not one of {', '.join(REGIMES)}")
+    for k in NUMERIC:
+        v = rec[k]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v)):
+            raise RecordError(f"{where}: '{k}' is {v!r}, not a number or null")
+    return rec
+
+
+def read_record(path) -> dict:
+    """Read and check one ``norms.json`` (:func:`check_record`), naming the file on any error."""
+    try:
+        with open(path) as fh:
+            rec = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RecordError(f"{path}: not a JSON cell record ({err})") from None
+    return check_record(rec, str(path))
 
 
 def records(cells: pd.DataFrame | list[dict]) -> list[dict]:

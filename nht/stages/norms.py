@@ -11,21 +11,41 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import numpy as np
 import pandas as pd
 
 from nht.config import KINDS
 from nht.core.events import extract_events
-from nht.core.history import check_history, ordered_columns
+from nht.core.history import HistoryError, check_history, ordered_columns, read_history, read_table
 from nht.core.io import json_arg, read_json, write_atomic, write_json
 
 EXTRA_FINALS = ("aligned_acc", "conflicting_acc", "shortcut_only_acc", "worst_group_acc")
 META_KEYS = ("stop_reason", "wall_s", "n_params", "n_train", "n_test", "steps", "epochs_done", "sum_lr")
 
 
+class MetaError(ValueError):
+    """A training meta record without what a cell record needs; the message names the file."""
+
+
+def check_meta(meta, cell: str, where: str = "meta") -> dict:
+    """``meta`` if it holds what :func:`cell_record` reads for ``cell`` (its ``status``, the
+    ``provenance``; a job's meta has the cell under ``cells``), else :class:`MetaError`."""
+    if not isinstance(meta, dict):
+        raise MetaError(f"{where}: a training meta record is a JSON object, not {type(meta).__name__}")
+    if "cells" in meta and not (isinstance(meta["cells"], dict) and isinstance(meta["cells"].get(cell), dict)):
+        raise MetaError(f"{where}: no entry for cell {cell} under 'cells'")
+    cell_meta = meta["cells"][cell] if "cells" in meta else meta
+    missing = [k for k in ("status",) if k not in cell_meta] + [k for k in ("provenance",) if k not in meta]
+    if missing:
+        raise MetaError(f"{where}: missing field(s) {', '.join(missing)} of a training meta record (cell {cell})")
+    return meta
+
+
 def cell_record(history: pd.DataFrame, meta: dict, cell: str, kind: str, settings: dict) -> dict:
     """The ``norms.json`` record of one cell (see the module docstring)."""
+    check_meta(meta, cell)
     cell_meta = meta["cells"][cell] if "cells" in meta else meta
     rec = {"cell": cell, "experiment": meta.get("experiment"), "kind": kind}
     rec.update({k: cell_meta[k] for k in META_KEYS if k in cell_meta})
@@ -45,6 +65,17 @@ def cell_record(history: pd.DataFrame, meta: dict, cell: str, kind: str, setting
     return rec
 
 
+def read_job_history(path: str, cell: str) -> pd.DataFrame:
+    """One cell's rows of a job's long history table (a ``cell`` column), checked
+    (:func:`nht.core.history.check_history`, naming the file and the cell)."""
+    h = read_table(path)
+    if "cell" not in h.columns:
+        raise HistoryError(f"{path}: no 'cell' column; a job's history has one row per cell and evaluation")
+    h = h[h["cell"] == cell].drop(columns="cell").reset_index(drop=True)
+    check_history(h, f"{path} (cell {cell})")
+    return h[ordered_columns(h.columns)]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m nht norms", description=__doc__)
     src = ap.add_mutually_exclusive_group(required=True)
@@ -57,15 +88,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out-history", help="with --job-history: where this cell's rows go")
     ap.add_argument("--out-norms", required=True)
     a = ap.parse_args(argv)
-    if a.job_history:
-        if not a.out_history:
-            ap.error("--job-history needs --out-history")
-        h = pd.read_csv(a.job_history)
-        h = h[h["cell"] == a.cell].drop(columns="cell").reset_index(drop=True)
-        h = h[ordered_columns(h.columns)]
-        write_atomic(a.out_history, h.to_csv(index=False, float_format="%.9g"))
-    else:
-        h = pd.read_csv(a.history)
-    check_history(h, a.history or f"{a.job_history} (cell {a.cell})")
-    write_json(cell_record(h, read_json(a.meta), a.cell, a.kind, a.settings), a.out_norms)
+    if a.job_history and not a.out_history:
+        ap.error("--job-history needs --out-history")
+    try:                       # malformed input: one line naming the file and what is wrong
+        if a.job_history:
+            h = read_job_history(a.job_history, a.cell)
+            write_atomic(a.out_history, h.to_csv(index=False, float_format="%.9g"))
+        else:
+            h = read_history(a.history)
+        try:
+            meta = check_meta(read_json(a.meta), a.cell, a.meta)
+        except json.JSONDecodeError as err:
+            raise MetaError(f"{a.meta}: not JSON ({err})") from None
+    except (HistoryError, MetaError, OSError) as err:
+        sys.exit(f"nht norms: {err}")
+    write_json(cell_record(h, meta, a.cell, a.kind, a.settings), a.out_norms)
     print(json.dumps({"cell": a.cell, "kind": a.kind}))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-from nht.core.io import read_json, write_json
+from nht.core.history import HistoryError, read_history
+from nht.core.io import write_json
+from nht.science.cellrecords import RecordError, read_record
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,8 +24,12 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     from nht.science.analyse import analyse_experiment  # matplotlib only where figures are drawn
 
-    records = [read_json(p) for p in a.norms]
+    # malformed input is an error naming the file, never a cell counted as 'strong' or a KeyError
+    try:
+        records = [read_record(p) for p in a.norms]
+        hist = {Path(p).parent.name: read_history(p) for p in a.histories}
+    except (RecordError, HistoryError, OSError) as err:
+        sys.exit(f"nht science: {err}")
     layers = {r["cell"]: r.get("layers") or {} for r in records}
     cells = pd.DataFrame([{k: v for k, v in r.items() if k not in ("layers", "provenance")} for r in records])
-    hist = {Path(p).parent.name: pd.read_csv(p) for p in a.histories}
     write_json(analyse_experiment(cells, hist, a.figure_dir, n_boot=a.n_boot, seed=a.seed, layers=layers), a.out)
