@@ -14,6 +14,7 @@ cell) in milliseconds, so the real workflow runs end to end without training. Th
     python benchmarks/recompute_overhead.py [--cells 1000] [--repeat 3]
 
 Prints one line per measurement and writes benchmarks/out/recompute_overhead.json.
+``--smoke`` (the test suite): 10 cells (one job), one no-op repeat; prints the JSON, writes no file.
 """
 
 from __future__ import annotations
@@ -154,7 +155,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", type=int, nargs="+", default=[1000])
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help="10 cells, 1 repeat, JSON to stdout only (tests)")
     a = ap.parse_args()
+    if a.smoke:
+        a.cells, a.repeat = [10], 1
     results = []
     for n in a.cells:
         with tempfile.TemporaryDirectory(prefix="nht-recompute-bench-") as tmp:
@@ -163,10 +167,14 @@ def main() -> None:
               f"dvc push {r['dvc_push_s']:.1f} s, dvc pull {r['dvc_pull_s']:.1f} s, "
               f"clone's first no-op {r['clone_noop_s']:.2f} s", flush=True)
         results.append(r)
+    doc = json.dumps({"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                      "results": results}, indent=1)
+    if a.smoke:
+        print(doc)
+        return
     out = REPO / "benchmarks" / "out" / "recompute_overhead.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                               "results": results}, indent=1))
+    out.write_text(doc)
     print(f"wrote {out}")
 
 
