@@ -59,3 +59,12 @@ def test_every_path_in_every_shell_command_is_quoted():
             kind, attr, quoted = field
             constant_flags = kind == "params" and attr in ("det", "tf32", "deterministic", "max_cells")
             assert quoted or constant_flags, f"rule {name}: {{{kind}{'.' + attr if attr else ''}}} is not quoted"
+
+
+@pytest.mark.parametrize("path, normal", [("results/", "results"), ("./results", "results"),
+                                          ("runs//a/./b/", "runs/a/b"), ("/scratch/nht/results/", "/scratch/nht/results")])
+def test_paths_are_normalised_relative_stay_relative(path, normal):
+    c = default()
+    c["results_dir"] = c["data_dir"] = path
+    validate_config(c)
+    assert c["results_dir"] == c["data_dir"] == normal
