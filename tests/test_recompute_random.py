@@ -7,7 +7,7 @@ steps; real git, DVC and Snakemake). An operation is one of
 
 * a config switch among a few variants that differ in one category of key: a grid value
   (``weight_decay``), an analysis-only key (``figure_cells_max``), an event-rule key
-  (``immediate_delay``), or scheduling keys (``threads``, ``checkpoint_seconds``,
+  (``immediate_delay``, ``train_threshold``), or scheduling keys (``threads``, ``checkpoint_seconds``,
   ``eval_batch_size``, ``results_dir`` spelled ``./results/``);
 * a code edit: comment-only (a module and a rule file) or real (the figures module, the trainer);
 * damage: truncate, corrupt or delete a recorded output or the dataset; touch files into the past
@@ -68,7 +68,7 @@ VARIANTS = {
     "base": {},
     "grid": {"weight_decay": [0.5, 2.0]},
     "analysis": {"figure_cells_max": 20},
-    "event": {"immediate_delay": 20},
+    "event": {"immediate_delay": 20, "train_threshold": 0.95},
 }
 SCHEDULING = {"threads": 2, "checkpoint_seconds": 30, "eval_batch_size": 512}
 # JSON keys that name the machine, the time, the code version or scheduling, not a result.
