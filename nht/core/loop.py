@@ -34,10 +34,9 @@ a checkpoint when ``checkpoint_every_s`` seconds have passed; print a progress l
 ``progress_every_s`` seconds. It returns the rows, the cells' status and the run's timing and
 provenance; the domain writes its own files.
 
-Host synchronisation: between checks the loop only queues work on the device. The finiteness of
-every loss is folded, on the device, into two small per-cell tensors (finite so far, finite steps
-since the last check); they are read back (one ``tolist``) every ``check_every`` iterations and
-before every evaluation. A cell found non-finite there ends as ``diverged`` with the step of its
+Host synchronisation: between checks the loop only queues work on the device: it keeps the
+returned loss tensors (on the device) and reads their finiteness back (one ``tolist`` of one small
+tensor) every ``check_every`` iterations and before every evaluation. A cell found non-finite there ends as ``diverged`` with the step of its
 first non-finite loss as ``stop_step``, and the iterations it ran after that are not counted in
 ``cell_steps``: status, history and counts are those of a check at every step.
 
@@ -102,33 +101,34 @@ def load_checkpoint(path: Path, sig: str, code: str) -> tuple[dict | None, str]:
     return state, "ok"
 
 
-class _FiniteWatch:
-    """Per active cell, on the domain's device: is every loss since the last check finite, and how
-    many loop iterations since then had a finite loss. Three tensor ops per step, no read-back."""
+class FiniteWatch:
+    """The losses of the active cells since the last check, kept on the device (one ``detach``
+    per step, no read-back); :meth:`read` finds the non-finite ones with one read-back."""
 
     def __init__(self, domain) -> None:
         self.reset(domain)
 
     def reset(self, domain) -> None:
-        self.cells = list(domain.active)
-        self.ok = torch.ones(len(self.cells), dtype=torch.bool, device=domain.device)
-        self.n_ok = torch.zeros(len(self.cells), dtype=torch.int64, device=domain.device)
-        self.iterations, self.step0 = 0, domain.step
+        self.cells, self.losses, self.step0 = list(domain.active), [], domain.step
+
+    @property
+    def iterations(self) -> int:
+        return len(self.losses)
 
     def update(self, loss: torch.Tensor) -> None:
-        self.ok &= torch.isfinite(loss.detach())
-        self.n_ok += self.ok
-        self.iterations += 1
+        self.losses.append(loss.detach())
 
     def read(self, step_now: int) -> list[tuple[str, int, int]]:
         """(cell, step of its first non-finite loss, iterations it ran after that) of every cell
         whose loss was non-finite since the last reset: the one host read-back of a check."""
-        if not self.iterations:
+        if not self.losses:
             return []
+        finite = torch.isfinite(torch.stack(self.losses))                 # (iterations, cells)
+        n_ok = finite.long().cumprod(dim=0).sum(dim=0)                     # finite iterations before the first bad
         found = []
-        for cell, n in zip(self.cells, torch.where(self.ok, -1, self.n_ok).tolist()):
-            if n >= 0:   # its first non-finite loss came after n finite iterations
-                found.append((cell, min(step_now, self.step0 + n + 1), self.iterations - n - 1))
+        for cell, n in zip(self.cells, n_ok.tolist()):
+            if n < len(self.losses):
+                found.append((cell, min(step_now, self.step0 + n + 1), len(self.losses) - n - 1))
         return found
 
 
@@ -180,7 +180,7 @@ def run(domain, *, code_module: str, name: str = "run", checkpoint: str | Path |
                          "status": out.status, "elapsed_s": elapsed_before + time.perf_counter() - t0}, ckpt)
 
     check_every = getattr(domain, "check_every", 1)
-    watch = _FiniteWatch(domain)
+    watch = FiniteWatch(domain)
 
     def check() -> None:
         for cell, stop_step, extra in watch.read(domain.step):

@@ -19,6 +19,7 @@ initial weights.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -207,6 +208,20 @@ def to_companion_state(state: dict) -> dict:
 
 # --------------------------------------------------------------------------- stacked (many-cell)
 
+@functools.lru_cache(maxsize=64)
+def _row_offsets(cells: int, rows: int, device: torch.device) -> torch.Tensor:
+    """``[[0], [rows], [2 rows], ...]`` (cells, 1): cell c's first row in a (cells * rows, D) table.
+    Cached: a step builds it once per shape, not at every call (and a CUDA graph reads it in place)."""
+    return torch.arange(cells, device=device).mul_(rows).unsqueeze(1)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(value: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A 0-dim tensor holding ``value``: dividing by it is the same arithmetic as dividing by the
+    Python number, without a host-side number-to-tensor conversion at every call."""
+    return torch.tensor(value, device=device, dtype=dtype)
+
+
 def _gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``out[c, i] = table[c, idx[c, i]]`` (or ``idx[i]`` when ``idx`` is shared by all cells).
 
@@ -214,7 +229,7 @@ def _gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     the flattened table: its backward is an ``index_add`` (deterministic on the CPU).
     """
     C, R, D = table.shape
-    offsets = torch.arange(C, device=idx.device).mul_(R).unsqueeze(1)
+    offsets = _row_offsets(C, R, idx.device)
     flat_idx = (idx.unsqueeze(0) + offsets if idx.dim() == 1 else idx + offsets).reshape(-1)
     return table.reshape(C * R, D).index_select(0, flat_idx).view(C, -1, D)
 
@@ -264,7 +279,7 @@ def transformer_stacked(params: dict, x: torch.Tensor, n_heads: int, norm_first:
     heads = (C, B, H, Dh)
     q = q.reshape(heads)
     scores = torch.stack([(q * k_a.reshape(heads)).sum(-1), (q * k_b.reshape(heads)).sum(-1)], -1)
-    att = (scores / math.sqrt(Dh)).softmax(dim=-1)                       # (C, B, H, 2)
+    att = (scores / _constant(math.sqrt(Dh), scores.device, torch.float32)).softmax(dim=-1)   # (C, B, H, 2)
     mixed = att[..., :1] * v_a.reshape(heads) + att[..., 1:] * v_b.reshape(heads)
     h = resid + _linear(mixed.reshape(C, B, D), params, "attn.proj")
     if norm_first:

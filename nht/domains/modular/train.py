@@ -57,6 +57,7 @@ stream on the CPU).
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -79,6 +80,9 @@ HPARAMS = ("lr", "weight_decay", "init_scale", "seed")
 CHUNK_INDICES = 1 << 22      # most minibatch indices (all cells, all steps) drawn at once: 32 MiB of int64
 STOPPED = ("auto", "remove", "mask")
 GRAPH = ("auto", "on", "off")
+# The model tensors are views of one (cells, parameters) tensor with their gradients views of another:
+# a gradient then has the parameter's strides, not the dense layout autograd prefers (its warning).
+warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
 
 
 class Trainer:
@@ -131,13 +135,12 @@ class Trainer:
         self.shapes = [tuple(v.shape[1:]) for v in params.values()]
         self.sizes = [math.prod(sh) for sh in self.shapes]
         C = len(self.cells)
-        self.flat = torch.cat([v.detach().reshape(C, -1) for v in params.values()], dim=1).to(
-            device, devmod.DTYPE).requires_grad_(True)              # (cells, parameters per cell)
+        flat = torch.cat([v.detach().reshape(C, -1) for v in params.values()], dim=1).to(device, devmod.DTYPE)
         self.forward = stacked_forward(s["model"])   # (params (C, ...), x (B, 2) | (C, B, 2)) -> (C, B, p)
-        self.m = torch.zeros_like(self.flat, requires_grad=False)
-        self.v = torch.zeros_like(self.m)
-        self.t = torch.zeros(C, dtype=torch.float64, device=device)  # per-cell optimizer steps
-        self.alive = torch.ones(C, dtype=torch.bool, device=device)  # per-cell: updates applied
+        self._set_state(flat, torch.zeros_like(flat), torch.zeros_like(flat),
+                        torch.zeros(C, dtype=torch.long, device=device),
+                        torch.ones(C, dtype=torch.bool, device=device))
+        self._constants()
         if self.full_batch:
             samplers = []
         elif self.sampling == "with_replacement":
@@ -161,24 +164,74 @@ class Trainer:
         self._chunk: torch.Tensor | None = None      # (slots, indices of the drawn steps) on the device
         self._chunk_steps: list[tuple[int, int]] = []  # per drawn step not yet taken: (offset, size)
         self._graph = None
+        self.stretch = 0                             # steps of the last stretch of minibatches drawn
         self._refresh()
 
     # ------------------------------------------------------------------ cells held, hyperparameters
     @property
     def params(self) -> dict[str, torch.Tensor]:
         """The stacked model tensors ``{name: (slots, ...)}``: views of ``flat`` (no gradient)."""
-        return self._views(self.flat.detach())
+        return {k: v.detach() for k, v in self._leaves.items()}
 
     def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         C = flat.shape[0]
         return {k: part.view(C, *shape) for k, part, shape in zip(self.names, flat.split(self.sizes, dim=1),
                                                                  self.shapes)}
 
+    def _set_state(self, flat, m, v, t, alive) -> None:
+        """Install the stacked state: ``flat`` (slots, parameters), the AdamW moments (or SGD
+        momentum) ``m``, ``v`` of the same shape, per-slot step counts ``t`` and update mask
+        ``alive``. The model tensors the forward reads are views of ``flat`` made leaves of autograd,
+        whose gradients are views of ``grad`` (slots, parameters): the backward writes the flat
+        gradient the optimizer reads, without a copy per tensor. Tensors keep their addresses from
+        here on (updated in place), as a CUDA graph needs."""
+        self.flat, self.m, self.v, self.t = flat.detach(), m, v, t
+        self.grad = torch.zeros_like(self.flat)
+        self._alive_col = alive.reshape(-1, 1).clone()             # (slots, 1) bool
+        self.alive = self._alive_col[:, 0]                           # (slots,) view of it
+        self._leaves = {}
+        for (k, view), gview in zip(self._views(self.flat).items(), self._views(self.grad).values()):
+            view.requires_grad_(True)
+            view.grad = gview
+            self._leaves[k] = view
+        C = self.flat.shape[0]
+        self._coef64 = torch.empty(C, 3, dtype=torch.float64, device=self.device)
+        self._coef = torch.empty(C, 3, dtype=self.flat.dtype, device=self.device)
+        self._c0, self._c1, self._c2 = (self._coef[:, i:i + 1] for i in range(3))   # (slots, 1) views
+        self._graph = None
+
+    def _constants(self) -> None:
+        """Per-step constants as tensors on the device (a Python number in a tensor op costs a
+        host-side conversion every call), and AdamW's bias corrections by step count, in float64:
+        row t = (1, 1 / (1 - b1^t), sqrt(1 - b2^t))."""
+        dev, f64 = self.device, torch.float64
+        self._one = torch.ones((), dtype=torch.long, device=dev)
+        batch = self.n_train if self.full_batch else min(int(self.s["batch_size"]), self.n_train)
+        self._batch = torch.tensor(float(batch), dtype=self.flat.dtype, device=dev)
+        self._zero = torch.zeros((), dtype=self.flat.dtype, device=dev)
+        if self.opt["name"] == "adamw":
+            b1, b2 = (float(b) for b in self.opt["betas"])
+            t = torch.arange(self.max_steps + 2, dtype=f64).clamp(min=1)
+            self._bias = torch.stack([torch.ones_like(t), 1.0 / (1.0 - b1 ** t), (1.0 - b2 ** t).sqrt()], 1).to(dev)
+            self._b2 = torch.tensor(b2, dtype=self.flat.dtype, device=dev)
+            self._eps = torch.tensor(float(self.opt["eps"]), dtype=self.flat.dtype, device=dev)
+        else:
+            self._mu = torch.tensor(float(self.opt.get("momentum", 0.0)), dtype=self.flat.dtype, device=dev)
+
     def _refresh(self) -> None:
-        """Per-slot hyperparameter tensors and the positions of the active cells among the slots."""
+        """Per-slot hyperparameter tensors and the positions of the active cells among the slots.
+
+        ``_live``/``_dead`` (slots, 3), float64: the optimizer coefficients of an updated and of a
+        masked cell, before the step-dependent factor (AdamW: decay 1 - lr wd, -lr, 1; SGD: wd, -lr)."""
         f64 = dict(dtype=torch.float64, device=self.device)
         self.lr = torch.tensor([self.hp[c]["lr"] for c in self.slots], **f64)
         self.wd = torch.tensor([self.hp[c]["weight_decay"] for c in self.slots], **f64)
+        if self.opt["name"] == "adamw":
+            self._live = torch.stack([1.0 - self.lr * self.wd, -self.lr, torch.ones_like(self.lr)], 1)
+            self._dead = torch.stack([torch.ones_like(self.lr), torch.zeros_like(self.lr), torch.ones_like(self.lr)], 1)
+        else:
+            self._live = torch.stack([self.wd, -self.lr, torch.zeros_like(self.lr)], 1)
+            self._dead = torch.zeros_like(self._live)
         self._all_active = self.active == self.slots
         pos = {c: i for i, c in enumerate(self.slots)}
         self._active_pos = torch.tensor([pos[c] for c in self.active], dtype=torch.long, device=self.device)
@@ -191,8 +244,8 @@ class Trainer:
             return
         self.active = ids
         if self.stopped == "mask" and 2 * len(ids) > len(self.slots):
-            keep_mask = torch.tensor([c in set(ids) for c in self.slots], device=self.device)
-            self.alive &= keep_mask
+            kept = set(ids)
+            self.alive &= torch.tensor([c in kept for c in self.slots], device=self.device)
         else:
             self._compact(ids)
         self._refresh()
@@ -201,14 +254,11 @@ class Trainer:
         positions = [self.slots.index(c) for c in ids]
         idx = torch.tensor(positions, device=self.device, dtype=torch.long)
         with torch.no_grad():
-            self.flat = self.flat.detach().index_select(0, idx).requires_grad_(True)
-            self.m, self.v = self.m.index_select(0, idx), self.v.index_select(0, idx)
-            self.t, self.alive = self.t.index_select(0, idx), self.alive.index_select(0, idx)
+            self._set_state(*(x.index_select(0, idx) for x in (self.flat, self.m, self.v, self.t, self.alive)))
             if self._chunk is not None:
                 self._chunk = self._chunk.index_select(0, idx)
         self.samplers = [self.samplers[i] for i in positions] if self.samplers else []
         self.slots = list(ids)
-        self._graph = None                            # shapes changed: capture again
 
     @staticmethod
     def _per_cell_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -233,6 +283,7 @@ class Trainer:
                 offsets.append((off, size))
                 off += size
             self._chunk, self._chunk_steps = chunk, offsets[::-1]
+            self.stretch = k
         off, size = self._chunk_steps.pop()
         return self._chunk[:, off:off + size]
 
@@ -251,65 +302,62 @@ class Trainer:
     def _step(self, idx: torch.Tensor | None, autocast_cache: bool = True) -> torch.Tensor:
         """The whole update on tensors of fixed shape: gather, forward, backward, optimizer. Returns
         the per-slot losses (slots,). The same code runs eagerly and inside the CUDA graph."""
+        self.grad.zero_()
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
                             enabled=self.precision == "bf16", cache_enabled=autocast_cache):
-            params = self._views(self.flat)
             if idx is None:
-                logits = self.forward(params, self.x_train)
+                logits = self.forward(self._leaves, self.x_train)
                 y = self.y_train.expand(logits.shape[0], -1)
             else:
-                logits = self.forward(params, self.x_train[idx])
+                logits = self.forward(self._leaves, self.x_train[idx])
                 y = self.y_train[idx]
-        loss = self._per_cell_ce(logits.float(), y).mean(dim=1)
-        (grad,) = torch.autograd.grad(loss.sum(), [self.flat])
+        loss = self._per_cell_ce(logits.float(), y).sum(dim=1).div(self._batch)   # the mean over the batch
+        loss.sum().backward()                          # into self.grad (views of it are the leaves' .grad)
+        loss = loss.detach()
         with torch.no_grad():
-            ok = self.alive & torch.isfinite(loss.detach())          # a non-finite cell: update masked
-            self.alive.copy_(ok)
+            d = loss - loss                            # 0 where finite, NaN where NaN/Inf
+            self.alive.logical_and_(d == d)            # a non-finite cell: updates masked from now on
+            self.t.add_(self._one)
             if self.opt["name"] == "adamw":
-                self._adamw(grad, ok)
+                self._adamw()
             else:
-                self._sgd(grad, ok)
-        return loss.detach()
+                self._sgd()
+        return loss
 
-    def _adamw(self, grad: torch.Tensor, ok: torch.Tensor) -> None:
+    def _adamw(self) -> None:
         """torch.optim.AdamW's update (decoupled decay), for every cell at once.
 
-        Per cell, exactly torch's single-tensor AdamW: ``p *= 1 - lr wd``; ``m = lerp(m, g, 1 - b1)``;
+        Per cell, torch's single-tensor AdamW: ``p *= 1 - lr wd``; ``m = lerp(m, g, 1 - b1)``;
         ``v = b2 v + (1 - b2) g^2``; ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``,
-        with lr, wd and the step count t per-cell tensors (t counts this cell's updates; the bias
-        corrections are computed in float64 like torch's Python floats). A masked cell (``ok``
-        False: stopped, or a non-finite loss) gets a zero gradient, decay 1 and step size 0, so its
-        parameters do not move. About 10 operations on ``flat``, whatever the number of cells.
+        with lr, wd and the step count t per-cell tensors; the coefficients are computed in float64
+        like torch's Python floats, then rounded to the parameters' dtype. A masked cell
+        (``alive`` False: stopped, or a non-finite loss) gets a zero gradient, decay 1 and step
+        size 0, so its parameters do not move. About 20 tensor operations in all, whatever the
+        number of cells or parameter tensors.
         """
         b1, b2 = (float(b) for b in self.opt["betas"])
-        eps = float(self.opt["eps"])
-        t = self.t.add_(ok).clamp(min=1.0)
-        lr = self.lr * ok
-        coef = torch.stack([1.0 - lr * self.wd,                                 # decay
-                            -lr / (1.0 - torch.pow(b1, t)),                      # -step size
-                            (1.0 - torch.pow(b2, t)).sqrt()], dim=1).to(self.flat.dtype)   # (C, 3)
-        decay, neg_step, bc2_sqrt = coef[:, 0:1], coef[:, 1:2], coef[:, 2:3]
-        g = torch.where(ok.unsqueeze(1), grad, 0.0)
+        torch.where(self._alive_col, self._live * self._bias[self.t], self._dead, out=self._coef64)
+        self._coef.copy_(self._coef64)                      # columns: decay, -lr/(1-b1^t), sqrt(1-b2^t)
+        g = torch.where(self._alive_col, self.grad, self._zero, out=self.grad)
         p = self.flat
-        p.mul_(decay)
+        p.mul_(self._c0)
         self.m.lerp_(g, 1.0 - b1)
-        self.v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
-        denom = self.v.sqrt().div_(bc2_sqrt).add_(eps)
-        p.addcdiv_(self.m * neg_step, denom)
+        self.v.mul_(self._b2).addcmul_(g, g, value=1.0 - b2)
+        denom = self.v.sqrt().div_(self._c2).add_(self._eps)
+        p.addcdiv_(self.m * self._c1, denom)
 
-    def _sgd(self, grad: torch.Tensor, ok: torch.Tensor) -> None:
+    def _sgd(self) -> None:
         """SGD on L_train + lambda/2 ||theta||^2 (gradient + lambda theta), optional momentum, for
-        every cell at once; a masked cell (``ok`` False) does not move."""
-        mu = float(self.opt.get("momentum", 0.0))
-        self.t.add_(ok)
-        coef = torch.stack([self.wd, -(self.lr * ok)], dim=1).to(self.flat.dtype)
-        wd, neg_lr = coef[:, 0:1], coef[:, 1:2]
+        every cell at once; a masked cell (``alive`` False) does not move."""
+        torch.where(self._alive_col, self._live, self._dead, out=self._coef64)
+        self._coef.copy_(self._coef64)                      # columns: wd, -lr, 0
+        g = torch.where(self._alive_col, self.grad, self._zero, out=self.grad)
         p = self.flat
-        d = torch.addcmul(torch.where(ok.unsqueeze(1), grad, 0.0), p, wd)
-        if mu:
-            self.m.mul_(mu).add_(d)
+        d = torch.addcmul(g, p, self._c0)
+        if self.opt.get("momentum", 0.0):
+            self.m.mul_(self._mu).add_(d)
             d = self.m
-        p.addcmul_(d, neg_lr)
+        p.addcmul_(d, self._c1)
 
     # ------------------------------------------------------------------ CUDA graph
     def _graph_step(self, idx: torch.Tensor | None) -> torch.Tensor:
@@ -324,7 +372,8 @@ class Trainer:
     def _capture(self, idx: torch.Tensor | None) -> None:
         """Warm up on a side stream (state restored afterwards), then capture one step."""
         self._idx_static = None if idx is None else idx.clone()
-        state = [self.flat.detach().clone(), self.m.clone(), self.v.clone(), self.t.clone(), self.alive.clone()]
+        held = [self.flat, self.m, self.v, self.t, self.alive]
+        state = [x.clone() for x in held]
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
@@ -332,7 +381,7 @@ class Trainer:
                 self._step(self._idx_static, autocast_cache=False)
         torch.cuda.current_stream(self.device).wait_stream(side)
         with torch.no_grad():
-            for dst, src in zip([self.flat, self.m, self.v, self.t, self.alive], state):
+            for dst, src in zip(held, state):
                 dst.copy_(src)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -392,23 +441,20 @@ class Trainer:
                      "steps": [(off - first, size) for off, size in self._chunk_steps]}
         return {"step": self.step, "active": self.active, "slots": self.slots,
                 "first_test_pass": self.first_test_pass,
-                "flat": self.flat.detach().cpu(), "m": self.m.cpu(), "v": self.v.cpu(), "t": self.t.cpu(),
+                "flat": self.flat.cpu(), "m": self.m.cpu(), "v": self.v.cpu(), "t": self.t.cpu(),
                 "alive": self.alive.cpu(), "samplers": [sm.state() for sm in self.samplers], "chunk": chunk}
 
     def load_state_dict(self, state: dict) -> None:
         by_cell = dict(zip(self.slots, self.samplers)) if self.samplers else {}
         self.slots, self.active = list(state["slots"]), list(state["active"])
         self.step, self.first_test_pass = state["step"], dict(state["first_test_pass"])
-        self.flat = state["flat"].to(self.device).requires_grad_(True)
-        self.m, self.v, self.t = (state[k].to(self.device) for k in ("m", "v", "t"))
-        self.alive = state["alive"].to(self.device)
+        self._set_state(*(state[k].to(self.device) for k in ("flat", "m", "v", "t", "alive")))
         self.samplers = [by_cell[c] for c in self.slots] if by_cell else []
         for sampler, st in zip(self.samplers, state["samplers"]):
             sampler.load(st)
         chunk = state.get("chunk")
         self._chunk = None if chunk is None else chunk["idx"].to(self.device)
         self._chunk_steps = [] if chunk is None else [tuple(x) for x in chunk["steps"]]
-        self._graph = None
         self._refresh()
 
 
