@@ -6,12 +6,19 @@ handler then), and only does work when a job of this run wrote a record:
 1. Outputs of this run's jobs that are *not current* are moved to ``.nht/quarantine/<time>/``:
    those of stale jobs that did not rerun (a job failed upstream, the run was cut short) and any
    output whose content differs from its record (a partial file). So a stale or corrupt file is
-   never left in place looking current, and never enters DVC.
+   never left in place looking current, and never enters DVC. Judged by content only, never by
+   file times: a stale job counts as renewed when its record names this run's decision (the
+   record's ``forced_by`` is the job's force stamp, unique per decision; :mod:`.job`), and then
+   its outputs must match that record.
 2. With DVC on (``dvc.enabled``: auto = when ``.dvc/`` exists), ``dvc add`` snapshots the data,
    results and log directories into DVC's cache (``data.dvc``, ``results.dvc``, ``logs.dvc``),
    ready for ``dvc push``; and the top level of ``dvc.yaml`` (metrics, plots, params) is written,
    for ``dvc metrics/plots/params``. Both under a file lock of ours and DVC's own repository lock,
    so two runs, or a run beside ``dvc push``, wait for each other instead of losing a write.
+   DVC tracks only paths inside its repository: a directory given as an absolute path or reached
+   through a symlink is snapshotted under the path it resolves to inside the repository (e.g.
+   ``store/results.dvc`` for ``results -> store/results``); one that resolves outside the repository
+   is not snapshotted, and a warning says so and what to do (:func:`dvc_targets`).
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ def quarantine(paths: list[str], root: Path, why: str) -> list[str]:
         src = root / p
         if not src.is_file():
             continue
-        dest = dest_root / p
+        dest = dest_root / _inside(Path(p), root)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(src), str(dest))
         moved.append(p)
@@ -72,9 +79,20 @@ def quarantine(paths: list[str], root: Path, why: str) -> list[str]:
               + ", ".join(moved[:5]) + (" ..." if len(moved) > 5 else ""), file=sys.stderr)
     return moved
 
-def not_current(decisions: dict, records_dirs: list[str], started: float, root: Path) -> list[str]:
-    """Outputs of this run's jobs that are stale (decided stale, and neither recomputed nor
-    restored in this run) or differ from their record (partial files)."""
+def _inside(p: Path, root: Path) -> Path:
+    """``p`` as a relative path for the quarantine folder (absolute paths keep their full path)."""
+    if not p.is_absolute():
+        return p
+    try:
+        return p.relative_to(root.resolve())
+    except ValueError:
+        return p.relative_to(p.anchor)
+
+
+def not_current(decisions: dict, records_dirs: list[str], root: Path) -> list[str]:
+    """Outputs of this run's jobs that are stale (decided stale, and not recomputed or confirmed
+    in this run: their record does not name the decision's force stamp) or differ from their
+    record (partial files). Content only: file times are never read."""
     records = {}
     for d in records_dirs:
         records.update(load_records(root / d))
@@ -83,7 +101,8 @@ def not_current(decisions: dict, records_dirs: list[str], started: float, root: 
         rec = records.get(stage)
         outputs = (rec or {}).get("outputs") or {}
         existing = [p for p in outputs if (root / p).exists()]
-        renewed = any((root / p).stat().st_mtime >= started for p in existing)
+        stamp = getattr(d, "stamp", "")
+        renewed = bool(stamp) and (rec or {}).get("forced_by") == stamp
         if d.status == "stale" and not renewed:
             out += existing
         else:
@@ -105,43 +124,62 @@ def dvc(*args: str, root: Path) -> subprocess.CompletedProcess:
             return proc
         time.sleep(1.0)
 
-def tracked_dirs(config: dict, root: Path) -> list[str]:
-    dirs = [config.get("data_dir", "data"), config.get("results_dir", "results"), "logs"]
-    return [d for d in dict.fromkeys(dirs) if (root / d).is_dir()]
+def dvc_targets(config: dict, root: Path) -> tuple[list[str], dict[str, str]]:
+    """What ``dvc add`` can snapshot: the data, results and log directories as paths relative to
+    the repository, symlinks and absolute paths resolved (DVC refuses paths through symlinked
+    directories and outside its repository), and, by configured name, those it cannot (resolving
+    outside the repository) with the resolved path."""
+    top = root.resolve()
+    targets, outside = [], {}
+    for d in dict.fromkeys([str(config.get("data_dir", "data")), str(config.get("results_dir", "results")), "logs"]):
+        p = root / d
+        if not p.is_dir():
+            continue
+        real = p.resolve()
+        try:
+            rel = real.relative_to(top)
+        except ValueError:
+            outside[d] = str(real)
+            continue
+        if rel.parts and rel.parts[0] != ".dvc":
+            targets.append(rel.as_posix())
+    return list(dict.fromkeys(targets)), outside
 
-def newest_record(records_dirs: list[Path]) -> float:
-    """mtime of the newest record (0 when there is none)."""
-    return max((p.stat().st_mtime for d in records_dirs if d.is_dir() for p in d.glob("*.json")), default=0.0)
+
+def warn_outside(outside: dict[str, str], root: Path) -> None:
+    for d, real in outside.items():
+        print(f"nht: WARNING: {d} is not snapshotted into DVC: it resolves to {real}, outside this DVC "
+              f"repository ({root.resolve()}), and DVC tracks only paths inside its repository. To share it "
+              f"through DVC, keep the directory inside the checkout (a relative path such as `results`); to "
+              f"keep the bytes on another disk, move DVC's cache there instead (`dvc cache dir /other/disk/dvc-cache`).",
+              file=sys.stderr)
 
 
-def snapshot_time(config: dict, root: Path) -> float:
-    """When DVC last snapshotted the results (mtime of ``<results_dir>.dvc``; 0 if never)."""
-    p = root / (config.get("results_dir", "results").rstrip("/") + ".dvc")
-    return p.stat().st_mtime if p.exists() else 0.0
-
-
-def finish(config: dict, decisions: dict, records_dirs: list[str], started: float, root: str | Path = ".") -> None:
-    """See the module doc. A failure to publish is reported with what to do; the results stay."""
+def finish(config: dict, decisions: dict, records_dirs: list[str], started: float | None = None,
+           root: str | Path = ".") -> None:
+    """See the module doc. ``started`` (the run's start, seconds since the epoch) is not used:
+    nothing here is judged by time. A failure to publish is reported with what to do; the results stay."""
     root = Path(root)
     try:
-        newest = newest_record([root / d for d in records_dirs])
         dvc_on = is_enabled(config, root)
-        planned = newest >= started or any(d.status in ("stale", "restore") for d in decisions.values())
-        if not planned and not (dvc_on and newest > snapshot_time(config, root)):
-            return                                  # nothing ran, nothing left to snapshot
         with file_lock(root / LOCK_FILE) if (root / ".dvc").is_dir() else _nolock():
-            if planned:
-                quarantine(not_current(decisions, records_dirs, started, root), root, "stale or partial")
+            quarantine(not_current(decisions, records_dirs, root), root, "stale or partial")
             if not dvc_on:
                 return
+            targets, outside = dvc_targets(config, root)
+            warn_outside(outside, root)
             from nht.recompute.dvc_yaml import write_top_level
-            write_top_level(root, config)
+            results = str(config.get("results_dir", "results"))
+            if results not in outside:
+                rel = (root / results).resolve().relative_to(root.resolve()).as_posix()
+                write_top_level(root, dict(config, results_dir=rel))
+            if not targets:
+                return
             t0 = time.perf_counter()
-            targets = tracked_dirs(config, root)
-            proc = dvc("add", "--quiet", *targets, root=root)
+            proc = dvc("add", *targets, root=root)
             if proc.returncode != 0:
                 print(f"nht: WARNING: `dvc add {' '.join(targets)}` failed ({proc.returncode}): "
-                      f"{(proc.stderr or proc.stdout).strip()[-2000:]}\nThe results are in place; run "
+                      f"{(proc.stderr + proc.stdout).strip()[-2000:]}\nThe results are in place; run "
                       f"`dvc add {' '.join(targets)}` by hand before `dvc push`.", file=sys.stderr)
                 return
             print(f"nht: DVC snapshot of {', '.join(targets)} in {time.perf_counter() - t0:.1f} s "

@@ -6,7 +6,14 @@ A record is a JSON file ``<records_dir>/<stage>.json``::
      "wildcards": {...}, "definition": "<hash of rule source, params, input list>",
      "code": "<code fingerprint>", "code_set": ["nht.domains.modular.train", ...],
      "inputs": {path: md5}, "outputs": {path: md5},
-     "started": ISO time, "finished": ISO time, "host": ..., "nht": version}
+     "forced_by": ".nht/force/<stage>/<digest>" or "", "log": {"path": ..., "md5": ...},
+     "started": ISO time, "finished": ISO time, "host": ...}
+
+``forced_by`` is the force stamp the job last ran (or was restored or confirmed) under: stamps are
+unique per decision, so the end of a run knows by content which stale jobs it renewed
+(:mod:`.publish`). ``confirmed`` (ISO time) is added when a forced job found its outputs current
+and only ``forced_by`` changed. ``log`` is the job's log as that run left it, so a restore can put
+it back from DVC's cache (:mod:`.job`). Times are for people; no decision reads them.
 
 Paths are relative to the workflow's working directory. md5 is DVC's file hash (plain md5 of the
 bytes), so a recorded output can be found in DVC's cache.
