@@ -285,3 +285,27 @@ def test_norm_shift_power_with_two_strata():
         cells, hists = experiment("law", lrs=(0.002,), lams=(1.0, 2.0), seed=200 + k)
         hits += predictive_verdict(cells, hists, n_boot=N_BOOT, seed=k)["norm_shift"]["verdict"] == "holds"
     assert hits >= 8, hits
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+@pytest.mark.parametrize("name,n_cells,n_strata", [("norm-at-fixed-eta-lambda", 72, 8),
+                                                   ("norm-at-fixed-eta-lambda-cpu", 36, 4)])
+def test_norm_shift_presets_have_strata_of_three_init_scales(name, n_cells, n_strata):
+    from pathlib import Path
+
+    from nht.config import expand_cells, load_config
+    from nht.science.prediction import SHIFT_AXES, _el_key
+    from nht.science.cellrecords import key_of
+    cfg = load_config(Path(__file__).resolve().parent.parent / "workflow" / "presets" / f"{name}.yaml")
+    cells = [c.settings for c in expand_cells(cfg)]
+    assert len(cells) == n_cells
+    strata = {}
+    for s in cells:
+        strata.setdefault(key_of(s, SHIFT_AXES), set()).add(s["init_scale"])
+    assert len(strata) == n_strata and all(len(a) == 3 for a in strata.values())
+    # some eta*lambda is reached by two strata: the fair null of P6 exists
+    els = [_el_key(s["lr"] * s["weight_decay"]) for s in cells]
+    assert any(len({(s["lr"], s["weight_decay"]) for s in cells if _el_key(s["lr"] * s["weight_decay"]) == e}) > 1
+               for e in set(els))
