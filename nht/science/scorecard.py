@@ -403,7 +403,8 @@ def _image(s: dict) -> dict:
     acc = wga if len(wga) >= 3 else _series(s.get("clean_acc_by_strength"))
     card["P3_group_accuracy"] = _p3_entry(acc, source, th["P3_group_accuracy"])
     why = _transition_reason(s.get("transitions"))
-    for key in ("P1_norm_ordering", "P4_layer_hierarchy", "P5_clean_separation", "P6_delay_scaling"):
+    for key in ("P1_norm_ordering", "P4_layer_hierarchy", "P5_clean_separation", "P6_delay_scaling",
+                "norm_shift"):
         if why and card[key]["verdict"] == "not_enough_data":
             card[key]["detail"]["reason"] = f"{why}; {card[key]['detail'].get('reason')}"
     return card
