@@ -113,3 +113,28 @@ def test_rank_biserial_wilson_spearman():
     assert stats.spearman(x, x ** 3) == pytest.approx(1.0)
     assert stats.spearman(x, np.ones(20)) is None
     assert stats.finite_or_none(float("nan")) is None and stats.finite_or_none("x") is None
+
+
+def test_group_median_ci_resamples_groups_not_cells():
+    rng = np.random.default_rng(6)
+    # 10 groups of 5 identical cells: 50 "cells" but only 10 independent units
+    centres = rng.normal(0, 1, 10)
+    values = np.repeat(centres, 5)
+    groups = np.repeat(np.arange(10), 5)
+    by_group = stats.group_median_ci(values, groups, n_boot=400, seed=0)
+    by_cell = stats.median_ci(values, n_boot=400, seed=0)
+    assert by_group["median"] == by_cell["median"] and by_group["n"] == 50
+    assert by_group["n_groups"] == 10 and by_group["resampled"] == "groups"
+    width = lambda ci: ci[1] - ci[0]
+    assert width(by_group["ci"]) > width(by_cell["ci"])        # cells as units: too narrow
+    few = stats.group_median_ci(values[:35], groups[:35], n_boot=400)
+    assert few["n_groups"] == 7 and few["ci"] is None          # < 8 groups: no interval
+    assert stats.group_median_ci([1.0, None, float("nan")], ["a", "b", "c"])["n"] == 1
+    with pytest.raises(ValueError, match="differ in length"):
+        stats.group_median_ci([1.0, 2.0], ["a"])
+
+
+def test_permutation_p_counts_the_observation():
+    assert stats.permutation_p([0.1, 0.2, 0.3], 0.5) == pytest.approx(1 / 4)
+    assert stats.permutation_p([0.1, 0.5, 0.9], 0.5) == pytest.approx(3 / 4)
+    assert stats.permutation_p([], 0.5) is None and stats.permutation_p([0.1], None) is None
