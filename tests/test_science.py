@@ -203,8 +203,8 @@ def test_prediction_reads_nothing_of_the_held_out_group():
     h = hists[target].copy()
     h.loc[h.step > t_mem, "V"] = 1e9
     new = predictive_verdict(cells2, dict(hists, **{target: h}), n_boot=0)["per_cell"]
-    for name in ("nht", "nht_theory", "baseline_inverse_eta_lambda", "per_lambda_mean",
-                 "V_st_hat"):
+    for name in ("nht", "nht_theory", "baseline_inverse_eta_lambda", "same_eta_lambda_mean",
+                 "per_lambda_mean", "V_st_hat"):
         assert new[target][name] == base[target][name], name
 
 
