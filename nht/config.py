@@ -93,6 +93,14 @@ SCHEDULING_KEYS = ("threads", "checkpoint_seconds", "eval_batch_size")
 # Settings that cannot change a cell's result: left out of its id hash.
 NOT_IN_CELL_HASH = WORKFLOW_ONLY_KEYS + ANALYSIS_KEYS + EVENT_RULE_KEYS + SCHEDULING_KEYS
 
+# Result settings added after results existed whose null means "off": left out of the cell hash and
+# of the job's definition while null, so ids and cached results made before them stay valid.
+NULL_IS_ABSENT = ("intervention",)
+
+
+def _hashed_value(key: str, value: Any) -> bool:
+    return key not in NOT_IN_CELL_HASH and not (key in NULL_IS_ABSENT and value is None)
+
 # Axes of a dataset: cells with equal values share one generated dataset file.
 DATASET_AXES = {"modular": ("op", "p", "train_frac", "split_seed"), "image": ("rho", "border", "seed")}
 
@@ -198,8 +206,20 @@ def validate_config(config: dict) -> dict:
             for p in _as_list(exp["p"]):
                 if "div" in ops and not _is_prime(p):
                     raise ConfigError(f"invalid config key '{prefix}.p' = {p}: op 'div' needs a prime p")
+            if exp.get("intervention") is not None:
+                _check_intervention(prefix, exp)
         check_measurable(prefix, exp)
     return config
+
+
+def _check_intervention(prefix: str, exp: dict) -> None:
+    """The intervention's symmetry groups must be exact for the experiment's model."""
+    from nht.domains.modular.intervention import check_groups   # imports torch: only when one is set
+
+    try:
+        check_groups(exp["model"], exp["intervention"].get("groups"))
+    except ValueError as err:
+        raise ConfigError(f"invalid config key '{prefix}.intervention.groups': {err}") from None
 
 
 # Sizes (train, test) of the datasets whose size is known without loading them, for the checks below.
@@ -299,7 +319,8 @@ class Cell:
         """The settings a job of this cell defines itself by: all but the workflow-only, analysis
         and scheduling keys, so editing those reruns no training or extraction."""
         skip = WORKFLOW_ONLY_KEYS + ANALYSIS_KEYS + SCHEDULING_KEYS
-        return {k: v for k, v in self.settings.items() if k not in skip}
+        return {k: v for k, v in self.settings.items()
+                if k not in skip and not (k in NULL_IS_ABSENT and v is None)}
 
     @property
     def result_settings(self) -> dict:
@@ -380,7 +401,7 @@ def cell_id(experiment: str, kind: str, settings: dict) -> str:
     """Readable axis values + hash of the experiment name and every result-relevant setting."""
     spec = KINDS[kind]
     readable = "_".join(f"{spec.abbrev[a]}{format_value(settings[a])}" for a in spec.axes)
-    hashed = {k: v for k, v in settings.items() if k not in NOT_IN_CELL_HASH}
+    hashed = {k: v for k, v in settings.items() if _hashed_value(k, v)}
     return f"{readable}-{stable_hash([experiment, hashed])}"
 
 
