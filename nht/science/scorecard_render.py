@@ -27,6 +27,12 @@ def _cell_text(e: dict) -> str:
     return f"**{v}** ({_fmt(e['statistic'])} {e['comparison']} {_fmt(e['threshold'])}?)"
 
 
+def _verdict_text(e: dict) -> str:
+    if e["verdict"] == "not_enough_data" and e.get("statistic") is not None:
+        return "not scored"
+    return e["verdict"].replace("_", " ")
+
+
 def scorecard_markdown(summary: dict) -> str:
     """Render ``results/scorecard.md``: measured verdicts of every experiment beside the paper's.
 
@@ -103,7 +109,7 @@ def scorecard_markdown(summary: dict) -> str:
             definition = e.get("definition", "") + (f" ({reason})" if reason else "")
             lines.append(f"| {sc.LABELS[p]} | {_fmt(e['statistic'])} | {ci} | "
                          f"{e['comparison'] if e['threshold'] is not None else ''} "
-                         f"{_fmt(e['threshold'])} | {e['verdict'].replace('_', ' ')} | "
+                         f"{_fmt(e['threshold'])} | {_verdict_text(e)} | "
                          f"{e.get('ci_verdict') or '–'} | {_fmt(e.get('n'))} | {definition} |")
         lines += _cells_note(exps[n])
     return "\n".join(lines) + "\n"
@@ -118,7 +124,8 @@ def _cells_note(exp: dict) -> list[str]:
         return []
     parts = []
     if cens:
-        parts.append(f"{cens.get('n_censored', 0)} censored (delay > cap, not in the fits; "
+        parts.append(f"{cens.get('n_censored', 0)} censored (delay > cap; not in the delay-law fits, "
+                     "scored as bounds in P6; "
                      f"Kaplan-Meier median delay {_fmt(cens.get('km_median_delay'))}"
                      + (f", {cens['km_median_bound']}" if cens.get("km_median_bound") else "")
                      + ")")
