@@ -12,7 +12,8 @@ Relative dataset paths in the config are resolved against the working directory,
 workdir absolute archive paths (``--archive`` rewrites every local-archive path).
 
 ``--smoke`` (the test suite) runs :data:`SMOKE_CONFIG` (one digits cell, 100 train / 50 test images,
-1 epoch) in a temporary working directory, removed afterwards, and prints its experiment summary.
+1 epoch) in a temporary working directory, removed afterwards, and prints its experiment summary's
+scalar entries and keys.
 
 (Before issue 18 this harness wrote its own minimal Snakefile around ``workflow/rules/images.smk``;
 that file now needs the recompute layer and the science rules, so the harness uses the real one.)
@@ -21,6 +22,7 @@ that file now needs the recompute layer and the science rules, so the harness us
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -100,7 +102,9 @@ def main(argv=None):
         print(res.stdout[-4000:], res.stderr[-8000:], sep="\n")
         print(f"snakemake exit {res.returncode} after {time.monotonic() - t0:.1f} s")
         if a.smoke and res.returncode == 0:
-            print((workdir / targets(config)[0]).read_text()[:3000])
+            doc = json.loads((workdir / targets(config)[0]).read_text())
+            print(json.dumps({k: v for k, v in doc.items() if not isinstance(v, (dict, list))}, indent=1))
+            print("summary keys:", ", ".join(sorted(doc)))
     finally:
         if a.smoke:
             shutil.rmtree(workdir, ignore_errors=True)
