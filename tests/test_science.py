@@ -182,6 +182,10 @@ def test_norm_shift_at_fixed_eta_lambda_holds_and_fails():
     assert good["verdict"] == "holds" and good["consistent_with_theory"]
     bad = predictive_verdict(*grid(law=False), n_boot=300)["norm_shift"]
     assert bad["verdict"] == "fails" and abs(bad["slope"]) < 0.05
+    cells, hists = grid(law=True)
+    double = predictive_verdict(cells.assign(delay=2 * cells["delay"]), hists, n_boot=300)["norm_shift"]
+    assert double["slope"] == pytest.approx(2.0, abs=0.1) and double["verdict"] == "holds"
+    assert not double["consistent_with_theory"] and "not 1" in double["reading"]
     # two strata of three init scales suffice: the permutation p (36 arrangements) can reach 0.05
     few = predictive_verdict(*grid(lams=(0.5, 1.0), lrs=(0.001,)), n_boot=300)["norm_shift"]
     assert few["n_strata"] == 2 and few["verdict"] == "holds" and few["p"] < 0.05

@@ -146,6 +146,7 @@ def test_law_world_every_scored_verdict_holds(law):
     assert pred["nht_beats_baseline"] is True and pred["nht_beats_same_eta_lambda_mean"] is True
     assert pred["norm_shift"]["slope"] == pytest.approx(1.0, abs=0.15)
     assert pred["norm_shift"]["consistent_with_theory"] and pred["norm_shift"]["p"] <= 0.05
+    assert pred["norm_shift"]["reading"] == "supports the law (slope consistent with 1)"
     assert summary["norm_ordering"]["p"] <= 0.05
     # V falls monotonically and stays: every switch time gives S = 1, so P5 is not scored
     assert card["P5_clean_separation"]["verdict"] == "not_enough_data"

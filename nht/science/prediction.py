@@ -273,7 +273,8 @@ def norm_shift(per_cell: dict, recs: list[dict] | None = None, n_boot: int = 100
       the cells of each stratum (the null: the delay does not depend on ``V_fit`` at fixed ``eta
       lambda``), ``(1 + #{null slope >= slope}) / (1 + n_perm)``.
     * ``verdict`` (also the scorecard's ``norm_shift`` entry):
-      ``holds`` ("supports the law") when the interval lies above 0 *and* ``p <= 0.05``;
+      ``holds`` ("supports the law") when the interval lies above 0 *and* ``p <= 0.05`` (``reading``
+      says whether the interval also contains the law's 1);
       ``fails`` ("contradicts the law") when the interval lies below 1 and does not exclude 0 from
       above (``ci[1] < 1`` and ``ci[0] <= 0``: the norm shift the law predicts is rejected while no
       effect is not); ``uncertain`` otherwise (an interval containing both 0 and 1, or an effect
@@ -332,7 +333,10 @@ def norm_shift(per_cell: dict, recs: list[dict] | None = None, n_boot: int = 100
         out.update({"ci": ci, "ci_method": "percentile, groups resampled within strata",
                     "consistent_with_theory": bool(ci[0] <= 1.0 <= ci[1])})
         if ci[0] > 0 and out["p"] is not None and out["p"] <= 0.05:
-            out["verdict"], out["reading"] = "holds", "supports the law"
+            out["verdict"] = "holds"
+            out["reading"] = ("supports the law (slope consistent with 1)" if ci[0] <= 1.0 <= ci[1]
+                              else "supports the law's direction: the norm shifts the delay, but "
+                                   "the slope is not 1")
         elif ci[1] < 1.0 and ci[0] <= 0:
             out["verdict"], out["reading"] = "fails", "contradicts the law"
         else:
