@@ -103,6 +103,9 @@ def test_touch_every_file_recomputes_nothing(origin, tmp_path):
 
 def test_grid_value_edit_reruns_that_cell_and_aggregates(ws):
     edit(ws / "config.yaml", "weight_decay: [0.5, 1.0]", "weight_decay: [0.5, 2.0]")
+    future = time.time() + 86400        # a dataset dated tomorrow: no clock-skew failure, no extra rerun
+    for f in (ws / "data" / "modular").glob("*.npz"):
+        os.utime(f, (future, future))
     assert planned(ws) == {"train_modular": 1, "extract_norms": 1, **{a: 1 for a in AGGREGATES}}
     run_and_settle(ws)
     assert summary(ws)["config"]["weight_decay"] == [0.5, 2.0]
@@ -161,6 +164,8 @@ def _cell_history(p: Path) -> Path:
 def test_truncated_and_deleted_outputs_are_restored_never_used(ws):
     good = tree_digest(ws, *ARTIFACTS)
     h = _cell_history(ws)
+    log = ws / "logs" / "extract_norms" / "tiny" / f"{h.parent.name}.log"
+    made_by = log.read_text()
     h.write_text("".join(h.read_text().splitlines(True)[:5]))            # truncated csv
     npz = next((ws / "data" / "modular").glob("*.npz"))
     npz.write_bytes(npz.read_bytes()[:100])                              # truncated npz
@@ -169,8 +174,9 @@ def test_truncated_and_deleted_outputs_are_restored_never_used(ws):
     assert "restored" in out or "restore" in out
     assert tree_digest(ws, *ARTIFACTS) == good        # same bytes everywhere: nothing used the corrupt files
     assert planned(ws) == {}
-    log = (ws / "logs").rglob("*.log")
-    assert not any("BadZipFile" in f.read_text() for f in log)
+    logs = (ws / "logs").rglob("*.log")
+    assert not any("BadZipFile" in f.read_text() for f in logs)
+    assert made_by and log.read_text().startswith(made_by) and "restored" in log.read_text()  # log kept, restore appended
 
 
 def test_corrupt_output_without_cache_copy_reruns_its_job(origin, tmp_path):
@@ -193,6 +199,9 @@ def test_failed_run_keeps_every_record_and_shows_nothing_stale(origin, tmp_path)
     fig = p / "nht" / "domains" / "modular" / "figures.py"
     good = fig.read_text()
     fig.write_text(good + "\nraise RuntimeError('broken on purpose')\n")
+    future = time.time() + 86400        # stale outputs dated tomorrow are quarantined all the same
+    for f in (p / "results").rglob("*"):
+        os.utime(f, (future, future))
     proc = snakemake(p, "--cores", "2", check=False)
     assert proc.returncode != 0
     assert "broken on purpose" in proc.stdout                      # the error, not only a log path

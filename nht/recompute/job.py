@@ -20,8 +20,9 @@ and when it fails the last lines of LOG are printed, so the error is seen withou
 
 A failed or killed command writes no record, so the previous record (if any) still describes the
 outputs it made, and the next run sees any difference. A record names the force stamp the job ran
-under (``forced_by``), so the end of the run (:mod:`.publish`) knows by content, not by file
-times, which stale jobs were renewed in this run.
+under (``forced_by``; a restore notes it in ``.nht/renewed/<stage>`` and leaves the record as it
+is), so the end of the run (:mod:`.publish`) knows by content, not by file times, which stale
+jobs were renewed in this run.
 
 **File times.** Whether a job reruns is decided by content (:mod:`.decide`), but Snakemake, after
 a job, touches its outputs to the current time and then refuses them ("clock skew") when an input
@@ -64,8 +65,8 @@ from pathlib import Path
 
 from nht.core.fingerprint import entry_fingerprint, module_hashes
 from nht.recompute.decide import rule_code_set
-from nht.recompute.records import (FORCE_DIR, Unreadable, dvc_cache_dir, file_md5, read_record,
-                                   record_path, restore_file, write_record)
+from nht.recompute.records import (FORCE_DIR, Unreadable, dvc_cache_dir, file_md5, mark_renewed,
+                                   read_record, record_path, restore_file, write_record)
 
 LOCK_DIR = ".nht/locks"
 LOCK_WAIT_S = 60.0          # default of NHT_JOB_LOCK_WAIT_S: how long a second wrapper of a job waits
@@ -367,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
             print(note)
         if try_restore(rec, tag, inputs, code):
             _say_redated(redated)
-            if stamps and rec.get("forced_by") != stamps[0]:
-                write_record(path, dict(rec, forced_by=stamps[0], confirmed=_now()))
+            if stamps:
+                mark_renewed(tag["stage"], stamps[0])
             return 0
         log.close()
     log = open(log_path, "w")             # a run: the log is this run's output only

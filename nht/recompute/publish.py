@@ -7,9 +7,9 @@ handler then), and only does work when a job of this run wrote a record:
    those of stale jobs that did not rerun (a job failed upstream, the run was cut short) and any
    output whose content differs from its record (a partial file). So a stale or corrupt file is
    never left in place looking current, and never enters DVC. Judged by content only, never by
-   file times: a stale job counts as renewed when its record names this run's decision (the
-   record's ``forced_by`` is the job's force stamp, unique per decision; :mod:`.job`), and then
-   its outputs must match that record.
+   file times: a stale job counts as renewed when its record, or its restore's note
+   (``.nht/renewed/<stage>``), names this run's decision (the job's force stamp, unique per
+   decision; :mod:`.job`), and then its outputs must match that record.
 2. With DVC on (``dvc.enabled``: auto = when ``.dvc/`` exists), ``dvc add`` snapshots the data,
    results and log directories into DVC's cache (``data.dvc``, ``results.dvc``, ``logs.dvc``),
    ready for ``dvc push``; and the top level of ``dvc.yaml`` (metrics, plots, params) is written,
@@ -32,7 +32,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from nht.recompute.records import QUARANTINE_DIR, file_md5, load_records
+from nht.recompute.records import QUARANTINE_DIR, file_md5, load_records, renewed_stamp
 
 LOCK_FILE = ".dvc/tmp/nht-publish.lock"
 DVC_LOCK_RETRY_S = 120
@@ -102,7 +102,7 @@ def not_current(decisions: dict, records_dirs: list[str], root: Path) -> list[st
         outputs = (rec or {}).get("outputs") or {}
         existing = [p for p in outputs if (root / p).exists()]
         stamp = getattr(d, "stamp", "")
-        renewed = bool(stamp) and (rec or {}).get("forced_by") == stamp
+        renewed = bool(stamp) and stamp in ((rec or {}).get("forced_by"), renewed_stamp(stage, root))
         if d.status == "stale" and not renewed:
             out += existing
         else:

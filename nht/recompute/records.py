@@ -9,11 +9,12 @@ A record is a JSON file ``<records_dir>/<stage>.json``::
      "forced_by": ".nht/force/<stage>/<digest>" or "", "log": {"path": ..., "md5": ...},
      "started": ISO time, "finished": ISO time, "host": ...}
 
-``forced_by`` is the force stamp the job last ran (or was restored or confirmed) under: stamps are
-unique per decision, so the end of a run knows by content which stale jobs it renewed
-(:mod:`.publish`). ``confirmed`` (ISO time) is added when a forced job found its outputs current
-and only ``forced_by`` changed. ``log`` is the job's log as that run left it, so a restore can put
-it back from DVC's cache (:mod:`.job`). Times are for people; no decision reads them.
+``forced_by`` is the force stamp the job last ran under: stamps are unique per decision, so the
+end of a run knows by content which stale jobs it renewed (:mod:`.publish`). A forced job that
+finds its record still describes it restores its outputs instead and leaves the record as it is
+(byte for byte); it notes the stamp in ``.nht/renewed/<stage>`` (:func:`mark_renewed`). ``log`` is
+the job's log as that run left it, so a restore can put it back from DVC's cache (:mod:`.job`).
+Times are for people; no decision reads them.
 
 Paths are relative to the workflow's working directory. md5 is DVC's file hash (plain md5 of the
 bytes), so a recorded output can be found in DVC's cache.
@@ -31,6 +32,7 @@ from nht.core.io import write_atomic
 
 FORCE_DIR = ".nht/force"
 QUARANTINE_DIR = ".nht/quarantine"
+RENEWED_DIR = ".nht/renewed"
 CHUNK = 1 << 20
 
 
@@ -89,6 +91,19 @@ def load_records(records_dir: str | Path) -> dict[str, dict]:
         if rec is not None:
             out[p.stem] = rec
     return out
+
+
+def mark_renewed(stage: str, stamp: str, root: str | Path = ".") -> None:
+    """Note that a forced job (force stamp ``stamp``) found its outputs current or restored them."""
+    write_atomic(Path(root) / RENEWED_DIR / stage, stamp + "\n")
+
+
+def renewed_stamp(stage: str, root: str | Path = ".") -> str:
+    """The force stamp under which a job last restored or confirmed its outputs ("" if never)."""
+    try:
+        return (Path(root) / RENEWED_DIR / stage).read_text().strip()
+    except OSError:
+        return ""
 
 
 # ----------------------------------------------------------------------------- DVC cache
