@@ -129,3 +129,25 @@ def test_script_runs_with_smoke(name):
     CHECKS.get(name, lambda out: None)(proc.stdout)
     changed = _repo_state() - before
     assert not changed, f"{name} --smoke wrote into the repository: {sorted(changed)}"
+
+
+def test_companion_rows_of_the_docs_are_regenerated():
+    """The companion side of docs/companion_comparison.md (the README's companion table) comes out of
+    docs/reference/companion_summary2.json again (main raised KeyError 'T_fit' there: the reference
+    names it T_mem). Every companion row of the doc must be in a freshly built table."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("companion_comparison", BENCH / "companion_comparison.py")
+    cc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cc)
+    comp, source = cc.load_companion(cc.REFERENCE)
+    assert len(comp) == 80 and sum(r["T_fit"] is not None for r in comp) >= 60   # the companion's T_mem
+    doc_rows = [line for line in (REPO / "docs" / "companion_comparison.md").read_text().splitlines()
+                if "| companion |" in line and "not in the companion" not in line]
+    assert doc_rows
+    lams = sorted({float(line.split("|")[1]) for line in doc_rows})
+    nht = [{"experiment": "x", "cell": f"c{lam}", "lam": lam, "seed": 0, "T_fit": 1, "T_grok": 1, "V_fit": 1.0,
+            "V_final": 1.0, "provenance": {}, "on_grid": True} for lam in lams]
+    table = cc.build_table(nht, comp, source, {"x": 1}, 500, [])
+    missing = [row for row in doc_rows if row not in table.splitlines()]
+    assert not missing, missing
