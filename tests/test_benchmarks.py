@@ -49,8 +49,8 @@ def _gpu_check(out: str) -> None:
 
 
 def _batched(out: str) -> None:
-    values = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
-    assert int(values["cells"]) == 2 and int(values["steps_per_cell"]) == 5, values
+    values = dict(parts for parts in (line.split(None, 1) for line in out.splitlines()) if len(parts) == 2)
+    assert int(values["cells"]) >= 1 and int(values["steps_per_cell"]) >= 1, values
     assert float(values["batched_cell_steps_per_s"]) > 0 and float(values["flops_per_cell_step"]) > 0, values
 
 
