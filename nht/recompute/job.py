@@ -199,7 +199,11 @@ class JobLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
+            except OSError as err:
+                if not isinstance(err, BlockingIOError):     # a file system without flock
+                    print(f"nht: WARNING: cannot lock {self.path} ({err}); running without the job lock",
+                          file=sys.stderr)
+                    break
                 holder = self.holder()
                 if time.monotonic() >= deadline:
                     os.close(fd)
@@ -217,8 +221,9 @@ class JobLock:
         return True
 
     def note(self, text: str) -> None:
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, (text + "\n").encode(), 0)
+        data = (text + "\n").encode()
+        os.pwrite(self.fd, data, 0)
+        os.ftruncate(self.fd, len(data))
 
     def holder(self) -> str:
         try:

@@ -169,10 +169,12 @@ def finish(config: dict, decisions: dict, records_dirs: list[str], started: floa
             targets, outside = dvc_targets(config, root)
             warn_outside(outside, root)
             from nht.recompute.dvc_yaml import write_top_level
-            results = str(config.get("results_dir", "results"))
-            if results not in outside:
-                rel = (root / results).resolve().relative_to(root.resolve()).as_posix()
-                write_top_level(root, dict(config, results_dir=rel))
+            try:
+                rel = (root / str(config.get("results_dir", "results"))).resolve().relative_to(root.resolve())
+            except ValueError:
+                rel = None                          # outside the repository: no metrics or plots for DVC
+            if rel is not None:
+                write_top_level(root, dict(config, results_dir=rel.as_posix()))
             if not targets:
                 return
             t0 = time.perf_counter()
