@@ -8,7 +8,11 @@ so both paths do identical work), then prints:
   run one after another with the same thread count;
 * their ratio (goal in issue 6: >= 10x on the default grid, CPU);
 * FLOP/s of the batched trainer (FLOPs counted with torch's FlopCounterMode on one cell's
-  forward+backward) as a share of this machine's measured fp32 matmul FLOP/s.
+  forward+backward) as a share of this machine's measured fp32 matmul FLOP/s;
+* the same share on this process's CPU time (``time.process_time``) instead of wall time, for
+  both the training and the matmul (``*_cpu``): on a machine shared with other work, waiting for a
+  core inflates wall time but not CPU time, so this figure is the steadier one there (with
+  ``--threads 1`` the process computes on one core at a time).
 
 Usage: .venv/bin/python benchmarks/batched_training.py [--experiment mlp_regimes] [--steps 500]
        [--threads 1] [--per-cell-sample 6]
@@ -39,14 +43,16 @@ from nht.domains.modular.models import build_model  # noqa: E402
 from nht.domains.modular.train import train_job  # noqa: E402
 
 
-def matmul_flops_per_second(threads: int, n: int = 2048, reps: int = 5) -> float:
+def matmul_flops_per_second(threads: int, n: int = 2048, reps: int = 5) -> tuple[float, float]:
+    """fp32 matmul FLOP/s of this machine: (per wall second, per CPU second of this process)."""
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for _ in range(reps):
         a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+    flops = 2 * n ** 3 * reps
+    return flops / (time.perf_counter() - t), flops / (time.process_time() - c)
 
 
 def flops_per_cell_step(cell, data) -> float:
@@ -85,11 +91,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         train_job(cells, data, tmp / "h.csv", tmp / "m.json", None, device="cpu", threads=args.threads,
                   progress_every_s=1e9)
-        batched_s = time.perf_counter() - t
+        batched_s, batched_cpu_s = time.perf_counter() - t, time.process_time() - c
         batched_rate = len(cells) * args.steps / batched_s
+        batched_cpu_rate = len(cells) * args.steps / batched_cpu_s
 
         dataset = tmp / "d.npz"
         save_dataset(data, dataset)
@@ -105,7 +112,7 @@ def main() -> None:
         per_cell_rate = len(sample) * args.steps / per_cell_s
 
     flops = flops_per_cell_step(cells[0], data)
-    peak = matmul_flops_per_second(args.threads, n=256 if args.smoke else 2048)
+    peak, peak_cpu = matmul_flops_per_second(args.threads, n=256 if args.smoke else 2048)
     achieved = flops * batched_rate
     result = {
         "experiment": args.experiment, "cells": len(cells), "steps_per_cell": args.steps,
@@ -116,6 +123,8 @@ def main() -> None:
         "speedup_batched_over_per_process": batched_rate / per_cell_rate,
         "flops_per_cell_step": flops, "achieved_flops_per_s": achieved,
         "matmul_flops_per_s": peak, "share_of_matmul_peak": achieved / peak,
+        "batched_cpu_seconds": batched_cpu_s, "batched_cell_steps_per_cpu_s": batched_cpu_rate,
+        "matmul_flops_per_cpu_s": peak_cpu, "share_of_matmul_peak_cpu": flops * batched_cpu_rate / peak_cpu,
     }
     for k, v in result.items():
         print(f"{k:36s} {v:.4g}" if isinstance(v, float) else f"{k:36s} {v}")

@@ -116,7 +116,7 @@ class FiniteWatch:
         return len(self.losses)
 
     def update(self, loss: torch.Tensor) -> None:
-        self.losses.append(loss.detach())
+        self.losses.append(loss.detach() if loss.requires_grad else loss)
 
     def read(self, step_now: int) -> list[tuple[str, int, int]]:
         """(cell, step of its first non-finite loss, iterations it ran after that) of every cell

@@ -57,7 +57,6 @@ stream on the CPU).
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -77,12 +76,9 @@ from nht.domains.modular.samplers import MinibatchSampler, ReplacementSampler
 STOP_RULE = ("stop at the first evaluation >= stop_margin steps after test accuracy first reached "
              "test_threshold, else at max_steps; NaN/Inf loss ends the cell as 'diverged'")
 HPARAMS = ("lr", "weight_decay", "init_scale", "seed")
-CHUNK_INDICES = 1 << 22      # most minibatch indices (all cells, all steps) drawn at once: 32 MiB of int64
+CHUNK_INDICES = 1 << 25      # most minibatch indices (all cells, all steps) drawn at once: 256 MiB of int64
 STOPPED = ("auto", "remove", "mask")
 GRAPH = ("auto", "on", "off")
-# The model tensors are views of one (cells, parameters) tensor with their gradients views of another:
-# a gradient then has the parameter's strides, not the dense layout autograd prefers (its warning).
-warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
 
 
 class Trainer:
@@ -94,20 +90,24 @@ class Trainer:
     at once, ``"mask"`` keeps them (updates off) until at most half the slots are active,
     ``"auto"`` = mask on the CUDA-graph path, remove otherwise. ``graph``: ``"auto"`` captures the
     step as a CUDA graph on CUDA when every minibatch has the same size, ``"on"`` requires it,
-    ``"off"`` never.
+    ``"off"`` never. ``chunk_indices``: the most minibatch indices (all slots, all steps) drawn at
+    once (a stretch is at most one evaluation interval).
     """
 
     steps_per_epoch = None            # minibatches are drawn with replacement: no epochs
     check_every = None                # the loop reads divergence back at evaluations only
 
     def __init__(self, cells: list[Cell], data: dict, device: torch.device, precision: str = "fp32",
-                 stopped: str = "auto", graph: str = "auto"):
+                 stopped: str = "auto", graph: str = "auto", chunk_indices: int = CHUNK_INDICES):
         if stopped not in STOPPED:
             raise ValueError(f"stopped must be one of {STOPPED}, got {stopped!r}")
         if graph not in GRAPH:
             raise ValueError(f"graph must be one of {GRAPH}, got {graph!r}")
+        if int(chunk_indices) < 1:
+            raise ValueError(f"chunk_indices must be >= 1, got {chunk_indices!r}")
         s = cells[0].settings
         self.s, self.device, self.precision = s, device, precision
+        self.chunk_indices = int(chunk_indices)
         self.p = int(s["p"])
         self.cells = [c.id for c in cells]
         self.hp = {c.id: {"lr": float(c["lr"]), "weight_decay": float(c["weight_decay"]),
@@ -181,20 +181,18 @@ class Trainer:
     def _set_state(self, flat, m, v, t, alive) -> None:
         """Install the stacked state: ``flat`` (slots, parameters), the AdamW moments (or SGD
         momentum) ``m``, ``v`` of the same shape, per-slot step counts ``t`` and update mask
-        ``alive``. The model tensors the forward reads are views of ``flat`` made leaves of autograd,
-        whose gradients are views of ``grad`` (slots, parameters): the backward writes the flat
-        gradient the optimizer reads, without a copy per tensor. Tensors keep their addresses from
-        here on (updated in place), as a CUDA graph needs."""
+        ``alive``. The model tensors the forward reads are views of ``flat`` made leaves of autograd;
+        the step concatenates their gradients into ``grad`` (slots, parameters), the one gradient
+        the optimizer reads. Tensors keep their addresses from here on (updated in place), as a
+        CUDA graph needs."""
         self.flat, self.m, self.v, self.t = flat.detach(), m, v, t
         self.grad = torch.zeros_like(self.flat)
         self._alive_col = alive.reshape(-1, 1).clone()             # (slots, 1) bool
         self.alive = self._alive_col[:, 0]                           # (slots,) view of it
-        self._leaves = {}
-        for (k, view), gview in zip(self._views(self.flat).items(), self._views(self.grad).values()):
-            view.requires_grad_(True)
-            view.grad = gview
-            self._leaves[k] = view
+        self._leaves = {k: view.requires_grad_(True) for k, view in self._views(self.flat).items()}
         C = self.flat.shape[0]
+        batch = self.n_train if self.full_batch else min(int(self.s["batch_size"]), self.n_train)
+        self._inv_batch = torch.full((C,), 1.0 / batch, dtype=self.flat.dtype, device=self.device)
         self._coef64 = torch.empty(C, 3, dtype=torch.float64, device=self.device)
         self._coef = torch.empty(C, 3, dtype=self.flat.dtype, device=self.device)
         self._c0, self._c1, self._c2 = (self._coef[:, i:i + 1] for i in range(3))   # (slots, 1) views
@@ -203,18 +201,19 @@ class Trainer:
     def _constants(self) -> None:
         """Per-step constants as tensors on the device (a Python number in a tensor op costs a
         host-side conversion every call), and AdamW's bias corrections by step count, in float64:
-        row t = (1, 1 / (1 - b1^t), sqrt(1 - b2^t))."""
+        row t = (1, sqrt(1 - b2^t) / (1 - b1^t), sqrt(1 - b2^t))."""
         dev, f64 = self.device, torch.float64
         self._one = torch.ones((), dtype=torch.long, device=dev)
         batch = self.n_train if self.full_batch else min(int(self.s["batch_size"]), self.n_train)
         self._batch = torch.tensor(float(batch), dtype=self.flat.dtype, device=dev)
+
         self._zero = torch.zeros((), dtype=self.flat.dtype, device=dev)
         if self.opt["name"] == "adamw":
             b1, b2 = (float(b) for b in self.opt["betas"])
             t = torch.arange(self.max_steps + 2, dtype=f64).clamp(min=1)
-            self._bias = torch.stack([torch.ones_like(t), 1.0 / (1.0 - b1 ** t), (1.0 - b2 ** t).sqrt()], 1).to(dev)
+            self._bias = torch.stack([torch.ones_like(t), (1.0 - b2 ** t).sqrt() / (1.0 - b1 ** t),
+                                      (1.0 - b2 ** t).sqrt()], 1).to(dev)
             self._b2 = torch.tensor(b2, dtype=self.flat.dtype, device=dev)
-            self._eps = torch.tensor(float(self.opt["eps"]), dtype=self.flat.dtype, device=dev)
         else:
             self._mu = torch.tensor(float(self.opt.get("momentum", 0.0)), dtype=self.flat.dtype, device=dev)
 
@@ -222,12 +221,13 @@ class Trainer:
         """Per-slot hyperparameter tensors and the positions of the active cells among the slots.
 
         ``_live``/``_dead`` (slots, 3), float64: the optimizer coefficients of an updated and of a
-        masked cell, before the step-dependent factor (AdamW: decay 1 - lr wd, -lr, 1; SGD: wd, -lr)."""
+        masked cell, before the step-dependent factor (AdamW: decay 1 - lr wd, -lr, eps; SGD: wd, -lr)."""
         f64 = dict(dtype=torch.float64, device=self.device)
         self.lr = torch.tensor([self.hp[c]["lr"] for c in self.slots], **f64)
         self.wd = torch.tensor([self.hp[c]["weight_decay"] for c in self.slots], **f64)
         if self.opt["name"] == "adamw":
-            self._live = torch.stack([1.0 - self.lr * self.wd, -self.lr, torch.ones_like(self.lr)], 1)
+            eps = torch.full_like(self.lr, float(self.opt["eps"]))
+            self._live = torch.stack([1.0 - self.lr * self.wd, -self.lr, eps], 1)
             self._dead = torch.stack([torch.ones_like(self.lr), torch.zeros_like(self.lr), torch.ones_like(self.lr)], 1)
         else:
             self._live = torch.stack([self.wd, -self.lr, torch.zeros_like(self.lr)], 1)
@@ -269,9 +269,9 @@ class Trainer:
     def _next_indices(self) -> torch.Tensor:
         """This step's minibatch indices, (slots, batch), from the drawn stretch (drawn when empty)."""
         if not self._chunk_steps:
-            size = max(sm.uniform_size() or sm.batch_size for sm in self.samplers[:1])
+            size = self.samplers[0].uniform_size() or self.samplers[0].batch_size
             k = min(self.eval_every, max(1, self.max_steps - self.step),
-                    max(1, CHUNK_INDICES // max(1, len(self.slots) * size)))
+                    max(1, self.chunk_indices // max(1, len(self.slots) * size)))
             drawn = [sm.take(k) for sm in self.samplers]
             chunk = torch.stack([d[0] for d in drawn])
             if self.device.type == "cuda":
@@ -302,7 +302,6 @@ class Trainer:
     def _step(self, idx: torch.Tensor | None, autocast_cache: bool = True) -> torch.Tensor:
         """The whole update on tensors of fixed shape: gather, forward, backward, optimizer. Returns
         the per-slot losses (slots,). The same code runs eagerly and inside the CUDA graph."""
-        self.grad.zero_()
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
                             enabled=self.precision == "bf16", cache_enabled=autocast_cache):
             if idx is None:
@@ -311,10 +310,15 @@ class Trainer:
             else:
                 logits = self.forward(self._leaves, self.x_train[idx])
                 y = self.y_train[idx]
-        loss = self._per_cell_ce(logits.float(), y).sum(dim=1).div(self._batch)   # the mean over the batch
-        loss.sum().backward()                          # into self.grad (views of it are the leaves' .grad)
-        loss = loss.detach()
+        if logits.dtype != torch.float32:
+            logits = logits.float()
+        loss_sum = self._per_cell_ce(logits, y).sum(dim=1)       # (slots,): summed over the minibatch
+        # the gradient of the per-cell mean loss: 1/batch as the backward's starting gradient
+        grads = torch.autograd.grad(loss_sum, list(self._leaves.values()), grad_outputs=self._inv_batch)
+        C = self.grad.shape[0]
+        torch.cat([g.view(C, -1) if g.is_contiguous() else g.reshape(C, -1) for g in grads], dim=1, out=self.grad)
         with torch.no_grad():
+            loss = loss_sum.detach().div_(self._batch)          # the per-cell mean loss
             d = loss - loss                            # 0 where finite, NaN where NaN/Inf
             self.alive.logical_and_(d == d)            # a non-finite cell: updates masked from now on
             self.t.add_(self._one)
@@ -328,7 +332,8 @@ class Trainer:
         """torch.optim.AdamW's update (decoupled decay), for every cell at once.
 
         Per cell, torch's single-tensor AdamW: ``p *= 1 - lr wd``; ``m = lerp(m, g, 1 - b1)``;
-        ``v = b2 v + (1 - b2) g^2``; ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``,
+        ``v = b2 v + (1 - b2) g^2``; ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``
+        (computed as ``lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps sqrt(1 - b2^t))``),
         with lr, wd and the step count t per-cell tensors; the coefficients are computed in float64
         like torch's Python floats, then rounded to the parameters' dtype. A masked cell
         (``alive`` False: stopped, or a non-finite loss) gets a zero gradient, decay 1 and step
@@ -337,14 +342,15 @@ class Trainer:
         """
         b1, b2 = (float(b) for b in self.opt["betas"])
         torch.where(self._alive_col, self._live * self._bias[self.t], self._dead, out=self._coef64)
-        self._coef.copy_(self._coef64)                      # columns: decay, -lr/(1-b1^t), sqrt(1-b2^t)
+        self._coef.copy_(self._coef64)     # columns: decay, -lr sqrt(1-b2^t)/(1-b1^t), eps sqrt(1-b2^t)
         g = torch.where(self._alive_col, self.grad, self._zero, out=self.grad)
         p = self.flat
         p.mul_(self._c0)
         self.m.lerp_(g, 1.0 - b1)
         self.v.mul_(self._b2).addcmul_(g, g, value=1.0 - b2)
-        denom = self.v.sqrt().div_(self._c2).add_(self._eps)
-        p.addcdiv_(self.m * self._c1, denom)
+        # lr/(1-b1^t) m / (sqrt(v)/sqrt(1-b2^t) + eps), numerator and denominator times sqrt(1-b2^t):
+        # two passes over memory fewer, the same update up to rounding
+        p.addcdiv_(self.m * self._c1, self.v.sqrt().add_(self._c2))
 
     def _sgd(self) -> None:
         """SGD on L_train + lambda/2 ||theta||^2 (gradient + lambda theta), optional momentum, for
