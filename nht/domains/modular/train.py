@@ -70,6 +70,7 @@ from nht.core import loop
 from nht.core.history import ordered_columns
 from nht.core.io import write_atomic, write_json
 from nht.core.norms import stacked_squared_norms
+from nht.domains.modular.intervention import Hook as InterventionHook
 from nht.domains.modular.models import build_model, scale_init, stacked_forward
 from nht.domains.modular.samplers import MinibatchSampler, ReplacementSampler
 
@@ -166,6 +167,7 @@ class Trainer:
         self._graph = None
         self.stretch = 0                             # steps of the last stretch of minibatches drawn
         self._refresh()
+        self.intervention = InterventionHook.for_trainer(self)   # settings' intervention (None: does nothing)
 
     # ------------------------------------------------------------------ cells held, hyperparameters
     @property
@@ -424,6 +426,7 @@ class Trainer:
             rows.append({"step": self.step, "Lambda": self.hp[c]["lr"] * self.hp[c]["weight_decay"] * self.step,
                          "train_acc": train_acc, "test_acc": test_acc, "phi": 1.0 - test_acc,
                          "loss": loss, "test_loss": test_loss, **dict(zip(norms, vs))})
+        self.intervention.after_evaluate(self, rows)   # rows show the state before it; training goes on after
         return rows
 
     def stop(self, cell: str, row: dict) -> tuple[str, str] | None:
@@ -448,7 +451,8 @@ class Trainer:
         return {"step": self.step, "active": self.active, "slots": self.slots,
                 "first_test_pass": self.first_test_pass,
                 "flat": self.flat.cpu(), "m": self.m.cpu(), "v": self.v.cpu(), "t": self.t.cpu(),
-                "alive": self.alive.cpu(), "samplers": [sm.state() for sm in self.samplers], "chunk": chunk}
+                "alive": self.alive.cpu(), "samplers": [sm.state() for sm in self.samplers], "chunk": chunk,
+                "intervention": self.intervention.state()}
 
     def load_state_dict(self, state: dict) -> None:
         by_cell = dict(zip(self.slots, self.samplers)) if self.samplers else {}
@@ -462,6 +466,7 @@ class Trainer:
         self._chunk = None if chunk is None else chunk["idx"].to(self.device)
         self._chunk_steps = [] if chunk is None else [tuple(x) for x in chunk["steps"]]
         self._refresh()
+        self.intervention.load(state.get("intervention"))
 
 
 def train_job(cells: list[Cell], data: dict, history_path: str | Path, meta_path: str | Path,
@@ -492,7 +497,7 @@ def train_job(cells: list[Cell], data: dict, history_path: str | Path, meta_path
     write_atomic(history_path, table.to_csv(index=False, float_format="%.9g"))
     meta = {
         "job": job_id, "experiment": cells[0].experiment, "n_cells": len(cells),
-        "cells": {c: {**res.status[c], **trainer.hp[c]} for c in trainer.cells},
+        "cells": {c: {**res.status[c], **trainer.hp[c], **trainer.intervention.record(c)} for c in trainer.cells},
         "stop_rule": STOP_RULE,
         "settings": {k: v for k, v in s.items() if k not in HPARAMS},
         "wall_seconds": res.wall_s, "cell_steps": res.cell_steps,
