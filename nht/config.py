@@ -212,14 +212,25 @@ def validate_config(config: dict) -> dict:
     return config
 
 
+# The exact symmetry groups an ``intervention`` of a modular model may rescale, per model layout
+# (what each group does: nht/domains/modular/intervention.py, which reads this table).
+INTERVENTION_GROUPS = {"mlp": ("embed", "relu"), "transformer": ("qk", "vo", "head"),
+                       "transformer_pre_ln": ("qk", "vo", "head", "ln1_qkv", "ln2_ff")}
+
+
+def intervention_layout(model: dict) -> str:
+    """The key of :data:`INTERVENTION_GROUPS` for a model config."""
+    return "transformer_pre_ln" if model["name"] == "transformer" and model.get("norm_first") else model["name"]
+
+
 def _check_intervention(prefix: str, exp: dict) -> None:
     """The intervention's symmetry groups must be exact for the experiment's model."""
-    from nht.domains.modular.intervention import check_groups   # imports torch: only when one is set
-
-    try:
-        check_groups(exp["model"], exp["intervention"].get("groups"))
-    except ValueError as err:
-        raise ConfigError(f"invalid config key '{prefix}.intervention.groups': {err}") from None
+    have = INTERVENTION_GROUPS[intervention_layout(exp["model"])]
+    for g in exp["intervention"].get("groups") or ():
+        if g not in have:
+            why = " (exact only with norm_first: true)" if g in INTERVENTION_GROUPS["transformer_pre_ln"] else ""
+            raise ConfigError(f"invalid config key '{prefix}.intervention.groups': group '{g}' is not an exact "
+                              f"symmetry of model '{exp['model']['name']}'{why}; available: {', '.join(have)}")
 
 
 # Sizes (train, test) of the datasets whose size is known without loading them, for the checks below.

@@ -77,21 +77,20 @@ from dataclasses import dataclass
 
 import torch
 
-MLP_GROUPS = ("embed", "relu")
-TRANSFORMER_GROUPS = ("qk", "vo", "head")
-PRE_LN_GROUPS = ("ln1_qkv", "ln2_ff")
-ALL_GROUPS = MLP_GROUPS + TRANSFORMER_GROUPS + PRE_LN_GROUPS
+from nht.config import INTERVENTION_GROUPS, intervention_layout
+
+MLP_GROUPS = INTERVENTION_GROUPS["mlp"]
+TRANSFORMER_GROUPS = INTERVENTION_GROUPS["transformer"]
+PRE_LN_GROUPS = tuple(g for g in INTERVENTION_GROUPS["transformer_pre_ln"] if g not in TRANSFORMER_GROUPS)
 DEFAULT_FIT_THRESHOLD = 0.99
 
 
 def available_groups(model_cfg: dict) -> tuple[str, ...]:
-    """The exact symmetry groups of the model named in ``model_cfg`` (module docstring)."""
-    name = model_cfg["name"]
-    if name == "mlp":
-        return MLP_GROUPS
-    if name == "transformer":
-        return TRANSFORMER_GROUPS + (PRE_LN_GROUPS if model_cfg.get("norm_first", False) else ())
-    raise ValueError(f"unknown model '{name}'")
+    """The exact symmetry groups of the model named in ``model_cfg`` (module docstring; the names
+    per model layout are :data:`nht.config.INTERVENTION_GROUPS`, so the config is checked without torch)."""
+    if model_cfg["name"] not in ("mlp", "transformer"):
+        raise ValueError(f"unknown model '{model_cfg['name']}'")
+    return INTERVENTION_GROUPS[intervention_layout(model_cfg)]
 
 
 def default_groups(model_cfg: dict) -> tuple[str, ...]:
