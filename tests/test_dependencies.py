@@ -11,7 +11,7 @@ every declared minimum is at least the version that introduced each feature nht 
 * :func:`test_installed_versions_satisfy_the_declarations`: the environment running the suite is
   inside the declared ranges.
 
-The minimums themselves are RUN by ``.ci/min_versions.sh`` (the scientific-Python stack installed at
+The minimums themselves are RUN by ``.ci/min_versions.sh`` (called by the slow test at the end; the scientific-Python stack installed at
 exactly the declared minimums; torch, torchvision, snakemake and dvc are too large to install twice
 and rely on :data:`FEATURES`).
 """
@@ -23,6 +23,7 @@ import importlib
 import importlib.metadata as md
 import inspect
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -164,3 +165,13 @@ def test_installed_versions_satisfy_the_declarations():
         if not SpecifierSet(str(req.specifier)).contains(have, prereleases=True):
             problems.append(f"{req}: installed {have}")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.slow
+def test_the_suite_passes_at_the_declared_minimum_versions():
+    """The scientific stack at exactly its declared minimums (.ci/min_versions.sh: a fresh venv,
+    ~2 min) passes the tests that exercise it."""
+    proc = subprocess.run(["bash", str(REPO / ".ci" / "min_versions.sh")], cwd=REPO, capture_output=True,
+                          text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "passed" in proc.stdout or "skipped" in proc.stdout
