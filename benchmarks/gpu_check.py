@@ -13,8 +13,24 @@ is set:
 * ``speed``: cell-steps/s of the default ``transformer_protocol`` and ``mlp_regimes`` jobs (all
   cells of the experiment in one process, evaluation included), per precision (fp32, tf32, bf16).
 
+``--sweep`` instead runs the companion's lambda sweep (``workflow/presets/companion-sweep.yaml``)
+end to end through ``snakemake --cores all`` (DVC off: ``NHT_DVC=0``; results and data in a
+temporary directory outside the tree) and reports in ``sweep``: the whole run's wall time
+(seconds), each training job's wall time, cells and cell-steps (from its meta.json), nht's
+aggregate cell-steps/s (all cell-steps over the whole run's wall time); and, on the same device,
+the baseline: a one-cell eager loop in the companion's style (``CompanionTransformer``,
+``torch.optim.AdamW`` with the preset's settings, ``torch.randint`` minibatches of 512, evaluation
+on the whole train and test sets every 500 steps) for lambda 1 and 0.5, seed 42, ``--baseline-steps``
+steps each: its steps/s, and the ratio of nht's aggregate to it. This is nht's re-creation of the
+companion's loop (``scripts/shared_v2.py`` ``train_run`` is not in this repository), the same
+model, optimizer and minibatch rule. Goals of issue 20 on one H200: sweep training <= 120 s, ratio
+>= 50. ``--sweep-cap N`` caps every cell at N steps (evaluation every min(500, N) steps) and
+``--sweep-seeds K`` keeps the first K seeds: a short run of the same pipeline (e.g. on a CPU).
+
 Usage: .venv/bin/python benchmarks/gpu_check.py [--steps 300] [--precisions fp32,tf32,bf16]
        .venv/bin/python benchmarks/gpu_check.py --smoke   # CPU, 3 steps, fp32 (test suite)
+       .venv/bin/python benchmarks/gpu_check.py --sweep [--baseline-steps 2000] [--sweep-cap N]
+                                                [--sweep-seeds K] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -22,9 +38,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +56,7 @@ sys.path.insert(0, str(REPO))
 from nht.core import device as devmod  # noqa: E402
 from nht.config import expand_cells, load_config  # noqa: E402
 from nht.domains.modular.data import make_modular_dataset  # noqa: E402
-from nht.domains.modular.models import build_model, scale_init, stacked_forward  # noqa: E402
+from nht.domains.modular.models import CompanionTransformer, build_model, scale_init, stacked_forward  # noqa: E402
 from nht.domains.modular.train import Trainer  # noqa: E402
 
 MODELS = {"mlp": ({"name": "mlp", "embed_dim": 32, "hidden": 128}, 31),
@@ -106,12 +126,127 @@ def speed(dev: torch.device, config: dict, experiment: str, steps: int, precisio
             "cell_steps_per_s": len(cells) * steps / wall}
 
 
+PRESET = REPO / "workflow" / "presets" / "companion-sweep.yaml"
+
+
+def sweep_config(workdir: Path, cap: int | None, seeds: int | None) -> Path:
+    """The companion-sweep preset with results and data under ``workdir`` (optionally capped/cut)."""
+    config = yaml.safe_load(PRESET.read_text())
+    config["results_dir"], config["data_dir"] = str(workdir / "results"), str(workdir / "data")
+    for exp in config["experiments"].values():
+        if cap is not None:
+            exp["max_steps"] = int(cap)
+            exp["eval_every"] = min(int(exp["eval_every"]), int(cap))
+            exp["stop_margin"] = min(int(exp["stop_margin"]), int(cap))
+        if seeds is not None:
+            exp["seed"] = list(exp["seed"])[:seeds]
+    path = workdir / "companion-sweep.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_sweep(workdir: Path, cap: int | None, seeds: int | None) -> dict:
+    """``snakemake --cores all`` on the preset, DVC off; wall time and the training jobs' figures."""
+    cfg = sweep_config(workdir, cap, seeds)
+    env = dict(os.environ, NHT_DVC="0", PYTHONUNBUFFERED="1",
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "all", "--configfile", str(cfg)],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    (workdir / "snakemake.log").write_text(proc.stdout + proc.stderr)
+    failed = None
+    if proc.returncode != 0:     # report what ran (the training jobs' figures) and say what failed
+        failed = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+        print(f"snakemake failed (exit {proc.returncode}); last lines:\n{failed}", file=sys.stderr, flush=True)
+    jobs = {}
+    for meta_path in sorted((workdir / "results").glob("*/jobs/*/meta.json")):
+        meta = json.loads(meta_path.read_text())
+        jobs[f"{meta['experiment']}/{meta['job']}"] = {
+            "cells": meta["n_cells"], "cell_steps": meta["cell_steps"], "wall_s": meta["wall_seconds"],
+            "cell_steps_per_s": meta["cell_steps_per_second"], "device": meta["provenance"].get("device"),
+            "gpu": meta["provenance"].get("gpu")}
+    cell_steps = sum(j["cell_steps"] for j in jobs.values())
+    return {"wall_s": wall, "training_wall_s_longest_job": max((j["wall_s"] for j in jobs.values()), default=0.0),
+            "cell_steps": cell_steps, "cell_steps_per_s": cell_steps / wall, "jobs": jobs,
+            "cap": cap, "seeds": seeds, "snakemake_exit": proc.returncode, "snakemake_failure": failed}
+
+
+def companion_style_loop(dev: torch.device, weight_decay: float, steps: int, seed: int = 42) -> dict:
+    """One cell, eager, the companion's way: its model, torch.optim.AdamW, randint minibatches of
+    512, evaluation on the whole train and test sets every 500 steps. Returns steps/s on ``dev``."""
+    exp = yaml.safe_load(PRESET.read_text())["experiments"]["companion_sweep"]
+    data = make_modular_dataset(exp["op"], exp["p"], exp["train_frac"], 0)
+    x_tr, y_tr = torch.as_tensor(data["x_train"]).to(dev), torch.as_tensor(data["y_train"]).to(dev)
+    x_te, y_te = torch.as_tensor(data["x_test"]).to(dev), torch.as_tensor(data["y_test"]).to(dev)
+    devmod.seed_everything(seed)
+    m = exp["model"]
+    model = CompanionTransformer(exp["p"], m["d_model"], m["n_heads"], m["d_ff"], m["norm_first"]).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=exp["lr"], weight_decay=weight_decay,
+                            betas=tuple(exp["optimizer"]["betas"]), eps=exp["optimizer"]["eps"])
+    n, batch = len(y_tr), int(exp["batch_size"])
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync()
+    t = time.perf_counter()
+    for step in range(steps):
+        idx = torch.randint(0, n, (batch,)).to(dev)
+        loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (step + 1) % 500 == 0:
+            with torch.no_grad():
+                model.eval()
+                float((model(x_tr).argmax(-1) == y_tr).float().mean())
+                float((model(x_te).argmax(-1) == y_te).float().mean())
+                model.train()
+    sync()
+    wall = time.perf_counter() - t
+    return {"weight_decay": weight_decay, "seed": seed, "steps": steps, "seconds": wall, "steps_per_s": steps / wall}
+
+
+def sweep(dev: torch.device, args) -> dict:
+    keep = Path(args.keep) if args.keep else None
+    if keep:
+        keep.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="nht_sweep_") as tmp:
+        workdir = keep or Path(tmp)
+        result = run_sweep(workdir, args.sweep_cap, args.sweep_seeds)
+    print(f"sweep: {result['wall_s']:.1f} s wall, {result['cell_steps_per_s']:.0f} cell-steps/s", file=sys.stderr,
+          flush=True)
+    baseline = [companion_style_loop(dev, wd, args.baseline_steps) for wd in (1.0, 0.5)]
+    rate = sum(b["steps_per_s"] for b in baseline) / len(baseline)
+    result["baseline_companion_style_one_cell"] = baseline
+    result["baseline_steps_per_s"] = rate
+    result["ratio_nht_aggregate_over_one_cell_loop"] = result["cell_steps_per_s"] / rate
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--precisions", default="fp32,tf32,bf16")
     ap.add_argument("--smoke", action="store_true", help="tiny run for the test suite: CPU, 3 steps, fp32")
+    ap.add_argument("--sweep", action="store_true",
+                    help="run the companion-sweep preset through snakemake and the one-cell baseline (see above)")
+    ap.add_argument("--baseline-steps", type=int, default=2000, help="--sweep: steps of each one-cell baseline run")
+    ap.add_argument("--sweep-cap", type=int, help="--sweep: cap every cell at this many steps (a short run)")
+    ap.add_argument("--sweep-seeds", type=int, help="--sweep: keep only the first K seeds")
+    ap.add_argument("--keep", help="--sweep: run in this directory and keep it (default: a temporary one)")
     args = ap.parse_args()
+    for name in ("baseline_steps", "sweep_cap", "sweep_seeds"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.sweep:
+        dev = devmod.resolve_device("auto")
+        devmod.configure(None)
+        result = {"device": devmod.describe(dev), "sweep": sweep(dev, args)}
+        text = json.dumps(result, indent=1)
+        print(text)
+        if os.environ.get("OUT"):
+            Path(os.environ["OUT"], "gpu_check_sweep.json").write_text(text)
+        return
     if args.smoke:
         args.steps, args.precisions = 3, "fp32"
     dev = torch.device("cpu") if args.smoke else devmod.resolve_device("auto")
