@@ -155,10 +155,8 @@ def warn_outside(outside: dict[str, str], root: Path) -> None:
               file=sys.stderr)
 
 
-def finish(config: dict, decisions: dict, records_dirs: list[str], started: float | None = None,
-           root: str | Path = ".") -> None:
-    """See the module doc. ``started`` (the run's start, seconds since the epoch) is not used:
-    nothing here is judged by time. A failure to publish is reported with what to do; the results stay."""
+def finish(config: dict, decisions: dict, records_dirs: list[str], root: str | Path = ".") -> None:
+    """See the module doc; nothing here is judged by time. A failure to publish is reported with what to do; the results stay."""
     root = Path(root)
     try:
         dvc_on = is_enabled(config, root)

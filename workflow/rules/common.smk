@@ -4,7 +4,6 @@ import json
 import os
 import re
 import sys
-import time
 
 from snakemake.exceptions import WorkflowError
 
@@ -26,7 +25,6 @@ PY = sys.executable
 # Rules call `python -m nht ...`: the Python that runs snakemake (e.g. .venv) comes first on the
 # jobs' PATH, unless a rule's conda environment is activated (--sdm conda).
 os.environ["PATH"] = os.path.dirname(PY) + os.pathsep + os.environ.get("PATH", "")
-RC_STARTED = time.time()
 R = config["results_dir"]
 D = config["data_dir"]
 CELLS, JOBS, JOB_OF = cell_index(config)
@@ -103,4 +101,4 @@ def recompute_finish(log=None):
     """End of a run (onsuccess/onerror): quarantine what is not current, snapshot into DVC."""
     from nht.recompute.publish import finish
 
-    finish(config, RC.decisions, [RC.records_dir, RC.data_records_dir], RC_STARTED)
+    finish(config, RC.decisions, [RC.records_dir, RC.data_records_dir])
