@@ -6,14 +6,22 @@ regime counts and delay-law R^2 of every experiment, so one run gives the figure
 needs. Peak RSS comes from getrusage(RUSAGE_CHILDREN).ru_maxrss: the largest resident set of any
 descendant process.
 
+At the end it prints the README's science table (:func:`science_table`: per experiment the
+leave-one-group-out delay errors of NHT and its two nulls, norm_shift and the scorecard), headed by
+the date, CPU, torch and code version, so the README's numbers come from this script on the
+current code.
+
 Usage: .venv/bin/python benchmarks/default_run.py [--cores 2] [--config config.yaml] [--keep DIR]
+       .venv/bin/python benchmarks/default_run.py --summary DIR/results/summary.json   # table only
        .venv/bin/python benchmarks/default_run.py --smoke   # the same on a 2-cell, 300-step config (tests)
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import platform
 import resource
 import shutil
 import subprocess
@@ -41,7 +49,11 @@ def main() -> None:
     ap.add_argument("--keep", help="run in this directory and keep it (default: a temporary one)")
     ap.add_argument("--smoke", action="store_true",
                     help="tests: run SMOKE_CONFIG on 2 cores in a temporary directory, removed at the end")
+    ap.add_argument("--summary", help="only print the science table of this summary.json (no run)")
     args = ap.parse_args()
+    if args.summary:
+        print(science_table(json.loads(Path(args.summary).read_text())))
+        return
     wd = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="nht-default-"))
     wd.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "Snakefile", wd)
@@ -105,10 +117,51 @@ def main() -> None:
         for k, v in sorted(card.items()):
             if isinstance(v, dict) and v.get("verdict") == "not_enough_data":
                 print(f"    {k}: {(v.get('detail') or {}).get('reason')}")
+    print()
+    print(science_table(summary, cores=args.cores, wall_s=wall))
     if args.smoke and not args.keep:
         shutil.rmtree(wd, ignore_errors=True)
     else:
         print(f"results in {wd}")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what the platform module says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def science_table(summary: dict, cores: str | None = None, wall_s: float | None = None) -> str:
+    """The README's science table of one summary.json (Markdown), with what produced it."""
+    prov = summary.get("provenance") or {}
+    head = (f"Measured {datetime.date.today()} by `benchmarks/default_run.py` on {cpu_model()}"
+            + (f", {cores} cores" if cores else "") + f", torch {prov.get('torch')}, code {str(prov.get('code_version'))[:10]}"
+            + (f", {wall_s:.0f} s wall" if wall_s is not None else "") + ".")
+    rows = ["| experiment | cells, regimes | LOO median relative delay error: NHT / 1/(ηλ) / same-ηλ mean "
+            "[95% CI, groups resampled] (groups) | NHT beats both nulls? | norm_shift slope [95% CI], p | scorecard |",
+            "|---|---|---|---|---|---|"]
+    for name, exp in summary["experiments"].items():
+        regimes = ", ".join(f"{k} {v}" for k, v in (exp.get("regimes") or {}).items() if v)
+        pred = exp.get("prediction") or {}
+        errs = pred.get("loo_error") or {}
+        err = " / ".join(f"{_f((errs.get(k) or {}).get('median'))} {_ci((errs.get(k) or {}).get('ci'))}".strip()
+                         for k in ("nht", "baseline_inverse_eta_lambda", "same_eta_lambda_mean"))
+        card = exp.get("scorecard") or {}
+        shift = card.get("norm_shift") or {}
+        detail = shift.get("detail") or {}
+        shift_text = (f"{_f(shift.get('statistic'))} {_ci(shift.get('ci'))}, p {_f(detail.get('p'))}: "
+                      f"{shift.get('verdict')}" if shift.get("statistic") is not None
+                      else f"{shift.get('verdict', '–')} ({detail.get('reason', '')})")
+        verdicts = ", ".join(f"{k.split('_')[0]} {v.get('verdict')}" for k, v in sorted(card.items())
+                             if isinstance(v, dict) and k.startswith("P"))
+        rows.append(f"| `{name}` | {exp.get('cells')}: {regimes} | {err} ({pred.get('n_groups', '–')}) | "
+                    f"{pred.get('nht_beats_nulls', '–')} | {shift_text} | {verdicts} |")
+    return head + "\n\n" + "\n".join(rows)
 
 
 def _f(x) -> str:
