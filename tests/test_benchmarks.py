@@ -63,6 +63,7 @@ def _companion(out: str) -> None:
 def _default_run(out: str) -> None:
     assert "smoke (modular): cells 2" in out, out
     assert re.search(r"peak RSS \(one process\)\s+[0-9.]+ GiB", out), out
+    assert "| `smoke` | 2: " in out and "by `benchmarks/default_run.py` on" in out, out   # the science table
 
 
 def _epoch_time(out: str) -> None:
