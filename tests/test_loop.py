@@ -114,3 +114,16 @@ def test_progress_line_is_throttled(capfd):
     lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("[job] step")]
     assert 1 <= len(lines) <= wall / 0.3 + 1
     assert "/100" in lines[0] and "cells 1/1 active" in lines[0] and "steps/s" in lines[0] and "ETA" in lines[0]
+
+
+@pytest.mark.parametrize("check_every", [7, None])
+def test_reading_divergence_back_seldom_gives_the_run_of_a_check_at_every_step(check_every):
+    """A domain may let the loop read its losses' finiteness back every k iterations or only at
+    evaluations: the diverged cell's stop step, every history and the cell-step count stay those of
+    a check after every step."""
+    ref = _run(LeastSquares([0.1, 20.0, 0.05], max_steps=200))
+    seldom = LeastSquares([0.1, 20.0, 0.05], max_steps=200)
+    seldom.check_every = check_every
+    res = _run(seldom)
+    assert ref.status["c1"]["status"] == "diverged" and ref.status["c1"]["stop_step"] % 10 != 0
+    assert res.status == ref.status and res.history == ref.history and res.cell_steps == ref.cell_steps
