@@ -48,6 +48,14 @@ indices are copied into its static input first. Needs the same minibatch size at
 the eager step runs. On the CPU the eager step always runs. fp32 on the CPU is bitwise
 deterministic for a given thread count.
 
+Where the host waits for the device (all outside the step loop): :meth:`Trainer.evaluate` reads
+the whole evaluation back in one ``.cpu()`` of a (slots, columns) table; the loop's divergence
+check reads one small tensor (``tolist``) just before it; :meth:`Trainer.keep` sends a small mask
+or index tensor when cells stop (at evaluations); :meth:`Trainer.state_dict` copies the state to
+the CPU when a checkpoint is written (at evaluations). Drawing a stretch of minibatches is CPU
+work and one non-blocking copy (pinned memory) per stretch, not a wait. Capturing the CUDA graph
+(first step, and after a compaction) synchronises the side stream it warms up on.
+
 Minibatches: see :mod:`nht.domains.modular.samplers`; ``batch_size: full`` is full-batch gradient
 descent. The ``with_replacement`` generator of a cell starts in the state the global generator has
 right after the cell's model was initialised from its seed (the companion's ``torch.randint``
@@ -220,7 +228,8 @@ class Trainer:
             self._mu = torch.tensor(float(self.opt.get("momentum", 0.0)), dtype=self.flat.dtype, device=dev)
 
     def _refresh(self) -> None:
-        """Per-slot hyperparameter tensors and the positions of the active cells among the slots.
+        """Per-slot hyperparameter tensors (new tensors: only when the slots changed, which also
+        drops a captured CUDA graph) and the positions of the active cells among the slots.
 
         ``_live``/``_dead`` (slots, 3), float64: the optimizer coefficients of an updated and of a
         masked cell, before the step-dependent factor (AdamW: decay 1 - lr wd, -lr, eps; SGD: wd, -lr)."""
@@ -234,6 +243,10 @@ class Trainer:
         else:
             self._live = torch.stack([self.wd, -self.lr, torch.zeros_like(self.lr)], 1)
             self._dead = torch.zeros_like(self._live)
+        self._refresh_active()
+
+    def _refresh_active(self) -> None:
+        """Where the active cells sit among the slots (read outside the captured step only)."""
         self._all_active = self.active == self.slots
         pos = {c: i for i, c in enumerate(self.slots)}
         self._active_pos = torch.tensor([pos[c] for c in self.active], dtype=torch.long, device=self.device)
@@ -246,11 +259,12 @@ class Trainer:
             return
         self.active = ids
         if self.stopped == "mask" and 2 * len(ids) > len(self.slots):
-            kept = set(ids)
+            kept = set(ids)          # in place: a captured CUDA graph reads these very tensors
             self.alive &= torch.tensor([c in kept for c in self.slots], device=self.device)
+            self._refresh_active()
         else:
             self._compact(ids)
-        self._refresh()
+            self._refresh()
 
     def _compact(self, ids: list[str]) -> None:
         positions = [self.slots.index(c) for c in ids]
