@@ -258,7 +258,8 @@ def run_protocol(proto: dict, work: Path, limit_s: float, log) -> list[dict]:
         tag = stable_hash([cell.id, proto.get("classes"), proto.get("alpha")])
         done = out_dir / "meta.json"
         trained = False
-        if not (done.exists() and json.loads(done.read_text()).get("search_tag") == tag):
+        cached = json.loads(done.read_text()) if done.exists() else {}
+        if not (cached.get("search_tag") == tag and "cells" in cached):   # an older meta shape retrains
             ds = s["dataset"]
             data = inject(raw, s["rho"], s["border"], s["seed"], ds.get("n_train"), ds.get("n_test"),
                           ds.get("subset_seed", 0), alpha=proto.get("alpha", 1.0), classes=proto.get("classes"))
@@ -268,7 +269,8 @@ def run_protocol(proto: dict, work: Path, limit_s: float, log) -> list[dict]:
             meta["search_tag"] = tag
             write_json(meta, done)
             trained = True
-        res = json.loads(done.read_text())
+        meta = json.loads(done.read_text())
+        res = {**meta["cells"][cell.id], "wall_s": meta["wall_seconds"]}   # the training meta's one shape
         hist = pd.read_csv(out_dir / "history.csv")
         oc = classify(hist)
         occ = classify(hist, "conflicting_acc")

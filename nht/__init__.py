@@ -6,8 +6,9 @@ wrappers around the ``python -m nht <command>`` entry points defined in :mod:`nh
 Conventions used everywhere in the package:
 
 * ``V`` always means the *squared* L2 norm of parameters, ``V = ||theta||^2`` (sum of squares).
-* Training time is counted in optimizer *steps* for modular experiments (one step = one
-  parameter update) and in *epochs* for image experiments; column names say which.
+* Training time is counted in optimizer *steps* (one step = one parameter update) in every domain:
+  every history's ``step`` column, ``T_fit``, ``T_transition``. Image histories and records also
+  give the epoch (``epoch``, ``epoch_fit``, ``epoch_transition``); column names say which.
 """
 
 __version__ = "0.1.0"

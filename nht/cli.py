@@ -23,7 +23,6 @@ STAGES = {
     "image-shortcut": "nht.stages.image_shortcut",
     "image-train": "nht.stages.image_train",
     "image-figures": "nht.stages.image_figures",
-    "image-summary": "nht.stages.image_summary",
     "cells": "nht.stages.cells",
 }
 

@@ -1,21 +1,14 @@
-"""Where every artifact lives. Snakemake rules and Python code both build paths from here.
+"""The path templates that Python code shares with the rules (the rest of the layout is written
+out in the rules themselves, workflow/rules/*.smk, where a reader of a rule sees it).
 
-Templates use Snakemake-style ``{wildcards}``; ``{results}`` and ``{data}`` are the
-``results_dir`` and ``data_dir`` config values.
+Templates use Snakemake-style ``{wildcards}``; ``{results}`` is the ``results_dir`` config value
+(and ``{data}`` the ``data_dir``, for :func:`fill`).
 """
 
-DATASET = "{data}/{kind}/{dataset}.npz"                       # generated / decoded dataset
-JOB_HISTORY = "{results}/{experiment}/jobs/{job}/history.csv"  # long table, one row per (cell, eval step)
-JOB_META = "{results}/{experiment}/jobs/{job}/meta.json"       # provenance, per-cell status, speed
+JOB_META = "{results}/{experiment}/jobs/{job}/meta.json"       # training meta (rule train_modular)
 JOB_CHECKPOINT = "{results}/{experiment}/jobs/{job}/checkpoint.pt"  # resumable state (deleted on success)
-CELL_HISTORY = "{results}/{experiment}/cells/{cell}/history.csv"    # one cell's curves
-CELL_NORMS = "{results}/{experiment}/cells/{cell}/norms.json"       # T_fit, T_transition, V_* , regime
-CELL_TABLE = "{results}/{experiment}/cells.csv"                     # all cells' norms.json as a table
-FIT = "{results}/{experiment}/fit.json"                             # delay law, baseline, regimes
-FIGURE_DIR = "{results}/{experiment}/figures"
-SUMMARY = "{results}/summary.json"
-LOG = "logs/{rule}/{name}.log"
-BENCHMARK = "benchmarks/rules/{rule}/{name}.tsv"
+CELL_NORMS = "{results}/{experiment}/cells/{cell}/norms.json"       # event record (rules extract_norms, image_norms)
+SUMMARY = "{results}/summary.json"                                  # every experiment (rule summary)
 
 
 def fill(template: str, config: dict, **wildcards) -> str:

@@ -95,7 +95,7 @@ def test_config_errors_name_the_key():
 
 def test_train_outputs_and_resume_equivalence(tmp_path):
     cell, path = _cell(tmp_path)
-    full = train_cell(cell.settings, path, tmp_path / "full", threads=1, cell_id=cell.id)
+    full = train_cell(cell.settings, path, tmp_path / "full", threads=1, cell_id=cell.id)["cells"][cell.id]
     assert full["status"] == "finished" and not (tmp_path / "full" / "checkpoint.pt").exists()
     assert not (tmp_path / "full" / "norms.json").exists(), "training writes no summary"
     h_full = read_history(tmp_path / "full" / "history.csv")
@@ -108,9 +108,13 @@ def test_train_outputs_and_resume_equivalence(tmp_path):
     assert h_full["Lambda"].iloc[0] == 0.0
     assert h_full["Lambda"].iloc[-1] == pytest.approx(0.1 * full["sum_lr"])      # lambda * sum of lr
     meta = json.loads((tmp_path / "full" / "meta.json").read_text())
-    assert set(meta) == {"cell", "experiment", "status", "stop_reason", "steps", "epochs_done", "sum_lr",
-                         "n_params", "n_train", "n_test", "wall_s", "settings", "provenance"}
-    assert meta["epochs_done"] == 3 and meta["steps"] == 12 and meta["n_train"] == 256
+    # the one training meta shape of every domain: a job (of one cell) with the cell under "cells"
+    assert set(meta) == {"job", "experiment", "n_cells", "cells", "settings", "wall_seconds", "cell_steps",
+                         "cell_steps_per_second", "resumed_from_step", "provenance"}
+    assert set(meta["cells"][cell.id]) == {"status", "stop_reason", "steps", "epochs_done", "sum_lr",
+                                           "n_params", "n_train", "n_test"}
+    assert meta["cells"][cell.id]["epochs_done"] == 3 and meta["cells"][cell.id]["steps"] == 12
+    assert meta["cells"][cell.id]["n_train"] == 256 and meta["cell_steps"] == 12
     assert meta["provenance"]["torch"] == torch.__version__ and meta["provenance"]["code_version"]
 
     # killed after epoch 1 (checkpoint on disk, no outputs), then resumed
@@ -118,7 +122,7 @@ def test_train_outputs_and_resume_equivalence(tmp_path):
     assert part == {"aborted_at": 4} and (tmp_path / "part" / "checkpoint.pt").exists()
     assert not (tmp_path / "part" / "history.csv").exists()
     res = train_cell(cell.settings, path, tmp_path / "part", threads=1, cell_id=cell.id)
-    assert res["status"] == "finished"
+    assert res["cells"][cell.id]["status"] == "finished"
     h_res = pd.read_csv(tmp_path / "part" / "history.csv")
     pd.testing.assert_frame_equal(h_full.drop(columns="wall_s"), h_res.drop(columns="wall_s"))
 
@@ -132,7 +136,7 @@ def test_checkpoint_of_other_code_or_cell_is_ignored_and_loads_weights_only(tmp_
     state["code"] = "0" * 16                                  # written by another version of the trainer
     torch.save(state, ckpt)
     res = train_cell(cell.settings, path, tmp_path / "c", threads=1, cell_id=cell.id)
-    assert res["status"] == "finished"
+    assert res["cells"][cell.id]["status"] == "finished"
     assert "written by other code" in capsys.readouterr().err
     h = pd.read_csv(tmp_path / "c" / "history.csv")
     assert list(h["epoch"]) == [0, 1, 2, 3]                   # trained from scratch, complete
@@ -169,12 +173,13 @@ def test_sigkill_then_resume(tmp_path):
 
 def test_nan_becomes_diverged(tmp_path):
     cell, path = _cell(tmp_path, optimizer={"name": "sgd", "momentum": 0.9}, lr=1e12, epochs=3)
-    res = train_cell(cell.settings, path, tmp_path / "nan", threads=1, cell_id=cell.id)
+    res = train_cell(cell.settings, path, tmp_path / "nan", threads=1, cell_id=cell.id)["cells"][cell.id]
     assert res["status"] == "diverged" and res["epochs_done"] < 3
     h = read_history(tmp_path / "nan" / "history.csv")
     assert np.isfinite(h["V"]).all()                          # the history ends with its last finite row
     meta = json.loads((tmp_path / "nan" / "meta.json").read_text())
-    assert meta["status"] == "diverged" and meta["stop_reason"].startswith("non-finite")
+    assert meta["cells"][cell.id]["status"] == "diverged"
+    assert meta["cells"][cell.id]["stop_reason"].startswith("non-finite")
 
 
 def test_input_noise_is_seeded_and_lambda_is_the_decay_budget(tmp_path):
@@ -192,6 +197,6 @@ def test_input_noise_is_seeded_and_lambda_is_the_decay_budget(tmp_path):
 
 def test_time_limit_stops_at_an_epoch_end(tmp_path):
     cell, path = _cell(tmp_path, epochs=10_000, time_limit_s=0.5)
-    res = train_cell(cell.settings, path, tmp_path / "t", threads=1, cell_id=cell.id)
+    res = train_cell(cell.settings, path, tmp_path / "t", threads=1, cell_id=cell.id)["cells"][cell.id]
     assert res["status"] == "time_limit" and 1 <= res["epochs_done"] < 10_000
     assert res["epochs_done"] == len(pd.read_csv(tmp_path / "t" / "history.csv")) - 1

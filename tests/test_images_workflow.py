@@ -14,7 +14,7 @@ def test_tiny_image_experiment_through_snakemake(tmp_path):
     run_snakemake(tmp_path, "--cores", "2")
     summary = json.loads((tmp_path / "results" / "tiny_img" / "experiment_summary.json").read_text())
     assert summary["kind"] == "image" and summary["cells"] == 2
-    assert set(summary["clean_acc_by_strength"]) == {"0.1", "1"}
+    assert set(summary["test_acc_by_rho"]) == {"0.1", "1"}
     # one science path: the image summary has the science blocks and the shared scorecard
     for block in ("delay_law", "prediction", "decay_rate", "clean_norm_separation", "norm_ordering",
                   "regime_ordering", "layer_hierarchy", "scorecard"):

@@ -36,7 +36,8 @@ def cell_dir(tmp_path) -> tuple[Path, dict]:
     d = tmp_path / "e" / "cells" / cell.id
     d.mkdir(parents=True)
     history().to_csv(d / "history.csv", index=False)
-    (d / "meta.json").write_text(json.dumps({"experiment": "e", "status": "finished", "provenance": {}}))
+    (d / "meta.json").write_text(json.dumps({"experiment": "e", "cells": {cell.id: {"status": "finished"}},
+                                             "provenance": {}}))
     norms_stage.main(["--history", str(d / "history.csv"), "--meta", str(d / "meta.json"), "--cell", cell.id,
                       "--kind", "modular", "--settings", json.dumps(cell.run_settings),
                       "--out-norms", str(d / "norms.json")])
@@ -117,6 +118,9 @@ def test_the_norms_stage_names_a_bad_history_or_meta(cell_dir):
     history().drop(columns="V").to_csv(d / "bad.csv", index=False)
     assert f"nht norms: {d / 'bad.csv'}: missing column(s) V" in norms_error(d, "--history", str(d / "bad.csv"))
     (d / "meta.json").write_text(json.dumps({"provenance": {}}))
+    assert f"{d / 'meta.json'}: no entry for cell {d.name} under 'cells'" in norms_error(
+        d, "--history", str(d / "history.csv"))
+    (d / "meta.json").write_text(json.dumps({"cells": {d.name: {}}, "provenance": {}}))
     assert f"{d / 'meta.json'}: missing field(s) status" in norms_error(d, "--history", str(d / "history.csv"))
     (d / "meta.json").write_text("not json")
     assert f"{d / 'meta.json'}: not JSON" in norms_error(d, "--history", str(d / "history.csv"))

@@ -32,7 +32,8 @@ def synth_cell(cid, lr=0.01, wd=1.0, T_fit=200, V_fit=400.0, V_st=50.0, rate_fac
     V = V * np.exp(noise * rng.normal(size=V.size))
     train_acc = np.clip(steps / T_fit, 0, 1)
     test_acc = np.where(steps >= T_transition_true, 1.0, 0.02)
-    hist = pd.DataFrame({"step": steps, "train_acc": train_acc, "test_acc": test_acc, "V": V})
+    hist = pd.DataFrame({"step": steps, "Lambda": el * steps, "train_acc": train_acc, "test_acc": test_acc,
+                         "V": V})
     i_mem = int(np.argmax(train_acc >= 0.99))
     gen_idx = np.flatnonzero(test_acc >= 0.99)
     T_transition = float(steps[gen_idx[0]]) if gen_idx.size else None
@@ -137,7 +138,7 @@ def test_decay_rate_ratio_to_theory_with_interval(factor, verdict):
 
 def test_decay_rate_too_short_window_is_none():
     h = pd.DataFrame({"step": [0, 10, 20], "V": [3.0, 2.0, 1.0]})
-    assert science.decay_rate(h, 10, 20, 0.01, 1)["ratio"] is None
+    assert science.decay_rate(h.assign(Lambda=0.01 * h["step"]), 10, 20)["ratio"] is None
 
 
 # ----------------------------------------------------------------------------- P6 prediction

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from nht.science import scorecard as sc
+from nht.science import scorecard_render as render
 
 EPS = 1e-6
 
@@ -53,7 +54,7 @@ def image_summary(norm_ratio=1.5, decay=(0.5, 5, 20, 50), regimes=None,
         "decay_from_peak": {str(lam): [d, 1.0, 2] for lam, d in zip((0.001, 0.01, 0.1, 1), decay)},
         "regimes": regimes if regimes is not None else {"weak": 2, "intermediate": 3, "strong": 2,
                                                         "diverged": 0},
-        "clean_acc_by_strength": {str(r): [a, sd, n] for r, a in zip(RHOS, acc)},
+        "test_acc_by_rho": {str(r): [a, sd, n] for r, a in zip(RHOS, acc)},
         "worst_group_acc": wga,
     }
 
@@ -204,11 +205,11 @@ def test_markdown_shows_measured_beside_paper_and_differences():
     mod = modular_summary(beats=False)
     mod["scorecard"] = sc.build_scorecard(mod)
     img = image_summary()
-    img["provenance"] = {"config": {"dataset": "cifar10"}}
+    img["config"] = {"dataset": "cifar10"}
     digits = image_summary(norm_ratio=0.5)
     summary = {"experiments": {"mlp_regimes": mod, "cifar_cpu": img, "digits": digits,
                                "broken": {"kind": "other"}}}
-    md = sc.scorecard_markdown(copy.deepcopy(summary))
+    md = render.scorecard_markdown(copy.deepcopy(summary))
     assert "| P6 delay scaling |" in md
     for label in ("modular arithmetic", "CIFAR-10", "CelebA", "Waterbirds"):
         assert label in md
@@ -219,16 +220,16 @@ def test_markdown_shows_measured_beside_paper_and_differences():
     assert "`digits`: no counterpart in the paper" in md
     assert "`cifar_cpu` vs paper CIFAR-10" in md
     assert "broken" not in md
-    assert sc.scorecard_markdown(summary["experiments"]) == md
+    assert render.scorecard_markdown(summary["experiments"]) == md
     mod["censoring"] = {"n_censored": 3, "km_median_delay": 4300.0}
     mod["delay_law"]["excluded"] = {"censored": 3, "norm_grew": 2}
-    md = sc.scorecard_markdown({"experiments": {"m": mod}})
+    md = render.scorecard_markdown({"experiments": {"m": mod}})
     assert "Cells: 3 censored" in md and "censored 3, norm_grew 2" in md
 
 
 def test_html_rendering_has_the_tables():
     mod = modular_summary(beats=False)
-    page = sc.scorecard_html({"experiments": {"mlp <x>": mod}})
+    page = render.scorecard_html({"experiments": {"mlp <x>": mod}})
     assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
     assert page.count("<table>") == 3          # measured, paper, detail
     assert "<td>P6 delay scaling</td>" in page and "<strong>fails</strong>" in page

@@ -24,7 +24,8 @@ same five values under ``layers[<tensor>]``.
 
 Prediction: ``T_pred = ln(V_fit / V_final) / (2 r)`` (steps), the NHT delay for the decay
 ``exp(-2 Lambda)``, with ``r = (Lambda_final - Lambda_fit) / (stop_step - T_fit)`` the decay budget
-per step actually applied after the fit (``eta lambda`` at constant lr).
+per step actually applied after the fit (``eta lambda`` at constant lr; :func:`decay_budget_rate`,
+the one decay-rate definition, which the science layer uses too).
 
 Regimes (one vocabulary, the paper's three plus two):
 
@@ -46,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from nht.core.history import check_history, tensor_columns
+from nht.core.io import finite_or_none as _num
 
 REGIMES = ("weak", "intermediate", "strong", "immediate", "diverged")
 
@@ -123,9 +125,19 @@ def delay_prediction(v_fit: float | None, v_final: float | None, rate: float | N
     return math.log(v_fit / v_final) / (2 * rate)
 
 
-def _num(x) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
+def decay_budget_rate(history: pd.DataFrame, t0, t1) -> float | None:
+    """The decay rate per step between steps ``t0 < t1``: ``(Lambda(t1) - Lambda(t0)) / (t1 - t0)``,
+    with ``Lambda`` the history's decay budget (``lambda * sum of lr``, linear between evaluations).
+    ``eta lambda`` at constant lr, the mean of ``eta_t lambda`` under a schedule: the one decay-rate
+    definition of nht (events, science). ``None`` when undefined (no window, no Lambda)."""
+    if t0 is None or t1 is None or not t1 > t0 or "Lambda" not in history.columns:
+        return None
+    steps, lam = history["step"].to_numpy(dtype=float), history["Lambda"].to_numpy(dtype=float)
+    ok = np.isfinite(steps) & np.isfinite(lam)
+    if ok.sum() < 2:
+        return None
+    at = np.interp([float(t0), float(t1)], steps[ok], lam[ok])
+    return _num((at[1] - at[0]) / (float(t1) - float(t0)))
 
 
 def extract_events(history: pd.DataFrame, settings: dict, status: str = "finished") -> dict:
@@ -166,8 +178,7 @@ def extract_events(history: pd.DataFrame, settings: dict, status: str = "finishe
         rec["T_transition_90"] = step_at(_transition_index(test, phi, j, rule,
                                                            sec if rule.test_threshold is not None else None))
     rec["regime"] = classify_regime(status, fitted, i_fit is not None, delay, rule.immediate_delay)
-    rate = ((rec["Lambda_final"] - rec["Lambda_fit"]) / (stop - T_fit)
-            if T_fit is not None and stop > T_fit and rec["Lambda_final"] is not None else None)
+    rate = decay_budget_rate(h, T_fit, stop)
     rec["decay_per_step_after_fit"] = rate
     rec["T_pred"] = delay_prediction(rec["V_fit"], rec["V_final"], rate)
     rec["norm_grew"] = (None if rec["V_peak"] is None or rec["V_init"] is None

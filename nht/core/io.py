@@ -15,6 +15,16 @@ import numpy as np
 import pandas as pd
 
 
+def finite_or_none(value) -> float | None:
+    """``float(value)`` if it is a finite number, else ``None`` (JSON has no NaN): the one NaN/inf
+    to None rule of the project, for one value (:func:`clean_json` applies it to a whole document)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
 def clean_json(obj: Any) -> Any:
     """``obj`` made JSON-safe, recursively: numpy scalars and arrays become Python values, and
     every NaN/inf (and pandas' missing values) becomes None, since JSON has no NaN. The one NaN
@@ -30,7 +40,7 @@ def clean_json(obj: Any) -> Any:
     if isinstance(obj, (int, np.integer)):
         return int(obj)
     if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
+        return finite_or_none(obj)
     if obj is None or isinstance(obj, str):
         return obj
     try:

@@ -2,8 +2,8 @@
 fields (:func:`nht.core.events.extract_norms`) and the cell's axes. Shared by :mod:`nht.science.delay_law`,
 :mod:`nht.science.prediction`, :mod:`nht.science.separation` and :mod:`nht.science.verdict_inputs`.
 
-Conventions: V is the *squared* L2 norm; modular time is in optimizer steps (image time in
-epochs); ``eta`` = ``lr``, ``lambda`` = ``weight_decay``.
+Conventions: V is the *squared* L2 norm; time is in optimizer steps in every domain (image records
+also give epochs, ``epoch_*``); ``eta`` = ``lr``, ``lambda`` = ``weight_decay``.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ on the image histories with phi = border reliance and the one regime vocabulary 
 
 * **P3** -- ``-Spearman(rho, accuracy)`` across shortcut strengths rho, with accuracy the mean
   worst-group accuracy (``worst_group_acc``) where the dataset defines groups, else the mean clean
-  accuracy (``clean_acc_by_strength``): accuracy should fall as the shortcut gets stronger.
+  accuracy (``test_acc_by_rho``): accuracy should fall as the shortcut gets stronger.
   Scored only with >= 5 rho values (:data:`P3_MIN_RHO`; with 3 a random order passes with chance
   1/6): interval from a parametric bootstrap of the per-rho means (``N(mean, sd / sqrt(n))``,
   needs n >= 2 per rho), exact permutation p of the order (share of the orderings of the means
@@ -72,6 +72,7 @@ import re
 
 import numpy as np
 
+from nht.core.io import finite_or_none as _num
 from nht.science import stats
 
 PREDICTIONS = ("P1_norm_ordering", "P2_three_regimes", "P3_group_accuracy", "P4_layer_hierarchy",
@@ -107,10 +108,6 @@ PAPER = {
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def _num(v):
-    return stats.finite_or_none(v)
-
 
 def _side(value, threshold, comparison) -> bool:
     # compare at 12 decimals so float noise (a Spearman of 0.7999999999999999) cannot decide
@@ -399,8 +396,8 @@ def _image(s: dict) -> dict:
     th = THRESHOLDS["image"]
     card = _shared(s, "image")
     wga = _series(s.get("worst_group_acc"))
-    source = "worst_group_acc" if len(wga) >= 3 else "clean_acc_by_strength"
-    acc = wga if len(wga) >= 3 else _series(s.get("clean_acc_by_strength"))
+    source = "worst_group_acc" if len(wga) >= 3 else "test_acc_by_rho"
+    acc = wga if len(wga) >= 3 else _series(s.get("test_acc_by_rho"))
     card["P3_group_accuracy"] = _p3_entry(acc, source, th["P3_group_accuracy"])
     why = _transition_reason(s.get("transitions"))
     for key in ("P1_norm_ordering", "P4_layer_hierarchy", "P5_clean_separation", "P6_delay_scaling",
@@ -441,7 +438,7 @@ def paper_reference(name: str, exp: dict) -> str | None:
     """Which column of the paper's table an experiment corresponds to (or ``None``)."""
     if exp.get("kind") == "modular":
         return "modular"
-    cfg = (exp.get("provenance") or {}).get("config") or exp.get("config") or {}
+    cfg = exp.get("config") or {}
     text = " ".join(str(x) for x in (cfg.get("dataset"), exp.get("dataset"), name)).lower()
     for key, pat in (("cifar10", r"cifar"), ("celeba", r"celeb"), ("waterbirds", r"waterbird")):
         if re.search(pat, text):
@@ -457,5 +454,3 @@ def attach_scorecards(summary: dict) -> dict:
             exp["scorecard"] = build_scorecard(exp, exp["kind"])
     return summary
 
-
-from nht.science.scorecard_render import markdown_to_html, scorecard_html, scorecard_markdown  # noqa: E402,F401

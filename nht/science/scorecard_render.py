@@ -1,5 +1,5 @@
-"""Rendering of the P1-P6 scorecards: ``results/scorecard.md`` and its HTML page (re-exported by
-:mod:`nht.science.scorecard`)."""
+"""Rendering of the P1-P6 scorecards (:mod:`nht.science.scorecard`, which never imports this
+module): ``results/scorecard.md`` and its HTML page."""
 
 from __future__ import annotations
 

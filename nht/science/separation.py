@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats as st
 
 from nht.science import stats
 from nht.science.cellrecords import num, records, time_sorted
@@ -67,11 +66,9 @@ def _phi(h: pd.DataFrame, phi_column: str | None) -> np.ndarray:
 def _s_of(lv: np.ndarray, reliant: np.ndarray) -> float | None:
     """Rank-biserial of ``lv`` between ``reliant`` rows and the others (via ranks)."""
     n1 = int(reliant.sum())
-    n2 = reliant.size - n1
-    if n1 < 2 or n2 < 2:
+    if n1 < 2 or reliant.size - n1 < 2:
         return None
-    u = st.rankdata(lv)[reliant].sum() - n1 * (n1 + 1) / 2.0
-    return float(2.0 * u / (n1 * n2) - 1.0)
+    return stats.rank_biserial(lv[reliant], lv[~reliant])
 
 
 def clean_norm_separation_cell(history: pd.DataFrame, phi_split: float = PHI_SPLIT,
@@ -202,7 +199,7 @@ def _separation(entries, n_boot, seed, threshold, estimator, n_null=1000) -> dic
     return {"S": med["median"], "S_ci": med["ci"], "S_ci_method": med["ci_method"],
             "n": med["n"], "threshold": threshold, "verdict": verdict, "scored": scored,
             "reason": reason, **nulls,
-            "S_all_memorised": stats.median_ci([c["S"] for c in per_cell.values()],
+            "S_all_cells": stats.median_ci([c["S"] for c in per_cell.values()],
                                                n_boot=0)["median"],
             "S_spearman": sp["median"], "n_spearman": sp["n"],
             "S_from_peak": pk["median"], "n_from_peak": pk["n"],
@@ -216,7 +213,7 @@ def clean_norm_separation(cells, histories: dict[str, pd.DataFrame], n_boot: int
     (phi_t = the history's ``phi``: ``1 - test_acc`` for modular, border reliance for images).
 
     Returns ``{S, S_ci, S_ci_method, n, threshold, verdict, scored, reason, null_pairing, null_circular,
-    S_all_memorised, S_spearman, n_spearman, S_from_peak, n_from_peak, estimator, per_cell,
+    S_all_cells, S_spearman, n_spearman, S_from_peak, n_from_peak, estimator, per_cell,
     untrusted_cells}``; ``null_* = {q95, median, p, n_draws}``; ``per_cell[id]`` is
     :func:`clean_norm_separation_cell`'s dict plus ``regime``, ``transition``, ``S_from_peak``.
     """

@@ -28,12 +28,13 @@ medians equal) the percentile interval of the same resamples is used and ``ci_me
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from scipy import stats as _st
+
+from nht.core.io import finite_or_none
 
 __all__ = ["MIN_BOOT_N", "finite_or_none", "bootstrap_ci", "line_fit", "log_fit",
            "exp_decay_fit", "median_ci", "group_median_ci", "permutation_p", "rank_biserial",
@@ -41,15 +42,6 @@ __all__ = ["MIN_BOOT_N", "finite_or_none", "bootstrap_ci", "line_fit", "log_fit"
 
 MIN_BOOT_N = 8
 CI_LEVEL = 0.95
-
-
-def finite_or_none(value) -> float | None:
-    """``float(value)`` if it is a finite number, else ``None`` (JSON has no NaN)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 def _finite_pairs(x: Iterable[float], y: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:

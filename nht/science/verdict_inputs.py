@@ -46,8 +46,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
+from nht.core.events import decay_budget_rate
 from nht.science import stats
-from nht.science.cellrecords import (GROUP_AXES, TASK_AXES, count, eta_lambda, is_diverged, key_of,
+from nht.science.cellrecords import (GROUP_AXES, TASK_AXES, count, is_diverged, key_of,
                                     num, records, time_sorted)
 
 READOUT_NAMES = ("out.weight", "head.weight")      # modular MLP and transformer readouts
@@ -60,9 +61,11 @@ SLICE_KEYS = ("lr", "init_scale", "seed", "op", "p", "train_frac", "split_seed",
 
 # ----------------------------------------------------------------------------- decay rate
 
-def decay_rate(history: pd.DataFrame, T_fit, T_transition, lr, weight_decay) -> dict:
+def decay_rate(history: pd.DataFrame, T_fit, T_transition) -> dict:
     """``ln V_t = a - gamma t`` over ``T_fit <= step <= T_transition``. Returns ``{gamma, ratio, a,
-    r2, n_points, window}`` with ``ratio = gamma / (2 eta lambda)``; ``None`` below 3 rows."""
+    r2, n_points, window}`` with ``ratio = gamma / (2 r)``, ``r`` the decay budget per step over the
+    same window (:func:`nht.core.events.decay_budget_rate`: ``eta lambda`` at constant lr, the
+    schedule's mean ``eta_t lambda`` otherwise); ``None`` below 3 rows."""
     out = {"gamma": None, "ratio": None, "a": None, "r2": None, "n_points": 0,
            "window": [num(T_fit), num(T_transition)]}
     if num(T_fit) is None or num(T_transition) is None:
@@ -71,9 +74,9 @@ def decay_rate(history: pd.DataFrame, T_fit, T_transition, lr, weight_decay) -> 
     h = h[(h["step"] >= T_fit) & (h["step"] <= T_transition)]
     fit = stats.exp_decay_fit(h["step"].to_numpy(float), h["V"].to_numpy(float))
     out.update({"gamma": fit["gamma"], "a": fit["a"], "r2": fit["r2"], "n_points": fit["n"]})
-    el = eta_lambda({"lr": lr, "weight_decay": weight_decay})
-    if fit["gamma"] is not None and el is not None:
-        out["ratio"] = fit["gamma"] / (2.0 * el)
+    rate = decay_budget_rate(history, num(T_fit), num(T_transition)) if fit["gamma"] is not None else None
+    if rate is not None and rate > 0:
+        out["ratio"] = fit["gamma"] / (2.0 * rate)
     return out
 
 
@@ -92,8 +95,7 @@ def decay_rates(cells, histories: dict, n_boot: int = 1000, seed: int = 0) -> di
         if rec["cell"] not in histories:
             count(excluded, "no_history")
             continue
-        res = decay_rate(histories[rec["cell"]], rec.get("T_fit"), rec.get("T_transition"),
-                         rec.get("lr"), rec.get("weight_decay"))
+        res = decay_rate(histories[rec["cell"]], rec.get("T_fit"), rec.get("T_transition"))
         per_cell[rec["cell"]] = res
         if res["ratio"] is None:
             count(excluded, "too_few_points")
@@ -117,7 +119,8 @@ def decay_rates(cells, histories: dict, n_boot: int = 1000, seed: int = 0) -> di
             "per_cell": per_cell, "excluded": excluded,
             "by_optimizer": {k: {"median": float(np.median(v)), "n": len(v)}
                              for k, v in by_opt.items()},
-            "definition": "gamma/(2 eta lambda), gamma = -d ln V/dt between T_fit and T_transition"}
+            "definition": "gamma/(2 r), gamma = -d ln V/dt and r = dLambda/dt (the decay budget per step, "
+                          "eta lambda at constant lr) between T_fit and T_transition"}
 
 
 # ----------------------------------------------------------------------------- P1
@@ -246,12 +249,13 @@ def regime_ordering(cells, n_boot: int = 1000, seed: int = 0) -> dict:
     for members in slices.values():
         lam = np.array([float(r["weight_decay"]) for r in members])
         rank = np.array([REGIME_RANK[r["regime"]] for r in members])
-        pairs = int(sum((lam[i] != lam[j]) for i in range(len(lam)) for j in range(i)))
+        below = np.tri(len(lam), k=-1, dtype=bool)           # each unordered pair once
+        d_lam, d_rank = np.subtract.outer(lam, lam), np.subtract.outer(rank, rank)
+        pairs = int((below & (d_lam != 0)).sum())
         if pairs == 0:
             continue
         n_pairs += pairs
-        n_disc += int(sum((lam[i] - lam[j]) * (rank[i] - rank[j]) < 0
-                          for i in range(len(lam)) for j in range(i)))
+        n_disc += int((below & (d_lam * d_rank < 0)).sum())
         tau = 0.0 if np.ptp(rank) == 0 else num(st.kendalltau(lam, rank, variant="b").statistic)
         taus.append(0.0 if tau is None else tau)
         weights.append(pairs)

@@ -1,53 +1,76 @@
-"""Stage ``experiment-summary``: one modular experiment's summary (fit, science, scorecard, provenance)."""
+"""Stage ``experiment-summary``: one experiment's ``experiment_summary.json``, for every domain.
+
+The domain's own block comes first: modular experiments from ``fit.json`` (cells, regimes,
+exclusions) and the training jobs' ``meta.json`` (wall time, cell steps); image experiments from the
+cells' ``norms.json`` (:func:`nht.domains.images.summary.summarize`, which also writes ``cells.csv``
+with ``--table``). Then, the same for every domain: the science layer's blocks (``science.json``),
+the figures (sorted paths), the experiment's resolved settings under ``config``, the environment
+under ``provenance`` (:func:`nht.core.provenance.record`) and the ``scorecard``.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 
+from nht.config import KINDS
 from nht.core import provenance
-from nht.core.io import read_json, write_json
+from nht.core.io import json_arg, read_json, write_json
 from nht.science.scorecard import build_scorecard
 
 
-def experiment_summary(experiment: str, settings: dict, fit_json: str, figure_paths: list[str],
-                       job_metas: list[str], science_json: str) -> dict:
+def modular_block(fit_json: str, job_metas: list[str]) -> dict:
+    """The modular part: the cell count, regimes and exclusions of ``fit.json`` and the training jobs'
+    cost (seconds). The delay law, its baseline and fit cells come from ``science.json`` (the one
+    science path), so they are not copied from ``fit.json`` here."""
     fitres = read_json(fit_json)
     metas = [read_json(p) for p in job_metas]
     wall = sum(m["wall_seconds"] for m in metas)
     steps = sum(m["cell_steps"] for m in metas)
-    summary = {
-        "kind": "modular",
-        "experiment": experiment,
+    return {
         "cells": fitres["cells"],
         "regimes": fitres["regimes"],
-        "fit_cells": fitres["fit_cells"],
         "excluded_from_fit": fitres["excluded"],
-        "delay_law": fitres["delay_law"],
-        "baseline_inverse_eta_lambda": fitres["baseline_inverse_eta_lambda"],
-        "figures": sorted(figure_paths),
         "stop_rule": metas[0]["stop_rule"] if metas else None,
         "training": {"jobs": len(metas), "train_wall_seconds": wall, "cell_steps": steps,
                      "cell_steps_per_second": steps / wall if wall else None,
                      "devices": sorted({m["provenance"]["device"] for m in metas})},
-        "config": settings,
-        "provenance": provenance.record(),
     }
-    sci = read_json(science_json)
-    summary["figures"] = sorted(set(summary["figures"]) | set(sci.pop("figures", [])))
-    summary.update(sci)
-    summary["scorecard"] = build_scorecard(summary, "modular")
+
+
+def experiment_summary(kind: str, experiment: str, config: dict, block: dict, figure_paths: list[str],
+                       science_json: str) -> dict:
+    """The summary of one experiment of ``kind`` from its domain ``block`` (see the module docstring)."""
+    science = read_json(science_json)
+    summary = {**block, "kind": kind, "experiment": experiment}
+    summary.update({k: v for k, v in science.items() if k != "figures"})
+    summary["figures"] = sorted(set(figure_paths) | set(block.get("figures", [])) | set(science.get("figures", [])))
+    summary["config"] = config
+    summary["provenance"] = {**provenance.record(), **block.get("provenance", {})}
+    summary["scorecard"] = build_scorecard(summary, kind)
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m nht experiment-summary", description=__doc__)
+    ap.add_argument("--kind", choices=sorted(KINDS), required=True)
     ap.add_argument("--experiment", required=True)
-    ap.add_argument("--settings", type=json.loads, required=True)
-    ap.add_argument("--fit", required=True)
-    ap.add_argument("--figures", nargs="+", required=True)
-    ap.add_argument("--job-metas", nargs="+", required=True)
-    ap.add_argument("--science", required=True)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--config", type=json_arg, required=True, help="the experiment's resolved settings (JSON)")
+    ap.add_argument("--science", required=True, help="the experiment's science.json")
+    ap.add_argument("--figures", nargs="*", default=[])
+    ap.add_argument("--out", required=True, help="experiment_summary.json")
+    ap.add_argument("--fit", help="modular: fit.json")
+    ap.add_argument("--job-metas", nargs="+", help="modular: every training job's meta.json")
+    ap.add_argument("--norms", nargs="+", help="image: every cell's norms.json")
+    ap.add_argument("--table", help="image: where cells.csv goes")
     a = ap.parse_args(argv)
-    write_json(experiment_summary(a.experiment, a.settings, a.fit, a.figures, a.job_metas, a.science), a.out)
+    if a.kind == "modular":
+        if not (a.fit and a.job_metas):
+            ap.error("--kind modular needs --fit and --job-metas")
+        block = modular_block(a.fit, a.job_metas)
+    else:
+        if not (a.norms and a.table):
+            ap.error("--kind image needs --norms and --table")
+        from nht.domains.images.summary import image_block
+
+        block = image_block(a.norms, a.experiment, a.config, a.table)
+    write_json(experiment_summary(a.kind, a.experiment, a.config, block, a.figures, a.science), a.out)

@@ -28,11 +28,12 @@ def main(argv: list[str] | None = None) -> None:
 
     train_cell({**a.settings, **a.scheduling}, a.data, a.out, device=a.device, threads=a.threads,
                deterministic=not a.nondeterministic, tf32=a.tf32, cell_id=a.cell)
-    import pandas as pd
+    from nht.core.history import read_history
 
     meta = read_json(Path(a.out) / "meta.json")
-    last = pd.read_csv(Path(a.out) / "history.csv").iloc[-1]
+    last = read_history(Path(a.out) / "history.csv").iloc[-1]
     final = {f"final_{k}": float(last[k]) for k in ("train_acc", "test_acc", "phi", "worst_group_acc")
              if k in last.index}
-    print(json.dumps({"cell": meta["cell"], "status": meta["status"], "epochs_done": meta["epochs_done"],
-                      **final, "wall_s": meta["wall_s"]}))
+    cell = meta["cells"][a.cell]
+    print(json.dumps({"cell": a.cell, "status": cell["status"], "epochs_done": cell["epochs_done"],
+                      **final, "wall_seconds": meta["wall_seconds"]}))

@@ -4,7 +4,8 @@ Modular cells are trained in jobs: ``--job-history`` is the job's long table (a 
 and ``--out-history`` receives this cell's rows. Image cells have their own ``--history``. The
 record is :func:`nht.core.events.extract_events` plus the cell's grid axes, model and optimizer
 names, the final values of the domain's extra accuracy columns, and the training meta's status,
-stop reason, wall time and provenance.
+stop reason, the wall time of the cell's training job (``job_wall_seconds``, seconds) and
+provenance. Every domain's ``meta.json`` has one shape: a job's record with the cell under ``cells``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from nht.core.history import HistoryError, check_history, ordered_columns, read_
 from nht.core.io import json_arg, read_json, write_atomic, write_json
 
 EXTRA_FINALS = ("aligned_acc", "conflicting_acc", "shortcut_only_acc", "worst_group_acc")
-META_KEYS = ("stop_reason", "wall_s", "n_params", "n_train", "n_test", "steps", "epochs_done", "sum_lr")
+META_KEYS = ("stop_reason", "n_params", "n_train", "n_test", "steps", "epochs_done", "sum_lr")
 
 
 class MetaError(ValueError):
@@ -30,13 +31,13 @@ class MetaError(ValueError):
 
 
 def check_meta(meta, cell: str, where: str = "meta") -> dict:
-    """``meta`` if it holds what :func:`cell_record` reads for ``cell`` (its ``status``, the
-    ``provenance``; a job's meta has the cell under ``cells``), else :class:`MetaError`."""
+    """``meta`` if it holds what :func:`cell_record` reads for ``cell`` (the cell's ``status`` under
+    ``cells``, the job's ``provenance``; every domain writes this one shape), else :class:`MetaError`."""
     if not isinstance(meta, dict):
         raise MetaError(f"{where}: a training meta record is a JSON object, not {type(meta).__name__}")
-    if "cells" in meta and not (isinstance(meta["cells"], dict) and isinstance(meta["cells"].get(cell), dict)):
+    if not (isinstance(meta.get("cells"), dict) and isinstance(meta["cells"].get(cell), dict)):
         raise MetaError(f"{where}: no entry for cell {cell} under 'cells'")
-    cell_meta = meta["cells"][cell] if "cells" in meta else meta
+    cell_meta = meta["cells"][cell]
     missing = [k for k in ("status",) if k not in cell_meta] + [k for k in ("provenance",) if k not in meta]
     if missing:
         raise MetaError(f"{where}: missing field(s) {', '.join(missing)} of a training meta record (cell {cell})")
@@ -46,9 +47,10 @@ def check_meta(meta, cell: str, where: str = "meta") -> dict:
 def cell_record(history: pd.DataFrame, meta: dict, cell: str, kind: str, settings: dict) -> dict:
     """The ``norms.json`` record of one cell (see the module docstring)."""
     check_meta(meta, cell)
-    cell_meta = meta["cells"][cell] if "cells" in meta else meta
+    cell_meta = meta["cells"][cell]
     rec = {"cell": cell, "experiment": meta.get("experiment"), "kind": kind}
     rec.update({k: cell_meta[k] for k in META_KEYS if k in cell_meta})
+    rec["job_wall_seconds"] = meta.get("wall_seconds")
     rec.update(extract_events(history, settings, cell_meta["status"]))
     rec.update({axis: settings[axis] for axis in KINDS[kind].axes})
     rec["optimizer"] = settings["optimizer"]["name"]

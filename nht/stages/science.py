@@ -4,30 +4,30 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import pandas as pd
 
 from nht.core.history import HistoryError, read_history
 from nht.core.io import write_json
 from nht.science.cellrecords import RecordError, read_record
+from nht.stages import add_cell_files, check_cell_files
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m nht science", description=__doc__)
-    ap.add_argument("--norms", nargs="+", required=True)
-    ap.add_argument("--histories", nargs="+", required=True)
+    add_cell_files(ap)  # the cell ids come from the records
     ap.add_argument("--out", required=True)
     ap.add_argument("--figure-dir", required=True)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
+    check_cell_files(ap, a)
     from nht.science.analyse import analyse_experiment  # matplotlib only where figures are drawn
 
     # malformed input is an error naming the file, never a cell counted as 'strong' or a KeyError
     try:
         records = [read_record(p) for p in a.norms]
-        hist = {Path(p).parent.name: read_history(p) for p in a.histories}
+        hist = {r["cell"]: read_history(p) for r, p in zip(records, a.histories)}
     except (RecordError, HistoryError, OSError) as err:
         sys.exit(f"nht science: {err}")
     layers = {r["cell"]: r.get("layers") or {} for r in records}

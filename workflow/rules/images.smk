@@ -7,7 +7,7 @@
 #   image_norms               one cell's history -> {R}/<experiment>/cells/<cell>/norms.json (nht.core.events)
 #   image_figures             all cells -> {R}/<experiment>/figures/*.png
 #   (science, workflow/rules/science.smk: all cells -> {R}/<experiment>/science.json, as for modular)
-#   image_experiment_summary  all cells + figures + science -> {R}/<experiment>/experiment_summary.json, cells.csv
+#   image_experiment_summary  all cells' norms.json + figures + science -> {R}/<experiment>/experiment_summary.json, cells.csv
 
 
 include: "images_common.smk"
@@ -162,7 +162,7 @@ rule image_norms:
         " --kind image --cell {wildcards.cell:q} --settings {params.settings:q} --out-norms {output.norms:q}"
 
 
-IMAGE_FIGURE_NAMES = ("clean_acc_vs_rho", "norm_curves", "phase_diagram", "layer_norms")
+IMAGE_FIGURE_NAMES = ("test_acc_vs_rho", "norm_curves", "phase_diagram", "layer_norms")
 IMAGE_FIGURES_RULE = RC.rule(
     "image_figures",
     exists=lambda w: w.experiment in IMAGE_EXPERIMENTS,
@@ -197,7 +197,8 @@ rule image_figures:
         mem_mb=2000,
         runtime=10,
     shell:
-        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht image-figures --norms {input.norms:q} --out-dir {params.outdir:q}"
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht image-figures --norms {input.norms:q}"
+        " --histories {input.history:q} --out-dir {params.outdir:q}"
         " --config {params.config:q}"
 
 
@@ -205,8 +206,6 @@ IMAGE_SUMMARY_RULE = RC.rule(
     "image_experiment_summary",
     exists=lambda w: w.experiment in IMAGE_EXPERIMENTS,
     inputs=lambda w: {"norms": [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in IMAGE_CELLS[w.experiment]],
-                      "history": [f"{R}/{w.experiment}/cells/{c.id}/history.csv"
-                                  for c in IMAGE_CELLS[w.experiment]],
                       "figures": [f"{R}/{w.experiment}/figures/{name}.png" for name in IMAGE_FIGURE_NAMES],
                       "science": f"{R}/{w.experiment}/science.json"},
     outputs={"summary": f"{R}/{{experiment}}/experiment_summary.json", "table": f"{R}/{{experiment}}/cells.csv"},
@@ -234,6 +233,7 @@ rule image_experiment_summary:
         mem_mb=1000,
         runtime=5,
     shell:
-        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht image-summary --experiment {wildcards.experiment:q} --norms {input.norms:q}"
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht experiment-summary --kind image"
+        " --experiment {wildcards.experiment:q} --norms {input.norms:q}"
         " --figures {input.figures:q} --science {input.science:q} --config {params.config:q} --out {output.summary:q}"
         " --table {output.table:q}"

@@ -158,6 +158,7 @@ FIGURES_MODULAR = RC.rule(
                         subcategory="{experiment}") if k.endswith("png") else v)
              for k, v in MODULAR_FIGURES.items()},
     params={"out_dir": lambda w: f"{R}/{w.experiment}/figures",
+            "cells": lambda w: [c.id for c in cells_of(w.experiment)],
             "max_cells": lambda w: config["experiments"][w.experiment]["figure_cells_max"]},
 )
 
@@ -183,7 +184,7 @@ rule figures_modular:
         runtime=10,
     shell:
         "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht figures --cells-table {input.table:q} --histories {input.histories:q}"
-        " --fit {input.fit:q} --out-dir {params.out_dir:q} --max-cells {params.max_cells}"
+        " --cells {params.cells:q} --fit {input.fit:q} --out-dir {params.out_dir:q} --max-cells {params.max_cells}"
 
 
 EXPERIMENT_SUMMARY_MODULAR = RC.rule(
@@ -193,7 +194,7 @@ EXPERIMENT_SUMMARY_MODULAR = RC.rule(
                       "figures": [p.format(experiment=w.experiment) for p in MODULAR_FIGURES.values()],
                       "metas": [f"{R}/{w.experiment}/jobs/{j.id}/meta.json" for j in jobs_of(w.experiment)]},
     outputs={"summary": f"{R}/{{experiment}}/experiment_summary.json"},
-    params={"settings": lambda w: json.dumps(config["experiments"][w.experiment])},
+    params={"config": lambda w: json.dumps(config["experiments"][w.experiment])},
 )
 
 
@@ -217,6 +218,6 @@ rule experiment_summary_modular:
         mem_mb=500,
         runtime=5,
     shell:
-        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht experiment-summary --experiment {wildcards.experiment:q}"
-        " --settings {params.settings:q} --fit {input.fit:q} --figures {input.figures:q}"
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht experiment-summary --kind modular"
+        " --experiment {wildcards.experiment:q} --config {params.config:q} --fit {input.fit:q} --figures {input.figures:q}"
         " --job-metas {input.metas:q} --science {input.science:q} --out {output.summary:q}"

@@ -6,8 +6,6 @@ SUMMARY_RULE = RC.rule(
     outputs={"summary": SUMMARY, "markdown": P.fill("{results}/scorecard.md", config),
              "html": report(P.fill("{results}/scorecard.html", config), caption="../report/scorecard.rst",
                             category="Scorecard")},
-    params={"paths": lambda w: json.dumps({name: f"{R}/{name}/experiment_summary.json"
-                                           for name in config["experiments"]})},
 )
 
 
@@ -29,4 +27,5 @@ rule summary:
         mem_mb=500,
         runtime=5,
     shell:
-        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht summary --experiment-summaries {params.paths:q} --out {output.summary:q}"
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht summary --experiment-summaries {input.summaries:q} --out {output.summary:q}"
+        " --out-markdown {output.markdown:q} --out-html {output.html:q}"

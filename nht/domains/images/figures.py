@@ -1,6 +1,6 @@
 """Figures of one image experiment (PNG, matplotlib Agg).
 
-* ``clean_acc_vs_rho.png``  final clean accuracy (mean +- sd over seeds) and shortcut reliance vs rho,
+* ``test_acc_vs_rho.png``  final clean accuracy (mean +- sd over seeds) and shortcut reliance vs rho,
   one line per lambda;
 * ``norm_curves.png``       V = ||theta||^2 over epochs, one colour per lambda (at the reference rho);
 * ``phase_diagram.png``     lambda x rho grid coloured by the most common regime (the one vocabulary of
@@ -20,21 +20,25 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nht.core.events import REGIMES  # noqa: E402
+from nht.core.history import read_history  # noqa: E402
 from nht.domains.images.summary import _pick_reference, load_cells  # noqa: E402
 from nht.science.plotting import save_figure  # noqa: E402
 
-FIGURES = ("clean_acc_vs_rho", "norm_curves", "phase_diagram", "layer_norms")
+FIGURES = ("test_acc_vs_rho", "norm_curves", "phase_diagram", "layer_norms")
 
 
-def _history(norms_path: str) -> pd.DataFrame:
-    return pd.read_csv(Path(norms_path).with_name("history.csv"))
-
-
-def make_figures(norms_paths, out_dir: str | Path, exp_config: dict | None = None) -> list[str]:
+def make_figures(norms_paths, history_paths, out_dir: str | Path, exp_config: dict | None = None) -> list[str]:
+    """Draw the figures from the cells' ``norms.json`` and their ``history.csv`` (``history_paths[i]``
+    is the history of ``norms_paths[i]``) into ``out_dir``; returns the paths written."""
     exp_config = exp_config or {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     df = load_cells(norms_paths)
+    history_of = dict(zip(df["cell"], history_paths))
+
+    def _history(cell: str) -> pd.DataFrame:
+        return read_history(history_of[cell])
+
     ok = df[df["status"] != "diverged"]
     ref_rho = _pick_reference(df, "rho", "weight_decay", exp_config.get("reference_rho"))
     lams = sorted(df["weight_decay"].unique())
@@ -59,7 +63,7 @@ def make_figures(norms_paths, out_dir: str | Path, exp_config: dict | None = Non
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     sel = df[np.isclose(df["rho"], ref_rho)]
     for _, row in sel.iterrows():
-        h = _history(row["path"])
+        h = _history(row["cell"])
         ax.plot(h["epoch"], h["V"], color=colour[row["weight_decay"]], alpha=0.8,
                 label=f"λ={row['weight_decay']:g}")
     handles, labels = ax.get_legend_handles_labels()
@@ -99,7 +103,7 @@ def make_figures(norms_paths, out_dir: str | Path, exp_config: dict | None = Non
             picks.append(g.iloc[0])
     fig, axes = plt.subplots(1, max(1, len(picks)), figsize=(5 * max(1, len(picks)), 3.5), squeeze=False)
     for ax, row in zip(axes[0], picks):
-        h = _history(row["path"])
+        h = _history(row["cell"])
         for col in [c for c in h.columns if c.startswith("V:")]:
             ax.plot(h["epoch"], h[col], label=col.split(":", 1)[1])
         ax.set(xlabel="epoch", ylabel="per-layer V (squared L2)", yscale="log",

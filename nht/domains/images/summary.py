@@ -4,15 +4,15 @@
 sample standard deviation, 0.0 when n = 1; rho/lambda keys are rendered like cell ids, e.g. "0.5"):
 
 * ``kind``: "image"; ``experiment``; ``cells``: number of cells; ``status``: {finished|time_limit|diverged: count}
-* ``clean_acc_by_strength``: {rho: [mean, sd, n]} of final clean accuracy at ``reference_weight_decay``
-* ``reliance_by_strength``: {rho: [mean, sd, n]} of final shortcut reliance, same cells
-* ``clean_acc_by_strength_and_decay``: {lambda: {rho: [mean, sd, n]}}
+* ``test_acc_by_rho``: {rho: [mean, sd, n]} of final ``test_acc`` (clean test set) at ``reference_weight_decay``
+* ``phi_by_rho``: {rho: [mean, sd, n]} of final ``phi`` (shortcut reliance), same cells
+* ``test_acc_by_rho_and_weight_decay``: {lambda: {rho: [mean, sd, n]}} of final ``test_acc``
 * ``regimes``: {weak|intermediate|strong|immediate|diverged: count} over all cells, the one regime
   vocabulary of :mod:`nht.core.events` (the same rule as modular cells)
 * ``cells_norm_never_grew``: cells whose V never exceeded V_init (their decay is shrinkage of the
   initialisation, not a peak-then-decay)
 * ``decay_from_peak``: {lambda: [mean, sd, n]} of decay from peak in PERCENT at ``reference_rho``
-* ``decay_from_peak_by_strength``: {rho: {lambda: [mean, sd, n]}}
+* ``decay_from_peak_by_rho``: {rho: {lambda: [mean, sd, n]}}
 * ``step_peak``: {lambda: [mean, sd, n]} step of the V peak at ``reference_rho``
 * ``decay_budget``: {lambda: Lambda at the end} (mean over cells), the total decoupled decay applied
 * ``norm_ratio``: mean V_final at the smallest lambda / mean V_final at the largest (at reference_rho;
@@ -25,8 +25,11 @@ sample standard deviation, 0.0 when n = 1; rho/lambda keys are rendered like cel
   the same as for modular experiments): ``delay_law``, ``prediction``, ``decay_rate``,
   ``clean_norm_separation``, ``norm_ordering``, ``regime_ordering``, ``layer_hierarchy``, ... and
   the ``scorecard``
-* ``reference_rho``, ``reference_weight_decay``; ``figures``: list of paths; ``wall_s``: sum over cells
-* ``provenance``: code_version, torch, devices, config (the experiment's resolved settings)
+* ``reference_rho``, ``reference_weight_decay``; ``figures``: list of paths;
+  ``training``: jobs (one per cell), train_wall_seconds (sum of the cells' training seconds),
+  cell_steps (sum of the cells' steps), devices (as for modular experiments)
+* ``provenance``: code_version, torch, devices of the cells' training; ``config``: the experiment's
+  resolved settings (both placed as for every domain by :mod:`nht.stages.experiment_summary`)
 """
 
 from __future__ import annotations
@@ -38,16 +41,16 @@ import pandas as pd
 
 from nht.config import format_value
 from nht.core.events import REGIMES
-from nht.core.io import read_json, write_json
-from nht.science.scorecard import build_scorecard
+from nht.core.io import finite_or_none, read_json
 
 
 def mean_sd_n(values) -> list:
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
-    if len(v) == 0:
+    """``[mean, sample sd, n]`` of the finite values (sd 0.0 for one value; ``[None, None, 0]`` for none)."""
+    v = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").replace([np.inf, -np.inf], np.nan).dropna()
+    if v.empty:
         return [None, None, 0]
-    sd = float(v.std(ddof=1)) if len(v) > 1 else 0.0
-    return [float(v.mean()), sd, int(len(v))]
+    mean, sd, n = v.agg(["mean", "std", "count"])
+    return [float(mean), float(sd) if n > 1 else 0.0, int(n)]
 
 
 def load_cells(norms_paths) -> pd.DataFrame:
@@ -105,14 +108,14 @@ def summarize(df: pd.DataFrame, experiment: str, exp_config: dict, figures: list
         "status": {str(k): int(v) for k, v in status.items()},
         "reference_weight_decay": ref_wd,
         "reference_rho": ref_rho,
-        "clean_acc_by_strength": _by(at_wd, "rho", "final_test_acc"),
-        "reliance_by_strength": _by(at_wd, "rho", "final_phi"),
-        "clean_acc_by_strength_and_decay": {
+        "test_acc_by_rho": _by(at_wd, "rho", "final_test_acc"),
+        "phi_by_rho": _by(at_wd, "rho", "final_phi"),
+        "test_acc_by_rho_and_weight_decay": {
             format_value(float(lam)): _by(g, "rho", "final_test_acc") for lam, g in ok.groupby("weight_decay")},
         "regimes": regimes,
         "cells_norm_never_grew": int((df.get("norm_grew", pd.Series(dtype=object)) == False).sum()),  # noqa: E712
         "decay_from_peak": _by(at_rho_ok, "weight_decay", "decay_pct"),
-        "decay_from_peak_by_strength": {
+        "decay_from_peak_by_rho": {
             format_value(float(r)): _by(g, "weight_decay", "decay_pct") for r, g in ok.groupby("rho")},
         "step_peak": _by(at_rho_ok, "weight_decay", "V_peak_step"),
         "decay_budget": {format_value(float(lam)): float(g["Lambda_final"].mean())
@@ -121,12 +124,14 @@ def summarize(df: pd.DataFrame, experiment: str, exp_config: dict, figures: list
         "norm_ratio_detail": detail,
         "worst_group_acc": wga,
         "figures": list(figures),
-        "wall_s": float(df["wall_s"].sum()),
+        "training": {"jobs": int(len(df)),
+                     "train_wall_seconds": float(df.get("job_wall_seconds", pd.Series(dtype=float)).sum()),
+                     "cell_steps": int(df.get("steps", pd.Series(dtype=float)).sum()),
+                     "devices": sorted({str(v) for v in df["device"] if v})},
         "provenance": {
             "code_version": next((v for v in df["code_version"] if v), None),
             "torch": next((v for v in df["torch"] if v), None),
             "devices": sorted({str(v) for v in df["device"] if v}),
-            "config": exp_config,
         },
     }
 
@@ -138,22 +143,16 @@ def transitions(df: pd.DataFrame) -> dict:
     inter = df[df["regime"] == "intermediate"]
     keys = ("weight_decay", "seed", "T_fit", "T_transition", "epoch_fit", "epoch_transition", "Lambda_fit",
             "Lambda_transition")
-    cells = {c: {k: (None if pd.isna(r.get(k)) else float(r.get(k))) for k in keys if k in inter.columns}
+    cells = {c: {k: finite_or_none(r.get(k)) for k in keys if k in inter.columns}
              for c, r in zip(inter["cell"], inter.to_dict("records"))}
     return {"n_cells": int(len(df)), "n_intermediate": int(len(inter)), "regimes": regimes, "cells": cells}
 
 
-def write_summary(norms_paths, experiment: str, exp_config: dict, figures: list[str], science_json: str,
-                  out: str | Path, table: str | Path | None = None) -> dict:
-    """``experiment_summary.json``: the image summary, the science layer's blocks and the scorecard."""
+def image_block(norms_paths, experiment: str, exp_config: dict, table: str | Path) -> dict:
+    """The image part of ``experiment_summary.json`` (:func:`summarize`; the experiment summary
+    stage, :mod:`nht.stages.experiment_summary`, adds the science blocks, config and scorecard),
+    and the cells' records as a table at ``table`` (``cells.csv``)."""
     df = load_cells(norms_paths)
-    if table:
-        df.drop(columns=["layers"], errors="ignore").sort_values(
-            ["rho", "border", "lr", "weight_decay", "seed"]).to_csv(table, index=False)
-    result = summarize(df, experiment, exp_config, figures)
-    science = read_json(science_json)
-    result["figures"] = sorted(set(result["figures"]) | set(science.pop("figures", [])))
-    result.update(science)
-    result["scorecard"] = build_scorecard(result, "image")
-    write_json(result, out)
-    return result
+    df.drop(columns=["layers"], errors="ignore").sort_values(
+        ["rho", "border", "lr", "weight_decay", "seed"]).to_csv(table, index=False)
+    return summarize(df, experiment, exp_config, [])

@@ -11,9 +11,12 @@ Outputs in the cell directory::
                   the border's class), V (squared L2 norm); then lr, wall_s (seconds),
                   aligned_acc, conflicting_acc, shortcut_only_acc, group_acc:y<y>_a<a> and
                   worst_group_acc (datasets with a spurious attribute), V_no_norm, V:<tensor>
-    meta.json     cell, experiment, status (finished | diverged | time_limit), stop_reason,
-                  steps, epochs_done, sum_lr, n_params, n_train, n_test, wall_s, settings,
-                  provenance
+    meta.json     the training meta of every domain (a job of one cell; as
+                  :func:`nht.domains.modular.train.train_job` writes): job (= the cell id),
+                  experiment, n_cells (1), cells: {cell: {status (finished | diverged |
+                  time_limit), stop_reason, steps, epochs_done, sum_lr, n_params, n_train,
+                  n_test}}, settings, wall_seconds and cell_steps (this process), cell_steps_per_second,
+                  resumed_from_step, provenance
     checkpoint.pt resumable state, written every ``checkpoint_seconds`` at an epoch end; deleted on success
 
 Training computes no summary (the ``norms`` stage reads history and meta). Resuming from the
@@ -188,7 +191,7 @@ def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, devic
                cell_id: str = "", stop_after_epoch: int | None = None,
                progress_every_s: float = 20.0) -> dict:
     """Train one cell (``settings`` = the cell's resolved config values), write ``history.csv`` and
-    ``meta.json`` in ``out_dir`` and return the meta dict.
+    ``meta.json`` in ``out_dir`` and return the meta dict (the cell's entry is ``meta["cells"][cell_id]``).
 
     ``stop_after_epoch`` (tests only) simulates a kill: it writes a checkpoint after that epoch and
     returns ``{"aborted_at": step}`` without final outputs.
@@ -213,11 +216,13 @@ def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, devic
     hist = pd.DataFrame(res.history[cell_id])
     hist = hist[ordered_columns(hist.columns)]
     status = res.status[cell_id]
-    meta = {"cell": cell_id, "experiment": s.get("experiment"), "status": status["status"],
-            "stop_reason": status["stop_reason"], "steps": cell.step, "epochs_done": int(hist["epoch"].iloc[-1]),
-            "sum_lr": cell.sum_lr, "n_params": n_params(cell.model), "n_train": cell.n,
-            "n_test": int(len(cell.y_test)), "wall_s": res.elapsed_s, "settings": s,
-            "provenance": res.provenance}
+    meta = {"job": cell_id, "experiment": s.get("experiment"), "n_cells": 1,
+            "cells": {cell_id: {"status": status["status"], "stop_reason": status["stop_reason"], "steps": cell.step,
+                                "epochs_done": int(hist["epoch"].iloc[-1]), "sum_lr": cell.sum_lr,
+                                "n_params": n_params(cell.model), "n_train": cell.n, "n_test": int(len(cell.y_test))}},
+            "settings": s, "wall_seconds": res.wall_s, "cell_steps": res.cell_steps,
+            "cell_steps_per_second": res.cell_steps / max(res.wall_s, 1e-9),
+            "resumed_from_step": res.resumed_from_step, "provenance": res.provenance}
     write_atomic(out / "history.csv", hist.to_csv(index=False))
     write_json(meta, out / "meta.json")
     ckpt.unlink(missing_ok=True)
