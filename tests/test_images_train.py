@@ -200,3 +200,15 @@ def test_time_limit_stops_at_an_epoch_end(tmp_path):
     res = train_cell(cell.settings, path, tmp_path / "t", threads=1, cell_id=cell.id)["cells"][cell.id]
     assert res["status"] == "time_limit" and 1 <= res["epochs_done"] < 10_000
     assert res["epochs_done"] == len(pd.read_csv(tmp_path / "t" / "history.csv")) - 1
+
+
+def test_bf16_precision_is_applied_not_ignored(tmp_path):
+    """precision: bf16 reaches the image trainer (one precision option for every domain)."""
+    cell, path = _cell(tmp_path, epochs=1)
+    meta = train_cell(cell.settings, path, tmp_path / "bf16", threads=1, cell_id=cell.id, precision="bf16")
+    assert meta["cells"][cell.id]["status"] == "finished" and meta["provenance"]["precision"] == "bf16"
+    fp32 = train_cell(cell.settings, path, tmp_path / "fp32", threads=1, cell_id=cell.id)
+    assert fp32["provenance"]["precision"] == "fp32"
+    h16, h32 = (read_history(tmp_path / d / "history.csv") for d in ("bf16", "fp32"))
+    assert np.isfinite(h16["loss"].iloc[1:]).all()
+    assert not np.array_equal(h16["loss"].iloc[1:], h32["loss"].iloc[1:])   # the forward ran in bfloat16

@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--nondeterministic", action="store_true")
-    ap.add_argument("--tf32", action="store_true")
+    ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
+                    help="as for modular training (nht.core.device): tf32 matmuls, or bf16 autocast")
     ap.add_argument("--scheduling", type=json_arg, default={},
                     help="JSON: settings added to the cell's that change only speed, memory or resumption "
                          "(nht.config.SCHEDULING_KEYS: threads, eval_batch_size, checkpoint_seconds)")
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     from nht.domains.images.train import train_cell  # torch is imported only here
 
     train_cell({**a.settings, **a.scheduling}, a.data, a.out, device=a.device, threads=a.threads,
-               deterministic=not a.nondeterministic, tf32=a.tf32, cell_id=a.cell)
+               deterministic=not a.nondeterministic, precision=a.precision, cell_id=a.cell)
     from nht.core.history import read_history
 
     meta = read_json(Path(a.out) / "meta.json")

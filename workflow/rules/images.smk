@@ -93,7 +93,7 @@ IMAGE_TRAIN_RULE = RC.rule(
         "outdir": lambda w: f"{R}/{w.experiment}/cells/{w.cell}",
         "device": config.get("device", "auto"),
         "det": "" if config.get("deterministic", True) else "--nondeterministic",
-        "tf32": "--tf32" if config.get("precision", "fp32") == "tf32" else "",
+        "precision": config.get("precision", "fp32"),
     },
     scheduling={"scheduling": lambda w: _img_json.dumps(CELLS[w.cell].scheduling, sort_keys=True)},
 )
@@ -123,7 +123,7 @@ rule image_train:
     shell:
         "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht image-train --settings {params.settings:q} --data {input.data:q}"
         " --out {params.outdir:q} --cell {wildcards.cell:q} --device {params.device:q} --threads {threads}"
-        " {params.det} {params.tf32} --scheduling {params.scheduling:q}"
+        " {params.det} --precision {params.precision:q} --scheduling {params.scheduling:q}"
 
 
 IMAGE_NORMS_RULE = RC.rule(

@@ -85,8 +85,9 @@ def make_optimizer(model, s: dict):
 class ImageCell:
     """The image domain of :func:`nht.core.loop.run`: one cell, evaluated at every epoch end."""
 
-    def __init__(self, s: dict, d: dict, device: torch.device, cell_id: str):
+    def __init__(self, s: dict, d: dict, device: torch.device, cell_id: str, precision: str = "fp32"):
         self.s, self.device, self.cells, self.active = s, device, [cell_id], [cell_id]
+        self.precision = precision          # bf16: autocast of every forward pass (nht.core.device)
         self.x_train = torch.from_numpy(d["x_train"]).to(device)
         self.y_train = torch.from_numpy(d["y_train"]).to(device)
         self.tests = {k: torch.from_numpy(d[f"x_{k}"]).to(device) for k in TEST_SETS}
@@ -123,8 +124,9 @@ class ImageCell:
         xb = self._normalise(self.x_train[idx])
         if self.noise_gen is not None:
             xb = xb + self.noise * torch.randn(xb.shape, generator=self.noise_gen, dtype=xb.dtype).to(self.device)
-        logits = self.model(xb)
-        loss = F.cross_entropy(logits, self.y_train[idx])
+        with devmod.autocast(self.device, self.precision):
+            logits = self.model(xb)
+        loss = F.cross_entropy(logits.float(), self.y_train[idx])
         if not torch.isfinite(loss):
             return loss.detach().reshape(1)
         self.opt.zero_grad(set_to_none=True)
@@ -141,7 +143,8 @@ class ImageCell:
     def _predict(self, x: torch.Tensor) -> np.ndarray:
         self.model.eval()
         batch = int(self.s["eval_batch_size"])
-        out = [self.model(self._normalise(x[i:i + batch])).argmax(1) for i in range(0, len(x), batch)]
+        with devmod.autocast(self.device, self.precision):
+            out = [self.model(self._normalise(x[i:i + batch])).argmax(1) for i in range(0, len(x), batch)]
         self.model.train()
         return torch.cat(out).cpu().numpy()
 
@@ -187,7 +190,7 @@ class ImageCell:
 
 
 def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, device: str = "auto",
-               threads: int | None = None, deterministic: bool = True, tf32: bool = False,
+               threads: int | None = None, deterministic: bool = True, precision: str = "fp32",
                cell_id: str = "", stop_after_epoch: int | None = None,
                progress_every_s: float = 20.0) -> dict:
     """Train one cell (``settings`` = the cell's resolved config values), write ``history.csv`` and
@@ -201,11 +204,10 @@ def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, devic
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
     dev = devmod.resolve_device(device)
-    precision = "tf32" if tf32 else "fp32"
     devmod.configure(threads or s.get("threads"), deterministic, precision)
     devmod.seed_everything(int(s["seed"]))
     d = load_npz(data_path)
-    cell = ImageCell(s, d, dev, cell_id)
+    cell = ImageCell(s, d, dev, cell_id, precision)
     res = loop.run(cell, code_module=__name__, name=cell_id, checkpoint=ckpt,
                    checkpoint_every_s=float(s["checkpoint_seconds"]), progress_every_s=progress_every_s,
                    stop_after_steps=None if stop_after_epoch is None else stop_after_epoch * cell.steps_per_epoch,
