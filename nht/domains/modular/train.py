@@ -121,6 +121,9 @@ class Trainer:
         self.cells = [c.id for c in cells]
         self.hp = {c.id: {"lr": float(c["lr"]), "weight_decay": float(c["weight_decay"]),
                           "init_scale": float(c["init_scale"]), "seed": int(c["seed"])} for c in cells}
+        bad = [c for c in self.cells if not self.hp[c]["lr"] > 0]
+        if bad:
+            raise ValueError(f"lr must be > 0, got {[self.hp[c]['lr'] for c in bad]} for cells {bad}")
         self.max_steps, self.eval_every = int(s["max_steps"]), int(s["eval_every"])
         self.x_train = torch.as_tensor(data["x_train"], device=device)
         self.y_train = torch.as_tensor(data["y_train"], device=device)
@@ -211,7 +214,7 @@ class Trainer:
     def _constants(self) -> None:
         """Per-step constants as tensors on the device (a Python number in a tensor op costs a
         host-side conversion every call), and AdamW's bias corrections by step count, in float64:
-        row t = (1, sqrt(1 - b2^t) / (1 - b1^t), sqrt(1 - b2^t))."""
+        row t = (1, (1 - b1^t) / sqrt(1 - b2^t), 1 - b1^t)."""
         dev, f64 = self.device, torch.float64
         self._one = torch.ones((), dtype=torch.long, device=dev)
         batch = self.n_train if self.full_batch else min(int(self.s["batch_size"]), self.n_train)
@@ -221,8 +224,8 @@ class Trainer:
         if self.opt["name"] == "adamw":
             b1, b2 = (float(b) for b in self.opt["betas"])
             t = torch.arange(self.max_steps + 2, dtype=f64).clamp(min=1)
-            self._bias = torch.stack([torch.ones_like(t), (1.0 - b2 ** t).sqrt() / (1.0 - b1 ** t),
-                                      (1.0 - b2 ** t).sqrt()], 1).to(dev)
+            self._bias = torch.stack([torch.ones_like(t), (1.0 - b1 ** t) / (1.0 - b2 ** t).sqrt(),
+                                      1.0 - b1 ** t], 1).to(dev)
             self._b2 = torch.tensor(b2, dtype=self.flat.dtype, device=dev)
         else:
             self._mu = torch.tensor(float(self.opt.get("momentum", 0.0)), dtype=self.flat.dtype, device=dev)
@@ -232,14 +235,15 @@ class Trainer:
         drops a captured CUDA graph) and the positions of the active cells among the slots.
 
         ``_live``/``_dead`` (slots, 3), float64: the optimizer coefficients of an updated and of a
-        masked cell, before the step-dependent factor (AdamW: decay 1 - lr wd, -lr, eps; SGD: wd, -lr)."""
+        masked cell, before the step-dependent factor (AdamW: decay 1 - lr wd, -1/lr, -eps/lr; SGD: wd, -lr)."""
         f64 = dict(dtype=torch.float64, device=self.device)
         self.lr = torch.tensor([self.hp[c]["lr"] for c in self.slots], **f64)
         self.wd = torch.tensor([self.hp[c]["weight_decay"] for c in self.slots], **f64)
         if self.opt["name"] == "adamw":
-            eps = torch.full_like(self.lr, float(self.opt["eps"]))
-            self._live = torch.stack([1.0 - self.lr * self.wd, -self.lr, eps], 1)
-            self._dead = torch.stack([torch.ones_like(self.lr), torch.zeros_like(self.lr), torch.ones_like(self.lr)], 1)
+            neg_inv_lr = -1.0 / self.lr
+            self._live = torch.stack([1.0 - self.lr * self.wd, neg_inv_lr, float(self.opt["eps"]) * neg_inv_lr], 1)
+            self._dead = torch.stack([torch.ones_like(self.lr), torch.zeros_like(self.lr),
+                                      torch.full_like(self.lr, float("inf"))], 1)
         else:
             self._live = torch.stack([self.wd, -self.lr, torch.zeros_like(self.lr)], 1)
             self._dead = torch.zeros_like(self._live)
@@ -349,7 +353,7 @@ class Trainer:
 
         Per cell, torch's single-tensor AdamW: ``p *= 1 - lr wd``; ``m = lerp(m, g, 1 - b1)``;
         ``v = b2 v + (1 - b2) g^2``; ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``
-        (computed as ``lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps sqrt(1 - b2^t))``),
+        (computed as ``p += m / (k1 sqrt(v) + k2)``, k1 and k2 per cell, below),
         with lr, wd and the step count t per-cell tensors; the coefficients are computed in float64
         like torch's Python floats, then rounded to the parameters' dtype. A masked cell
         (``alive`` False: stopped, or a non-finite loss) gets a zero gradient, decay 1 and step
@@ -358,15 +362,16 @@ class Trainer:
         """
         b1, b2 = (float(b) for b in self.opt["betas"])
         torch.where(self._alive_col, self._live * self._bias[self.t], self._dead, out=self._coef64)
-        self._coef.copy_(self._coef64)     # columns: decay, -lr sqrt(1-b2^t)/(1-b1^t), eps sqrt(1-b2^t)
+        self._coef.copy_(self._coef64)     # columns: decay, k1, k2 (below)
         g = torch.where(self._alive_col, self.grad, self._zero, out=self.grad)
         p = self.flat
         p.mul_(self._c0)
         self.m.lerp_(g, 1.0 - b1)
         self.v.mul_(self._b2).addcmul_(g, g, value=1.0 - b2)
-        # lr/(1-b1^t) m / (sqrt(v)/sqrt(1-b2^t) + eps), numerator and denominator times sqrt(1-b2^t):
-        # two passes over memory fewer, the same update up to rounding
-        p.addcdiv_(self.m * self._c1, self.v.sqrt().add_(self._c2))
+        # p -= lr/(1-b1^t) m / (sqrt(v)/sqrt(1-b2^t) + eps) written as p += m / (k1 sqrt(v) + k2) with
+        # k1 = -(1-b1^t)/(lr sqrt(1-b2^t)), k2 = eps k1 sqrt(1-b2^t): four passes over memory fewer,
+        # the same update up to rounding (a masked cell: k1 = 0, k2 = inf, so m / inf = 0)
+        p.addcdiv_(self.m, torch.addcmul(self._c2, self.v.sqrt(), self._c1))
 
     def _sgd(self) -> None:
         """SGD on L_train + lambda/2 ||theta||^2 (gradient + lambda theta), optional momentum, for
