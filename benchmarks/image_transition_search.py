@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO))
 
 from nht.config import expand_cells, validate_config  # noqa: E402
 from nht.core.io import stable_hash  # noqa: E402
-from nht.core.events import extract_events  # noqa: E402
+from nht.core.events import REGIMES, extract_events  # noqa: E402
 from nht.core.io import write_json  # noqa: E402
 from nht.domains.images.data import load_dataset, load_npz, save_npz  # noqa: E402
 from nht.domains.images.shortcuts import inject  # noqa: E402
@@ -67,7 +67,8 @@ from nht.domains.images.train import train_cell  # noqa: E402
 # The search's exploratory transition rule (see the module docstring and shortcut_phases).
 PHASE_RULE = {"fit_train": 0.9, "fit_reliance": 0.7, "sustain_reliance": 0.5, "sustain_min": 5,
               "sustain_frac": 0.05, "rise": 0.20, "fall": 0.30}
-PHASE_REGIMES = ("no_fit", "no_shortcut", "immediate", "shortcut_persists", "delayed")
+# the one regime vocabulary (nht.core.events.REGIMES; a search cell never diverges into a phase)
+PHASE_REGIMES = tuple(r for r in REGIMES if r != "diverged")
 
 FIT_TRAIN, FIT_REL = PHASE_RULE["fit_train"], PHASE_RULE["fit_reliance"]
 SUSTAIN_REL, SUSTAIN_MIN, SUSTAIN_FRAC = (PHASE_RULE[k] for k in ("sustain_reliance", "sustain_min", "sustain_frac"))
@@ -173,10 +174,11 @@ def shortcut_phases(epochs, train_acc, clean_acc, reliance, V=None, decay_budget
     3. switch at ``t_switch``: first epoch >= t_fit + K with clean accuracy >= clean(t_fit) + rise and
        reliance <= reliance(t_fit) - fall.
 
-    ``phase_regime``: ``no_fit`` (train accuracy never reached fit_train: learning suppressed, the
-    strong regime), ``no_shortcut`` (fitted, but never with reliance >= fit_reliance), ``immediate``
-    (fit on the cue, reliance gone within K epochs), ``shortcut_persists`` (sustained, no switch: the
-    weak regime), ``delayed`` (sustained, then the switch: the intermediate regime, a transition).
+    ``phase_regime``, in the one regime vocabulary of :mod:`nht.core.events` (:data:`PHASE_REGIMES`)
+    but by this search's own rule: ``strong`` (train accuracy never reached fit_train: learning
+    suppressed), ``immediate`` (fitted but never with reliance >= fit_reliance, or fit on the cue and
+    reliance gone within K epochs), ``weak`` (sustained, no switch: the shortcut persists),
+    ``intermediate`` (sustained, then the switch: a transition).
     ``score`` = max over epochs >= t_fit + K of min(1, rise_e / rise, fall_e / fall), clipped at 0
     (rise/fall relative to t_fit; from epoch 1 when there is no fit); ``late_rise``: clean accuracy rose
     by >= rise after a sustained fit (or, with no fit, after epoch 1).
@@ -188,7 +190,7 @@ def shortcut_phases(epochs, train_acc, clean_acc, reliance, V=None, decay_budget
     tr, cl, rel = (np.asarray(a, dtype=float)[keep] for a in (train_acc, clean_acc, reliance))
     V = np.asarray(V, dtype=float)[keep] if V is not None else np.full(len(ep), np.nan)
     lam = np.asarray(decay_budget, dtype=float)[keep] if decay_budget is not None else np.full(len(ep), np.nan)
-    out = {"phase_regime": "no_fit", "transition": False, "t_fit": None, "t_switch": None, "Lambda_fit": None,
+    out = {"phase_regime": "strong", "transition": False, "t_fit": None, "t_switch": None, "Lambda_fit": None,
            "Lambda_switch": None, "V_fit": None, "V_switch": None, "sustained": False, "sustain_epochs": None,
            "score": 0.0, "late_rise": False, "max_rise": None, "max_fall": None}
     if len(ep) == 0:
@@ -207,11 +209,11 @@ def shortcut_phases(epochs, train_acc, clean_acc, reliance, V=None, decay_budget
         below = np.flatnonzero(rel[i:] < r["sustain_reliance"])
         out["sustain_epochs"] = int(ep[i + below[0]] - ep[i]) if len(below) else int(ep[-1] - ep[i] + 1)
         start = i + k
-        out["phase_regime"] = "shortcut_persists" if out["sustained"] else "immediate"
+        out["phase_regime"] = "weak" if out["sustained"] else "immediate"
     else:
         i, start = 0, 1
         if (tr >= r["fit_train"]).any():
-            out["phase_regime"] = "no_shortcut"
+            out["phase_regime"] = "immediate"
     if start < len(ep):
         rise, fall = cl[start:] - cl[i], rel[i] - rel[start:]
         out["max_rise"], out["max_fall"] = float(np.nanmax(rise)), float(np.nanmax(fall))
@@ -223,7 +225,7 @@ def shortcut_phases(epochs, train_acc, clean_acc, reliance, V=None, decay_budget
             if len(sw):
                 j = start + int(sw[0])
                 out.update(transition=True, t_switch=int(ep[j]), Lambda_switch=num(lam[j]), V_switch=num(V[j]),
-                           phase_regime="delayed")
+                           phase_regime="intermediate")
     return out
 
 
