@@ -15,7 +15,7 @@ import pandas as pd
 
 from nht.config import KINDS
 from nht.core.events import REGIMES
-from nht.science.stats import finite_or_none as num
+from nht.core.io import clean_json, finite_or_none as num
 
 AXES = ("op", "p", "train_frac", "split_seed", "dataset", "rho", "border", "lr", "weight_decay", "init_scale",
         "seed", "model", "optimizer")                      # the axes of every domain (absent = "None")
@@ -74,10 +74,10 @@ def read_record(path) -> dict:
 
 
 def records(cells: pd.DataFrame | list[dict]) -> list[dict]:
-    """Rows of a cells table (or a list of norms dicts) as dicts, with missing values ``None``."""
+    """Rows of a cells table (or a list of norms dicts) as dicts, with missing and non-finite values
+    ``None`` (:func:`nht.core.io.clean_json`, the one NaN cleaner)."""
     rows = cells.to_dict("records") if isinstance(cells, pd.DataFrame) else list(cells)
-    return [{k: (None if (not isinstance(v, (dict, list)) and pd.isna(v)) else v)
-             for k, v in rec.items()} for rec in rows]
+    return [clean_json(rec) for rec in rows]
 
 
 def eta_lambda(rec: dict) -> float | None:
