@@ -7,7 +7,8 @@ is set:
 * ``device``: what ``nht.core.device.resolve_device('auto')`` picked, GPU name, torch version;
 * ``stacked_vs_modules``: max |difference| between :func:`nht.domains.modular.models.stacked_forward` on the
   device and each cell's ``nn.Module`` on the CPU (outputs and gradients), per model;
-* ``adamw_vs_torch``: max |difference| after 30 steps between the trainer's fused per-cell AdamW
+* ``adamw_vs_torch``: max |difference| after 30 steps between the trainer's AdamW (per-cell lr,
+  weight decay and step counts over the stacked tensors; on CUDA the captured CUDA-graph step)
   on the device and ``torch.optim.AdamW`` on the CPU, for one MLP cell (all parameters: the MLP
   has none whose gradient is zero up to rounding, unlike the transformer's attention key bias);
 * ``speed``: cell-steps/s of the default ``transformer_protocol`` and ``mlp_regimes`` jobs (all
