@@ -338,3 +338,25 @@ def test_presets_validate_and_every_intervened_cell_has_a_control(name, n_cells)
     assert intervened and len(controls) == n_cells - len(intervened)
     assert all(match_key(c.result_settings) in controls for c in intervened)
     assert {c["intervention"]["at"] for c in intervened} == {"fit"}
+
+
+def test_the_summary_stage_reads_the_intervention_out_of_the_cell_records(tmp_path):
+    """`python -m nht summary --cell-records ...` (what rule summary passes when the config has an
+    intervention) puts the readout into summary.json; without records there is no such block."""
+    from nht.core.io import read_json, write_json
+    from nht.stages.summary import main as summary_main
+
+    exp = tmp_path / "experiment_summary.json"
+    write_json({"experiment": "x", "kind": "other"}, exp)
+    paths = []
+    for rec in (_rec("c0", 1000), _rec("i0", 1040, experiment="y", intervention=_iv(300, 100.0, 200.0))):
+        paths.append(str(tmp_path / f"{rec['cell']}.json"))
+        write_json(rec, paths[-1])
+    outs = [str(tmp_path / n) for n in ("summary.json", "scorecard.md", "scorecard.html")]
+    args = ["--experiment-summaries", str(exp), "--out", outs[0], "--out-markdown", outs[1], "--out-html", outs[2]]
+    summary_main(args + ["--cell-records", *paths])
+    readout = read_json(outs[0])["intervention"]
+    assert readout["n"] == 1 and readout["cells"][0]["control"] == "c0"
+    assert readout["cells"][0]["measured_shift_steps"] == 40
+    summary_main(args + ["--cell-records"])
+    assert "intervention" not in read_json(outs[0])

@@ -23,7 +23,7 @@ from nht.core.history import HistoryError, check_history, ordered_columns, read_
 from nht.core.io import json_arg, read_json, write_atomic, write_json
 
 EXTRA_FINALS = ("aligned_acc", "conflicting_acc", "shortcut_only_acc", "worst_group_acc")
-META_KEYS = ("stop_reason", "n_params", "n_train", "n_test", "steps", "epochs_done", "sum_lr")
+META_KEYS = ("stop_reason", "n_params", "n_train", "n_test", "steps", "epochs_done", "sum_lr", "intervention")
 
 
 class MetaError(ValueError):

@@ -1,5 +1,6 @@
 """Stage ``summary``: merge every experiment's summary into results/summary.json, with the
-scorecard as Markdown and HTML beside it."""
+scorecard as Markdown and HTML beside it, and, given cell records, the norm intervention's
+predicted vs measured delay shifts (``summary["intervention"]``, :mod:`nht.science.intervention`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 
 from nht.core import provenance
 from nht.core.io import read_json, write_atomic, write_json
+from nht.science.intervention import intervention_readout
 from nht.science.scorecard import attach_scorecards
 from nht.science.scorecard_render import scorecard_html, scorecard_markdown
 
@@ -19,6 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True, help="summary.json")
     ap.add_argument("--out-markdown", required=True, help="the scorecard as Markdown (scorecard.md)")
     ap.add_argument("--out-html", required=True, help="the scorecard as HTML (scorecard.html)")
+    ap.add_argument("--cell-records", nargs="*", default=[],
+                    help="norms.json of the modular cells, when the config has a norm intervention")
     a = ap.parse_args(argv)
     experiments = {}
     for path in a.experiment_summaries:
@@ -30,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
         experiments[name] = summary
     merged = {"experiments": dict(sorted(experiments.items())), "provenance": provenance.record()}
     attach_scorecards(merged)  # every modular/image experiment gets its P1-P6 scorecard
+    if a.cell_records:
+        merged["intervention"] = intervention_readout([read_json(p) for p in a.cell_records])
     write_json(merged, a.out)
     write_atomic(a.out_markdown, scorecard_markdown(merged))
     write_atomic(a.out_html, scorecard_html(merged))

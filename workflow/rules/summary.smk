@@ -1,8 +1,13 @@
 # The final aggregate: every experiment's summary (of any kind) merged into results/summary.json.
+# With a norm intervention in the config, the modular cells' records too: the intervention's
+# predicted vs measured delay shifts compare cells across experiments (nht.science.intervention).
+INTERVENED = any(exp.get("intervention") for exp in config["experiments"].values())
 
 SUMMARY_RULE = RC.rule(
     "summary",
-    inputs=lambda w: {"summaries": [f"{R}/{name}/experiment_summary.json" for name in config["experiments"]]},
+    inputs=lambda w: {"summaries": [f"{R}/{name}/experiment_summary.json" for name in config["experiments"]],
+                      "cell_records": [p for e in experiments_of_kind("modular") for p in cell_files(e, "norms.json")]
+                      if INTERVENED else []},
     outputs={"summary": SUMMARY, "markdown": P.fill("{results}/scorecard.md", config),
              "html": report(P.fill("{results}/scorecard.html", config), caption="../report/scorecard.rst",
                             category="Scorecard")},
@@ -28,4 +33,4 @@ rule summary:
         runtime=5,
     shell:
         "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht summary --experiment-summaries {input.summaries:q} --out {output.summary:q}"
-        " --out-markdown {output.markdown:q} --out-html {output.html:q}"
+        " --out-markdown {output.markdown:q} --out-html {output.html:q} --cell-records {input.cell_records:q}"
