@@ -111,6 +111,19 @@ def check_groups(model_cfg: dict, groups) -> tuple[str, ...]:
     return tuple(groups)
 
 
+#: group -> (tensor, rows, power): the tensor (``rows`` 0/1/2: only the query/key/value rows of the
+#: fused ``attn.qkv``) is multiplied by c**power ("in" +1, "out" -1); see the module docstring.
+SYMMETRIES = {
+    "embed": [("embed_a.weight", None, 1), ("embed_b.weight", None, 1), ("hidden.weight", None, -1)],
+    "relu": [("hidden.weight", None, 1), ("hidden.bias", None, 1), ("out.weight", None, -1)],
+    "qk": [("attn.qkv.weight", 0, 1), ("attn.qkv.bias", 0, 1), ("attn.qkv.weight", 1, -1), ("attn.qkv.bias", 1, -1)],
+    "vo": [("attn.qkv.weight", 2, 1), ("attn.qkv.bias", 2, 1), ("attn.proj.weight", None, -1)],
+    "head": [("ln_f.weight", None, 1), ("ln_f.bias", None, 1), ("head.weight", None, -1)],
+    "ln1_qkv": [("ln1.weight", None, 1), ("ln1.bias", None, 1), ("attn.qkv.weight", None, -1)],
+    "ln2_ff": [("ln2.weight", None, 1), ("ln2.bias", None, 1), ("ff_in.weight", None, -1)],
+}
+
+
 def multipliers(model_cfg: dict, shapes: dict[str, tuple], factor: float, groups=None) -> dict[str, torch.Tensor]:
     """Per-tensor multipliers ``{name: float64 tensor of the tensor's per-cell shape}`` of the
     intervention with ``factor`` c on ``groups`` (None = default). ``shapes`` are per cell (no cell
@@ -126,46 +139,17 @@ def multipliers(model_cfg: dict, shapes: dict[str, tuple], factor: float, groups
         if missing:
             raise ValueError(f"model parameters {missing} not found (have {sorted(s)})")
 
-    inv = 1.0 / c
     for g in groups:
-        if g == "embed":
-            need("embed_a.weight", "embed_b.weight", "hidden.weight")
-            s["embed_a.weight"] *= c
-            s["embed_b.weight"] *= c
-            s["hidden.weight"] *= inv
-        elif g == "relu":
-            need("hidden.weight", "hidden.bias", "out.weight")
-            s["hidden.weight"] *= c
-            s["hidden.bias"] *= c
-            s["out.weight"] *= inv
-        elif g in ("qk", "vo"):
-            need("attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight")
-            d = s["attn.qkv.weight"].shape[0] // 3
-            if g == "qk":
-                for k in ("attn.qkv.weight", "attn.qkv.bias"):
-                    s[k][:d] *= c
-                    s[k][d:2 * d] *= inv
-            else:
-                for k in ("attn.qkv.weight", "attn.qkv.bias"):
-                    s[k][2 * d:] *= c
-                s["attn.proj.weight"] *= inv
-        elif g == "head":
-            need("ln_f.weight", "ln_f.bias", "head.weight")
-            s["ln_f.weight"] *= c
-            s["ln_f.bias"] *= c
-            s["head.weight"] *= inv
-        elif g == "ln1_qkv":
-            need("ln1.weight", "ln1.bias", "attn.qkv.weight")
-            s["ln1.weight"] *= c
-            s["ln1.bias"] *= c
-            s["attn.qkv.weight"] *= inv
-        elif g == "ln2_ff":
-            need("ln2.weight", "ln2.bias", "ff_in.weight")
-            s["ln2.weight"] *= c
-            s["ln2.bias"] *= c
-            s["ff_in.weight"] *= inv
-        else:  # check_groups refused it already
+        if g not in SYMMETRIES:  # check_groups refused it already
             raise ValueError(f"unknown group '{g}'")
+        names = [name for name, _, _ in SYMMETRIES[g]]
+        need(*dict.fromkeys(names))
+        for name, rows, power in SYMMETRIES[g]:
+            tensor = s[name]
+            if rows is not None:                      # a third of the fused q/k/v rows
+                d = tensor.shape[0] // 3
+                tensor = tensor[rows * d:(rows + 1) * d]
+            tensor *= c ** power
     return s
 
 
