@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import resource
 import shutil
 import subprocess
@@ -31,6 +30,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
+
+from nht.core.provenance import cpu_model
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -123,17 +124,6 @@ def main() -> None:
         shutil.rmtree(wd, ignore_errors=True)
     else:
         print(f"results in {wd}")
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what the platform module says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def science_table(summary: dict, cores: str | None = None, wall_s: float | None = None) -> str:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
+
 import sys
 import tempfile
 import time
@@ -44,22 +44,13 @@ sys.path.insert(0, str(REPO))
 from nht.config import expand_cells, load_config  # noqa: E402
 from nht.core import device as devmod  # noqa: E402
 from nht.core import loop  # noqa: E402
+from nht.core.provenance import cpu_model  # noqa: E402
 from nht.domains.modular.data import make_modular_dataset  # noqa: E402
 from nht.domains.modular.train import Trainer  # noqa: E402
 
 PRESET = REPO / "workflow" / "presets" / "companion-sweep.yaml"
 EXPERIMENT = "companion_sweep"
 WEIGHT_DECAYS = [0.5, 1.0, 2.0, 5.0]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def job_cells(n_cells: int):

@@ -73,7 +73,7 @@ VARIANTS = {
 SCHEDULING = {"threads": 2, "checkpoint_seconds": 30, "eval_batch_size": 512}
 # JSON keys that name the machine, the time, the code version or scheduling, not a result.
 VOLATILE = {"code_version", "cell_steps_per_second", "wall_seconds", "wall_s", "started", "finished",
-            "host", "platform", "created", "elapsed_s", "threads", "checkpoint_seconds", "eval_batch_size",
+            "host", "platform", "cpu", "created", "elapsed_s", "threads", "checkpoint_seconds", "eval_batch_size",
             "results_dir", "data_dir"}
 
 

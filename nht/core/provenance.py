@@ -27,11 +27,23 @@ def code_version() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else what the platform module says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def record(**extra) -> dict:
-    """Provenance dict: nht version, code version, Python, torch and platform, plus ``extra``."""
+    """Provenance dict: nht version, code version, Python, torch, platform and CPU, plus ``extra``."""
     import torch
 
     info = {"nht": nht.__version__, "code_version": code_version(), "python": platform.python_version(),
-            "torch": torch.__version__, "platform": platform.platform()}
+            "torch": torch.__version__, "platform": platform.platform(), "cpu": cpu_model()}
     info.update(extra)
     return info
