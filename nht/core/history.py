@@ -84,6 +84,15 @@ def check_history(history: pd.DataFrame, where: str = "history") -> pd.DataFrame
     return history
 
 
+FLOAT_FORMAT = "%.9g"   # every CSV table nht writes (histories, cells.csv): 9 significant digits
+
+
+def history_csv(history: pd.DataFrame) -> str:
+    """A history as CSV text in schema column order (:func:`ordered_columns`), floats as
+    :data:`FLOAT_FORMAT`: how every domain writes ``history.csv``."""
+    return history[ordered_columns(history.columns)].to_csv(index=False, float_format=FLOAT_FORMAT)
+
+
 def read_table(path) -> pd.DataFrame:
     """A CSV table, or :class:`HistoryError` naming the file when it is not one (empty, garbled)."""
     try:

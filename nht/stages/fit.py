@@ -6,6 +6,7 @@ import argparse
 
 import pandas as pd
 
+from nht.core.history import FLOAT_FORMAT
 from nht.core.io import read_json, write_atomic, write_json
 from nht.science.scaling import fit_cells
 
@@ -18,5 +19,5 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     records = [read_json(p) for p in a.norms]
     table = pd.DataFrame([{k: v for k, v in r.items() if k not in ("layers", "provenance")} for r in records])
-    write_atomic(a.out_table, table.to_csv(index=False, float_format="%.9g"))
+    write_atomic(a.out_table, table.to_csv(index=False, float_format=FLOAT_FORMAT))
     write_json(fit_cells(records), a.out_fit)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from nht.config import KINDS
 from nht.core.events import extract_events
-from nht.core.history import HistoryError, check_history, ordered_columns, read_history, read_table
+from nht.core.history import HistoryError, check_history, history_csv, ordered_columns, read_history, read_table
 from nht.core.io import json_arg, read_json, write_atomic, write_json
 
 EXTRA_FINALS = ("aligned_acc", "conflicting_acc", "shortcut_only_acc", "worst_group_acc")
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     try:                       # malformed input: one line naming the file and what is wrong
         if a.job_history:
             h = read_job_history(a.job_history, a.cell)
-            write_atomic(a.out_history, h.to_csv(index=False, float_format="%.9g"))
+            write_atomic(a.out_history, history_csv(h))
         else:
             h = read_history(a.history)
         try:

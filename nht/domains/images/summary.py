@@ -41,6 +41,7 @@ import pandas as pd
 
 from nht.config import format_value
 from nht.core.events import REGIMES
+from nht.core.history import FLOAT_FORMAT
 from nht.core.io import finite_or_none, read_json
 
 
@@ -154,5 +155,5 @@ def image_block(norms_paths, experiment: str, exp_config: dict, table: str | Pat
     and the cells' records as a table at ``table`` (``cells.csv``)."""
     df = load_cells(norms_paths)
     df.drop(columns=["layers"], errors="ignore").sort_values(
-        ["rho", "border", "lr", "weight_decay", "seed"]).to_csv(table, index=False)
+        ["rho", "border", "lr", "weight_decay", "seed"]).to_csv(table, index=False, float_format=FLOAT_FORMAT)
     return summarize(df, experiment, exp_config, [])

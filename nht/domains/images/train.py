@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from nht.core import device as devmod
 from nht.core import loop
-from nht.core.history import ordered_columns
+from nht.core.history import history_csv, ordered_columns
 from nht.core.io import write_atomic, write_json
 from nht.core.norms import squared_norms
 from nht.domains.images.data import load_npz
@@ -225,7 +225,7 @@ def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, devic
             "settings": s, "wall_seconds": res.wall_s, "cell_steps": res.cell_steps,
             "cell_steps_per_second": res.cell_steps / max(res.wall_s, 1e-9),
             "resumed_from_step": res.resumed_from_step, "provenance": res.provenance}
-    write_atomic(out / "history.csv", hist.to_csv(index=False))
+    write_atomic(out / "history.csv", history_csv(hist))
     write_json(meta, out / "meta.json")
     ckpt.unlink(missing_ok=True)
     return meta
