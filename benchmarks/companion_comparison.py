@@ -203,15 +203,14 @@ def train(config_path: str, experiment: str, lambdas: list[float], seeds: list[i
           threads: int, max_steps: int | None = None, eval_every: int | None = None) -> dict[str, int]:
     """Train the selected cells (one job per λ, seeds batched) and write their norm records.
     ``max_steps`` / ``eval_every`` (steps) override the config's (the smoke test's tiny run)."""
-    import pandas as pd
     import torch  # noqa: F401  (imported here: the table alone needs no torch)
 
     from nht.config import group_jobs, expand_cells, load_config
-    from nht.core.history import ordered_columns
+    from nht.core.history import history_csv
     from nht.core.io import write_json
     from nht.domains.modular.data import make_modular_dataset
     from nht.domains.modular.train import train_job
-    from nht.stages.norms import cell_record
+    from nht.stages.norms import cell_record, read_job_history
 
     config = load_config(config_path)
     if experiment not in config["experiments"]:
@@ -238,13 +237,11 @@ def train(config_path: str, experiment: str, lambdas: list[float], seeds: list[i
                              device="cpu", threads=threads, job_id=job.id, progress_every_s=60)
             print(f"λ {lam:g}: {len(job.cells)} cells, {time.time() - t:.0f} s, "
                   f"{meta['cell_steps_per_second']:.0f} cell-steps/s", file=sys.stderr, flush=True)
-            long = pd.read_csv(jobdir / "history.csv")
-            for c in job.cells:
+            for c in job.cells:                   # what the norms stage does with a job's history
                 d = results / experiment / "cells" / c.id
                 d.mkdir(parents=True, exist_ok=True)
-                h = long[long["cell"] == c.id].drop(columns="cell").reset_index(drop=True)
-                h = h[ordered_columns(h.columns)]
-                h.to_csv(d / "history.csv", index=False, float_format="%.9g")
+                h = read_job_history(jobdir / "history.csv", c.id)
+                (d / "history.csv").write_text(history_csv(h))
                 write_json(cell_record(h, meta, c.id, "modular", c.settings), d / "norms.json")
             (results / experiment / "settings.json").write_text(json.dumps(
                 {k: v for k, v in s.items() if k not in ("weight_decay", "seed")}, indent=1, default=str))
