@@ -59,6 +59,7 @@ sys.path.insert(0, str(REPO))
 from nht.config import expand_cells, validate_config  # noqa: E402
 from nht.core.io import stable_hash  # noqa: E402
 from nht.core.events import REGIMES, extract_events  # noqa: E402
+from nht.core.history import read_history  # noqa: E402
 from nht.core.io import write_json  # noqa: E402
 from nht.domains.images.data import load_dataset, load_npz, save_npz  # noqa: E402
 from nht.domains.images.shortcuts import inject  # noqa: E402
@@ -273,7 +274,7 @@ def run_protocol(proto: dict, work: Path, limit_s: float, log) -> list[dict]:
             trained = True
         meta = json.loads(done.read_text())
         res = {**meta["cells"][cell.id], "wall_s": meta["wall_seconds"]}   # the training meta's one shape
-        hist = pd.read_csv(out_dir / "history.csv")
+        hist = read_history(out_dir / "history.csv")
         oc = classify(hist)
         occ = classify(hist, "conflicting_acc")
         ev = extract_events(hist, s, res["status"])
