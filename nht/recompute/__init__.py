@@ -16,12 +16,13 @@ How, with public interfaces only:
   records (read-only, so ``-n``, ``--report``, ``--lint`` and ``--summary`` change nothing).
   A *clean* job (record matches definition, code, inputs and outputs) gets its inputs wrapped in
   ``ancient()``, so file times (touch, clone, pull) never rerun it. A *stale* job gets one more
-  input, ``.nht/force/<stage>``, made by the tiny rule ``nht_force``, so Snakemake runs it and
+  input, ``.nht/force/<stage>/<digest>`` (new for every new reason to rerun,
+  :meth:`.decide.Recompute._stamp`), made by the tiny rule ``nht_force``, so Snakemake runs it and
   everything downstream. A job whose outputs are missing or corrupt but whose recorded versions
   are in the DVC cache is forced the same way, and its ``job`` wrapper restores the outputs from
   the cache instead of recomputing them.
-* **Publishing** (:mod:`.publish`): when a run ends (``onsuccess``/``onerror``) and some job wrote
-  a record, outputs whose content no longer matches their record are moved to
+* **Publishing** (:mod:`.publish`): when a run ends (``onsuccess``/``onerror``), outputs whose
+  content no longer matches their record (judged by content and force stamp, never by time) are moved to
   ``.nht/quarantine/``, then ``dvc add`` (DVC's own CLI, under its lock and ours) snapshots the data,
   results and logs directories into DVC's cache for ``dvc push``.
 
