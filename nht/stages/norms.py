@@ -4,8 +4,9 @@ Modular cells are trained in jobs: ``--job-history`` is the job's long table (a 
 and ``--out-history`` receives this cell's rows. Image cells have their own ``--history``. The
 record is :func:`nht.core.events.extract_events` plus the cell's grid axes, model and optimizer
 names, the final values of the domain's extra accuracy columns, and the training meta's status,
-stop reason, the wall time of the cell's training job (``job_wall_seconds``, seconds) and
-provenance. Every domain's ``meta.json`` has one shape: a job's record with the cell under ``cells``.
+stop reason and provenance. No wall time: a record is a function of the history and settings, so a
+retrained job with the same history gives byte-identical records (wall times are in the job metas
+and the experiment summary's ``training`` block). Every domain's ``meta.json`` has one shape: a job's record with the cell under ``cells``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ def cell_record(history: pd.DataFrame, meta: dict, cell: str, kind: str, setting
     cell_meta = meta["cells"][cell]
     rec = {"cell": cell, "experiment": meta.get("experiment"), "kind": kind}
     rec.update({k: cell_meta[k] for k in META_KEYS if k in cell_meta})
-    rec["job_wall_seconds"] = meta.get("wall_seconds")
     rec.update(extract_events(history, settings, cell_meta["status"]))
     rec.update({axis: settings[axis] for axis in KINDS[kind].axes})
     rec["optimizer"] = settings["optimizer"]["name"]

@@ -206,6 +206,7 @@ IMAGE_SUMMARY_RULE = RC.rule(
     "image_experiment_summary",
     exists=lambda w: w.experiment in IMAGE_EXPERIMENTS,
     inputs=lambda w: {"norms": [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in IMAGE_CELLS[w.experiment]],
+                      "metas": [f"{R}/{w.experiment}/cells/{c.id}/meta.json" for c in IMAGE_CELLS[w.experiment]],
                       "figures": [f"{R}/{w.experiment}/figures/{name}.png" for name in IMAGE_FIGURE_NAMES],
                       "science": f"{R}/{w.experiment}/science.json"},
     outputs={"summary": f"{R}/{{experiment}}/experiment_summary.json", "table": f"{R}/{{experiment}}/cells.csv"},
@@ -234,6 +235,6 @@ rule image_experiment_summary:
         runtime=5,
     shell:
         "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht experiment-summary --kind image"
-        " --experiment {wildcards.experiment:q} --norms {input.norms:q}"
+        " --experiment {wildcards.experiment:q} --norms {input.norms:q} --job-metas {input.metas:q}"
         " --figures {input.figures:q} --science {input.science:q} --config {params.config:q} --out {output.summary:q}"
         " --table {output.table:q}"

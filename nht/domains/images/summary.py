@@ -25,9 +25,8 @@ sample standard deviation, 0.0 when n = 1; rho/lambda keys are rendered like cel
   the same as for modular experiments): ``delay_law``, ``prediction``, ``decay_rate``,
   ``clean_norm_separation``, ``norm_ordering``, ``regime_ordering``, ``layer_hierarchy``, ... and
   the ``scorecard``
-* ``reference_rho``, ``reference_weight_decay``; ``figures``: list of paths;
-  ``training``: jobs (one per cell), train_wall_seconds (sum of the cells' training seconds),
-  cell_steps (sum of the cells' steps), devices (as for modular experiments)
+* ``reference_rho``, ``reference_weight_decay``; ``figures``: list of paths (the ``training``
+  block comes from the job metas, as for modular experiments: :mod:`nht.stages.experiment_summary`)
 * ``provenance``: code_version, torch, devices of the cells' training; ``config``: the experiment's
   resolved settings (both placed as for every domain by :mod:`nht.stages.experiment_summary`)
 """
@@ -125,10 +124,6 @@ def summarize(df: pd.DataFrame, experiment: str, exp_config: dict, figures: list
         "norm_ratio_detail": detail,
         "worst_group_acc": wga,
         "figures": list(figures),
-        "training": {"jobs": int(len(df)),
-                     "train_wall_seconds": float(df.get("job_wall_seconds", pd.Series(dtype=float)).sum()),
-                     "cell_steps": int(df.get("steps", pd.Series(dtype=float)).sum()),
-                     "devices": sorted({str(v) for v in df["device"] if v})},
         "provenance": {
             "code_version": next((v for v in df["code_version"] if v), None),
             "torch": next((v for v in df["torch"] if v), None),
