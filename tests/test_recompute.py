@@ -275,7 +275,17 @@ def test_interrupted_run_keeps_finished_jobs(origin, tmp_path):
     deadline = time.time() + 900
     while time.time() < deadline and not any(f.stat().st_mtime >= t0 for f in records.glob("train_modular@*.json")):
         time.sleep(0.2)
-    finished = any(f.stat().st_mtime >= t0 for f in records.glob("train_modular@*.json"))
+    done = [f for f in records.glob("train_modular@*.json") if f.stat().st_mtime >= t0]
+    finished = bool(done)
+    if finished:
+        # the record is written just before the job's process exits; Snakemake counts the job as
+        # finished (not incomplete) only after that, and then starts the next job, whose wrapper
+        # opens its log: wait for that, so Ctrl-C does not land inside the finishing job
+        t_rec = done[0].stat().st_mtime
+        own = "logs/train_modular/tiny/" + done[0].stem.split("job=")[1] + ".log"
+        while time.time() < deadline and not any(
+                f.stat().st_mtime > t_rec for f in (p / "logs").rglob("*.log") if str(f.relative_to(p)) != own):
+            time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGINT)                     # Ctrl-C in a terminal
     proc.communicate(timeout=120)
     assert finished, "no training job finished within 900 s, so the interruption tests nothing"
