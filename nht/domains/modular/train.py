@@ -28,8 +28,8 @@ The cost of a step does not grow with the number of cells: its tensor operations
 1 or 320 cells (``benchmarks/step_ops.py`` counts them), and nothing is read back to the host
 between evaluations:
 
-* optimizer: :meth:`Trainer._adamw` / :meth:`Trainer._sgd`, a handful of elementwise operations on
-  ``flat`` and its moments, whatever the number of cells or parameter tensors;
+* optimizer: :class:`nht.core.stacked_optim.StackedOptimizer` (AdamW or SGD), a handful of
+  elementwise operations on ``flat`` and its moments, whatever the number of cells or parameter tensors;
 * minibatches: each cell's sampler draws the indices of a stretch of steps at once (up to one
   evaluation interval, at most ``CHUNK_INDICES`` indices per job), stacked and moved to the device
   once per stretch (pinned, non-blocking on CUDA);
@@ -78,6 +78,7 @@ from nht.core import loop
 from nht.core.history import ordered_columns
 from nht.core.io import write_atomic, write_json
 from nht.core.norms import stacked_squared_norms
+from nht.core.stacked_optim import StackedOptimizer
 from nht.domains.modular.intervention import Hook as InterventionHook
 from nht.domains.modular.models import build_model, scale_init, stacked_forward
 from nht.domains.modular.samplers import MinibatchSampler, ReplacementSampler
@@ -134,8 +135,6 @@ class Trainer:
         self.full_batch = s["batch_size"] == "full" or (
             self.sampling == "epoch_shuffle" and int(s["batch_size"]) >= self.n_train)
         self.opt = s["optimizer"]
-        if self.opt["name"] not in ("adamw", "sgd"):
-            raise ValueError(f"unknown optimizer '{self.opt['name']}', expected adamw or sgd")
 
         models, rng_states = [], []
         for c in self.cells:
@@ -149,10 +148,11 @@ class Trainer:
         C = len(self.cells)
         flat = torch.cat([v.detach().reshape(C, -1) for v in params.values()], dim=1).to(device, devmod.DTYPE)
         self.forward = stacked_forward(s["model"])   # (params (C, ...), x (B, 2) | (C, B, 2)) -> (C, B, p)
-        self._set_state(flat, torch.zeros_like(flat), torch.zeros_like(flat),
-                        torch.zeros(C, dtype=torch.long, device=device),
-                        torch.ones(C, dtype=torch.bool, device=device))
-        self._constants()
+        self._batch_size = self.n_train if self.full_batch else min(int(s["batch_size"]), self.n_train)
+        self._batch = torch.tensor(float(self._batch_size), dtype=flat.dtype, device=device)
+        self.optim = StackedOptimizer(self.opt, self.max_steps, device, flat.dtype)
+        self.optim.fresh(flat)
+        self._set_state(flat, *self.optim.state())
         if self.full_batch:
             samplers = []
         elif self.sampling == "with_replacement":
@@ -192,61 +192,31 @@ class Trainer:
                                                                  self.shapes)}
 
     def _set_state(self, flat, m, v, t, alive) -> None:
-        """Install the stacked state: ``flat`` (slots, parameters), the AdamW moments (or SGD
-        momentum) ``m``, ``v`` of the same shape, per-slot step counts ``t`` and update mask
-        ``alive``. The model tensors the forward reads are views of ``flat`` made leaves of autograd;
-        the step concatenates their gradients into ``grad`` (slots, parameters), the one gradient
-        the optimizer reads. Tensors keep their addresses from here on (updated in place), as a
-        CUDA graph needs."""
-        self.flat, self.m, self.v, self.t = flat.detach(), m, v, t
+        """Install the stacked state: ``flat`` (slots, parameters), the optimizer's moments ``m``,
+        ``v`` of the same shape, per-slot step counts ``t`` and update mask ``alive``
+        (:class:`nht.core.stacked_optim.StackedOptimizer`). The model tensors the forward reads are
+        views of ``flat`` made leaves of autograd; the step concatenates their gradients into
+        ``grad`` (slots, parameters), the one gradient the optimizer reads. Tensors keep their
+        addresses from here on (updated in place), as a CUDA graph needs."""
+        self.flat = flat.detach()
         self.grad = torch.zeros_like(self.flat)
-        self._alive_col = alive.reshape(-1, 1).clone()             # (slots, 1) bool
-        self.alive = self._alive_col[:, 0]                           # (slots,) view of it
+        self.optim.install(m, v, t, alive)
         self._leaves = {k: view.requires_grad_(True) for k, view in self._views(self.flat).items()}
         C = self.flat.shape[0]
-        batch = self.n_train if self.full_batch else min(int(self.s["batch_size"]), self.n_train)
-        self._inv_batch = torch.full((C,), 1.0 / batch, dtype=self.flat.dtype, device=self.device)
-        self._coef64 = torch.empty(C, 3, dtype=torch.float64, device=self.device)
-        self._coef = torch.empty(C, 3, dtype=self.flat.dtype, device=self.device)
-        self._c0, self._c1, self._c2 = (self._coef[:, i:i + 1] for i in range(3))   # (slots, 1) views
+        self._inv_batch = torch.full((C,), 1.0 / self._batch_size, dtype=self.flat.dtype, device=self.device)
         self._graph = None
 
-    def _constants(self) -> None:
-        """Per-step constants as tensors on the device (a Python number in a tensor op costs a
-        host-side conversion every call), and AdamW's bias corrections by step count, in float64:
-        row t = (1, (1 - b1^t) / sqrt(1 - b2^t), 1 - b1^t)."""
-        dev, f64 = self.device, torch.float64
-        self._one = torch.ones((), dtype=torch.long, device=dev)
-        batch = self.n_train if self.full_batch else min(int(self.s["batch_size"]), self.n_train)
-        self._batch = torch.tensor(float(batch), dtype=self.flat.dtype, device=dev)
-
-        self._zero = torch.zeros((), dtype=self.flat.dtype, device=dev)
-        if self.opt["name"] == "adamw":
-            b1, b2 = (float(b) for b in self.opt["betas"])
-            t = torch.arange(self.max_steps + 2, dtype=f64).clamp(min=1)
-            self._bias = torch.stack([torch.ones_like(t), (1.0 - b1 ** t) / (1.0 - b2 ** t).sqrt(),
-                                      1.0 - b1 ** t], 1).to(dev)
-            self._b2 = torch.tensor(b2, dtype=self.flat.dtype, device=dev)
-        else:
-            self._mu = torch.tensor(float(self.opt.get("momentum", 0.0)), dtype=self.flat.dtype, device=dev)
+    # the optimizer's state, read by the intervention hook and the tests
+    m = property(lambda self: self.optim.m)
+    v = property(lambda self: self.optim.v)
+    t = property(lambda self: self.optim.t)
+    alive = property(lambda self: self.optim.alive)
 
     def _refresh(self) -> None:
         """Per-slot hyperparameter tensors (new tensors: only when the slots changed, which also
-        drops a captured CUDA graph) and the positions of the active cells among the slots.
-
-        ``_live``/``_dead`` (slots, 3), float64: the optimizer coefficients of an updated and of a
-        masked cell, before the step-dependent factor (AdamW: decay 1 - lr wd, -1/lr, -eps/lr; SGD: wd, -lr)."""
-        f64 = dict(dtype=torch.float64, device=self.device)
-        self.lr = torch.tensor([self.hp[c]["lr"] for c in self.slots], **f64)
-        self.wd = torch.tensor([self.hp[c]["weight_decay"] for c in self.slots], **f64)
-        if self.opt["name"] == "adamw":
-            neg_inv_lr = -1.0 / self.lr
-            self._live = torch.stack([1.0 - self.lr * self.wd, neg_inv_lr, float(self.opt["eps"]) * neg_inv_lr], 1)
-            self._dead = torch.stack([torch.ones_like(self.lr), torch.zeros_like(self.lr),
-                                      torch.full_like(self.lr, float("inf"))], 1)
-        else:
-            self._live = torch.stack([self.wd, -self.lr, torch.zeros_like(self.lr)], 1)
-            self._dead = torch.zeros_like(self._live)
+        drops a captured CUDA graph) and the positions of the active cells among the slots."""
+        self.optim.set_hparams([self.hp[c]["lr"] for c in self.slots], [self.hp[c]["weight_decay"] for c in self.slots])
+        self._graph = None
         self._refresh_active()
 
     def _refresh_active(self) -> None:
@@ -264,7 +234,7 @@ class Trainer:
         self.active = ids
         if self.stopped == "mask" and 2 * len(ids) > len(self.slots):
             kept = set(ids)          # in place: a captured CUDA graph reads these very tensors
-            self.alive &= torch.tensor([c in kept for c in self.slots], device=self.device)
+            self.alive.logical_and_(torch.tensor([c in kept for c in self.slots], device=self.device))
             self._refresh_active()
         else:
             self._compact(ids)
@@ -337,54 +307,9 @@ class Trainer:
         grads = torch.autograd.grad(loss_sum, list(self._leaves.values()), grad_outputs=self._inv_batch)
         C = self.grad.shape[0]
         torch.cat([g.view(C, -1) if g.is_contiguous() else g.reshape(C, -1) for g in grads], dim=1, out=self.grad)
-        with torch.no_grad():
-            loss = loss_sum.detach().div_(self._batch)          # the per-cell mean loss
-            d = loss - loss                            # 0 where finite, NaN where NaN/Inf
-            self.alive.logical_and_(d == d)            # a non-finite cell: updates masked from now on
-            self.t.add_(self._one)
-            if self.opt["name"] == "adamw":
-                self._adamw()
-            else:
-                self._sgd()
+        loss = loss_sum.detach().div_(self._batch)              # the per-cell mean loss
+        self.optim.step(self.flat, self.grad, loss)              # a non-finite cell: masked from now on
         return loss
-
-    def _adamw(self) -> None:
-        """torch.optim.AdamW's update (decoupled decay), for every cell at once.
-
-        Per cell, torch's single-tensor AdamW: ``p *= 1 - lr wd``; ``m = lerp(m, g, 1 - b1)``;
-        ``v = b2 v + (1 - b2) g^2``; ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``
-        (computed as ``p += m / (k1 sqrt(v) + k2)``, k1 and k2 per cell, below),
-        with lr, wd and the step count t per-cell tensors; the coefficients are computed in float64
-        like torch's Python floats, then rounded to the parameters' dtype. A masked cell
-        (``alive`` False: stopped, or a non-finite loss) gets a zero gradient, decay 1 and step
-        size 0, so its parameters do not move. About 20 tensor operations in all, whatever the
-        number of cells or parameter tensors.
-        """
-        b1, b2 = (float(b) for b in self.opt["betas"])
-        torch.where(self._alive_col, self._live * self._bias[self.t], self._dead, out=self._coef64)
-        self._coef.copy_(self._coef64)     # columns: decay, k1, k2 (below)
-        g = torch.where(self._alive_col, self.grad, self._zero, out=self.grad)
-        p = self.flat
-        p.mul_(self._c0)
-        self.m.lerp_(g, 1.0 - b1)
-        self.v.mul_(self._b2).addcmul_(g, g, value=1.0 - b2)
-        # p -= lr/(1-b1^t) m / (sqrt(v)/sqrt(1-b2^t) + eps) written as p += m / (k1 sqrt(v) + k2) with
-        # k1 = -(1-b1^t)/(lr sqrt(1-b2^t)), k2 = eps k1 sqrt(1-b2^t): four passes over memory fewer,
-        # the same update up to rounding (a masked cell: k1 = 0, k2 = inf, so m / inf = 0)
-        p.addcdiv_(self.m, torch.addcmul(self._c2, self.v.sqrt(), self._c1))
-
-    def _sgd(self) -> None:
-        """SGD on L_train + lambda/2 ||theta||^2 (gradient + lambda theta), optional momentum, for
-        every cell at once; a masked cell (``alive`` False) does not move."""
-        torch.where(self._alive_col, self._live, self._dead, out=self._coef64)
-        self._coef.copy_(self._coef64)                      # columns: wd, -lr, 0
-        g = torch.where(self._alive_col, self.grad, self._zero, out=self.grad)
-        p = self.flat
-        d = torch.addcmul(g, p, self._c0)
-        if self.opt.get("momentum", 0.0):
-            self.m.mul_(self._mu).add_(d)
-            d = self.m
-        p.addcmul_(d, self._c1)
 
     # ------------------------------------------------------------------ CUDA graph
     def _graph_step(self, idx: torch.Tensor | None) -> torch.Tensor:
