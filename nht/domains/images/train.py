@@ -1,35 +1,63 @@
-"""Train one image cell on the shared loop (:mod:`nht.core.loop`): per-epoch accuracies on the four
-test sets, shortcut reliance, group accuracies and the squared parameter norms; resumable after
-SIGKILL, NaN/Inf -> status ``diverged``.
+"""Train image cells on the shared loop (:mod:`nht.core.loop`): a *job* of C cells in one process,
+evaluated at every epoch end; resumable after SIGKILL, NaN/Inf -> status ``diverged``.
 
-Outputs in the cell directory::
+Stacking. The cells of a job share the model architecture, optimizer block, schedule, epochs,
+batch size and dataset block; they may differ in learning rate, weight decay, ``model.init_scale``,
+seed and their shortcut dataset (rho, border, seed: each cell reads its own ``.npz``; the files
+are stacked on the device, (datasets, images, 3, H, W) uint8). Their parameters live in ONE
+tensor ``flat`` of shape (cells, parameters per cell); the model tensors are views of it (cell on
+dim 0), and the optimizer is :class:`nht.core.stacked_optim.StackedOptimizer` (per-cell lr and
+weight decay, the cosine schedule as its per-step ``lr_factor``). The model runs
 
-    history.csv   one row per epoch (epoch 0 = initialisation), the history schema
-                  (:mod:`nht.core.history`): step, epoch, Lambda (= lambda * sum of lr over the
-                  steps so far), train_acc and loss (running means over the epoch's minibatches),
-                  test_acc (clean test set), phi (share of cue-conflicting images classified as
-                  the border's class), V (squared L2 norm); then lr, wall_s (seconds),
-                  aligned_acc, conflicting_acc, shortcut_only_acc, group_acc:y<y>_a<a> and
-                  worst_group_acc (datasets with a spurious attribute), V_no_norm, V:<tensor>
-    meta.json     the training meta of every domain (a job of one cell; as
-                  :func:`nht.domains.modular.train.train_job` writes): job (= the cell id),
-                  experiment, n_cells (1), cells: {cell: {status (finished | diverged |
-                  time_limit), stop_reason, steps, epochs_done, sum_lr, n_params, n_train,
-                  n_test}}, settings, wall_seconds and cell_steps (this process), cell_steps_per_second,
-                  resumed_from_step, provenance
-    checkpoint.pt resumable state, written every ``checkpoint_seconds`` at an epoch end; deleted on success
+* ``simple_cnn``, ``mlp`` (no buffers): ``torch.vmap`` of ``torch.func.functional_call`` over the
+  cell dimension, so a step issues the same tensor operations for 1 or 16 cells
+  (``benchmarks/images_step_ops.py`` counts them; convolutions become one grouped convolution);
+* ``resnet18`` (BatchNorm running statistics are module buffers, updated in place, which vmap
+  cannot batch): ``functional_call`` of one cell; a resnet18 job holds exactly one cell.
 
-Training computes no summary (the ``norms`` stage reads history and meta). Resuming from the
-checkpoint gives the same history as an uninterrupted run: the minibatch order of epoch e is drawn
-from a generator seeded by (seed, e), and the model/optimizer state is restored.
+A job of one cell is the same code. Each cell keeps exactly its one-cell streams: the minibatch
+order of epoch e is ``randperm`` from a generator seeded by (seed, e), the input noise from one
+seeded by (seed, e) + an offset; its initial parameters are drawn after ``seed_everything(seed)``.
+
+Host synchronisation: none between evaluations. The step keeps running sums of loss and correct
+predictions per cell on the device; :meth:`ImageJob.evaluate` reads the epoch's numbers back (the
+predictions on the four test sets and one table of sums and squared norms); a cell whose loss is
+NaN/Inf has its update masked from that step on (the optimizer's ``alive``; the other cells are
+untouched) and the loop finds it at the evaluation (``check_every = None``) and ends it as
+``diverged``, removing it from the stacked tensors.
+
+Fast path (any device; what changes on CUDA): the training and test images stay on the device
+as uint8 (no DataLoader, no workers), minibatches are gathered there; ``channels_last`` (schema
+key, default true) for the one-cell convolutional path; ``precision='bf16'`` autocasts forward
+and backward to bfloat16 with fp32 parameters and optimizer state; ``torch.backends.cudnn.benchmark``
+is on when the run is declared non-deterministic (:func:`train_job` ``deterministic=False``);
+``compile=True`` wraps the forward in ``torch.compile`` (off by default). There is no data
+augmentation (the paper's config states none).
+
+Outputs (:func:`train_job`)::
+
+    history.csv   long table: ``cell`` then the history schema (:mod:`nht.core.history`), one row
+                  per cell and epoch (epoch 0 = initialisation): step, epoch, Lambda (= lambda *
+                  sum of lr over the steps so far), train_acc and loss (running means over the
+                  epoch's minibatches), test_acc (clean test set), phi (share of cue-conflicting
+                  images classified as the border's class), V (squared L2 norm); then lr, wall_s
+                  (seconds), aligned_acc, conflicting_acc, shortcut_only_acc,
+                  group_acc:y<y>_a<a> and worst_group_acc (datasets with a spurious attribute),
+                  V_no_norm, V:<tensor>
+    meta.json     the training meta of every domain: job, experiment, n_cells, cells: {cell:
+                  {status (finished | diverged | time_limit), stop_reason, steps, epochs_done,
+                  sum_lr, n_params, n_train, n_test}}, settings (shared), wall_seconds and
+                  cell_steps (this process), cell_steps_per_second, resumed_from_step, provenance
+    checkpoint    resumable state, written every ``checkpoint_seconds`` at an epoch end; deleted on success
+
+:func:`train_cell` is the one-cell job writing the cell's own ``history.csv`` (no ``cell`` column).
 
 Optional settings (absent = the original behaviour):
 
 * ``input_noise``: standard deviation of Gaussian pixel noise added to every training image (in the
-  normalised [-1, 1] units), drawn afresh per image and step from a generator seeded by (seed, epoch);
-  test images are never noised.
-* ``time_limit_s``: stop at the first epoch end after this many SECONDS of training; the cell then ends
-  with status ``time_limit`` (its history covers the epochs done).
+  normalised [-1, 1] units), drawn afresh per image and step; test images are never noised.
+* ``time_limit_s``: stop at the first epoch end after this many SECONDS of training; the cells then
+  end with status ``time_limit`` (their history covers the epochs done).
 """
 
 from __future__ import annotations
@@ -41,18 +69,23 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state
 
 from nht.core import device as devmod
 from nht.core import loop
-from nht.core.history import history_csv, ordered_columns
+from nht.core.history import FLOAT_FORMAT, history_csv, ordered_columns, tensor_column
 from nht.core.io import write_atomic, write_json
-from nht.core.norms import squared_norms
+from nht.core.norms import NORM_LAYERS, stacked_squared_norms
+from nht.core.stacked_optim import StackedOptimizer
 from nht.domains.images.data import load_npz
 from nht.domains.images.models import build_model, n_params
 
 TEST_SETS = {"clean": "test_acc", "aligned": "aligned_acc", "conflicting": "conflicting_acc",
              "shortcut_only": "shortcut_only_acc"}      # test set -> history column
 NOISE_SEED_OFFSET = 7_919_000_000
+STACKED_MODELS = ("simple_cnn", "mlp")                 # vmap over cells; others: one cell per job
+# settings a cell of a job may have of its own (the model block differs in init_scale only)
+PER_CELL = ("lr", "weight_decay", "seed", "rho", "border", "model")
 
 
 def group_accuracies(pred: np.ndarray, y: np.ndarray, a: np.ndarray) -> tuple[dict[str, float], float]:
@@ -66,106 +99,240 @@ def group_accuracies(pred: np.ndarray, y: np.ndarray, a: np.ndarray) -> tuple[di
     return accs, min(accs.values())
 
 
-def lr_at(step: int, total: int, base: float, schedule: str) -> float:
-    """The learning rate of update ``step + 1`` (``cosine``: from ``base`` to 0 over ``total`` steps)."""
+def lr_factor(step: int, total: int, schedule: str) -> float:
+    """The learning rate of update ``step + 1`` over the peak lr (``cosine``: from 1 to 0 over
+    ``total`` steps; ``constant``: 1)."""
     if schedule == "cosine":
-        return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-    return base
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    return 1.0
 
 
-def make_optimizer(model, s: dict):
-    opt = s["optimizer"]
-    if opt["name"] == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"],
-                                 betas=tuple(opt["betas"]), eps=opt["eps"])
-    return torch.optim.SGD(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"],
-                           momentum=opt["momentum"])
+def lr_at(step: int, total: int, base: float, schedule: str) -> float:
+    """The learning rate of update ``step + 1``."""
+    return base * lr_factor(step, total, schedule)
 
 
-class ImageCell:
-    """The image domain of :func:`nht.core.loop.run`: one cell, evaluated at every epoch end."""
+def shared_settings(settings: list[dict]) -> dict:
+    """The settings all cells of a job share (every key but :data:`PER_CELL`, and the model block
+    but ``init_scale``); a ValueError names the first key they disagree on."""
+    def common(s):
+        return {**{k: v for k, v in s.items() if k not in PER_CELL},
+                "model": {k: v for k, v in s["model"].items() if k != "init_scale"}}
+    first = common(settings[0])
+    for s in settings[1:]:
+        other = common(s)
+        for k in sorted(set(first) | set(other)):
+            if first.get(k) != other.get(k):
+                raise ValueError(f"cells of one image job disagree on '{k}': {first.get(k)!r} vs {other.get(k)!r}")
+    return first
 
-    def __init__(self, s: dict, d: dict, device: torch.device, cell_id: str, precision: str = "fp32"):
-        self.s, self.device, self.cells, self.active = s, device, [cell_id], [cell_id]
-        self.precision = precision          # bf16: autocast of every forward pass (nht.core.device)
-        self.x_train = torch.from_numpy(d["x_train"]).to(device)
-        self.y_train = torch.from_numpy(d["y_train"]).to(device)
-        self.tests = {k: torch.from_numpy(d[f"x_{k}"]).to(device) for k in TEST_SETS}
-        self.y_test, self.c_conf, self.a_test = d["y_test"], d["c_conflicting"], d.get("a_test")
+
+class ImageJob:
+    """The image domain of :func:`nht.core.loop.run`: C stacked cells (module docstring).
+
+    ``cells``: [(cell id, settings)]; ``datasets``: the loaded shortcut datasets; ``data_of``: the
+    index into ``datasets`` of each cell."""
+
+    check_every = None                # the loop reads divergence back at evaluations only
+
+    def __init__(self, cells: list[tuple[str, dict]], datasets: list[dict], data_of: list[int],
+                 device: torch.device, precision: str = "fp32", compile: bool = False):
+        self.s = s = shared_settings([c[1] for c in cells])
+        self.device, self.precision = device, precision
+        self.cells = [c for c, _ in cells]
+        self.hp = {c: {"lr": float(st["lr"]), "weight_decay": float(st["weight_decay"]), "seed": int(st["seed"]),
+                       "data": int(i)} for (c, st), i in zip(cells, data_of)}
+        self.stacked = s["model"]["name"] in STACKED_MODELS
+        if not self.stacked and len(cells) > 1:
+            raise ValueError(f"model '{s['model']['name']}' trains one cell per job (it has buffers); got {len(cells)}")
+        d0 = datasets[0]
+        for d in datasets[1:]:
+            if not (np.array_equal(d["y_train"], d0["y_train"]) and np.array_equal(d["y_test"], d0["y_test"])):
+                raise ValueError("the datasets of one image job must hold the same images and labels")
+        self.x_train = torch.stack([torch.from_numpy(d["x_train"]) for d in datasets]).to(device)   # (D, N, 3, H, W)
+        self.y_train = torch.from_numpy(d0["y_train"]).to(device)
+        self.tests = {k: torch.stack([torch.from_numpy(d[f"x_{k}"]) for d in datasets]).to(device) for k in TEST_SETS}
+        self.y_test, self.a_test = d0["y_test"], d0.get("a_test")
+        self.c_conf = np.stack([d["c_conflicting"] for d in datasets])                               # (D, Nt)
         self.memory_format = torch.channels_last if s.get("channels_last", True) else torch.contiguous_format
-        self.model = build_model(s["model"], int(len(d["classes"])), tuple(d["x_train"].shape[1:])).to(
-            device, memory_format=self.memory_format)
-        self.opt = make_optimizer(self.model, s)
         self.n = len(self.y_train)
         self.bs = self.n if s["batch_size"] == "full" else min(int(s["batch_size"]), self.n)
         self.steps_per_epoch = self.eval_every = math.ceil(self.n / self.bs)
         self.max_steps = int(s["epochs"]) * self.steps_per_epoch
         self.noise = float(s.get("input_noise") or 0.0)
-        self.step, self.sum_lr = 0, 0.0
+        total, sched = self.max_steps, s["lr_schedule"]
+        factors = [lr_factor(t, total, sched) for t in range(total + 1)]
+        self.cum_factor = np.concatenate([[0.0], np.cumsum(factors[:-1])])   # sum of lr / peak lr after t steps
 
+        models = []
+        for (c, st) in cells:
+            devmod.seed_everything(self.hp[c]["seed"])
+            models.append(build_model(st["model"], int(len(d0["classes"])), tuple(d0["x_train"].shape[1:])))
+        self.base = models[0].to(device)                     # the module functional_call runs (and its buffers)
+        self.n_params = n_params(self.base)
+        norm_ids = {id(p) for m in self.base.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters()}
+        self.norm_cols = [tensor_column(k) for k, p in self.base.named_parameters() if id(p) in norm_ids]
+        params, _ = stack_module_state(models)
+        self.names = list(params)
+        self.shapes = [tuple(v.shape[1:]) for v in params.values()]
+        self.sizes = [math.prod(sh) for sh in self.shapes]
+        C = len(cells)
+        flat = torch.cat([v.detach().reshape(C, -1) for v in params.values()], dim=1).to(device, devmod.DTYPE)
+        schedule = None
+        if sched == "cosine":
+            schedule = torch.tensor([1.0] + factors + [0.0], dtype=torch.float64)[:total + 2]
+        self.optim = StackedOptimizer(s["optimizer"], self.max_steps, device, flat.dtype, lr_factor=schedule)
+        self.optim.fresh(flat)
+        self.forward = self._make_forward(compile)
+        self.slots = list(self.cells)
+        self.active = list(self.cells)
+        self.step = 0
+        self.ended_at: dict[str, int] = {}                  # removed cell -> step when it left
+        self._set_state(flat, *self.optim.state())
+
+    # ------------------------------------------------------------------ model and stacked state
+    def _make_forward(self, compile: bool):
+        """(params {name: (C, ...)}, x (C, B, 3, H, W)) -> logits (C, B, classes)."""
+        base, mf = self.base, self.memory_format
+
+        def one(p, x):
+            return functional_call(base, p, (x,))
+
+        if self.stacked:
+            fwd = torch.vmap(one)
+        else:
+            def fwd(params, x):
+                return one({k: v[0] for k, v in params.items()}, x[0].contiguous(memory_format=mf)).unsqueeze(0)
+        return torch.compile(fwd) if compile else fwd
+
+    def _set_state(self, flat, m, v, t, alive) -> None:
+        """Install ``flat`` (slots, parameters) and the optimizer state; the model tensors are views
+        of ``flat`` made leaves of autograd, their gradients concatenated into ``grad``."""
+        self.flat = flat.detach()
+        self.optim.install(m, v, t, alive)
+        self.optim.set_hparams([self.hp[c]["lr"] for c in self.slots], [self.hp[c]["weight_decay"] for c in self.slots])
+        C = self.flat.shape[0]
+        self.grad = torch.zeros_like(self.flat)
+        self._leaves = {k: part.view(C, *sh).requires_grad_(True)
+                        for k, part, sh in zip(self.names, self.flat.split(self.sizes, dim=1), self.shapes)}
+        self._data = torch.tensor([self.hp[c]["data"] for c in self.slots], dtype=torch.long, device=self.device)
+        self.loss_sum = torch.zeros(C, dtype=torch.float64, device=self.device)
+        self.correct = torch.zeros(C, dtype=torch.float64, device=self.device)
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach() for k, v in self._leaves.items()}
+
+    def keep(self, ids: list[str]) -> None:
+        """Keep only the active cells ``ids``: the others leave the stacked tensors. Called at
+        evaluations, which are epoch ends: the next step draws the kept cells' streams afresh."""
+        ids = list(ids)
+        if ids == self.active:
+            return
+        for c in self.active:
+            if c not in ids:
+                self.ended_at[c] = self.step
+        pos = torch.tensor([self.slots.index(c) for c in ids], dtype=torch.long, device=self.device)
+        sums = (self.loss_sum.index_select(0, pos), self.correct.index_select(0, pos))
+        with torch.no_grad():
+            state = [x.index_select(0, pos) for x in (self.flat, *self.optim.state())]
+        self.slots = self.active = ids
+        self._set_state(*state)
+        self.loss_sum, self.correct = sums
+
+    # ------------------------------------------------------------------ one update
     def _normalise(self, xb: torch.Tensor) -> torch.Tensor:
-        return ((xb.to(devmod.DTYPE) / 255.0 - 0.5) / 0.5).contiguous(memory_format=self.memory_format)
+        return (xb.to(devmod.DTYPE) / 255.0 - 0.5) / 0.5
 
     def _start_epoch(self, epoch: int) -> None:
-        seed = int(self.s["seed"]) * 1_000_003 + epoch
-        self.perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).to(self.device)
-        self.noise_gen = torch.Generator().manual_seed(seed + NOISE_SEED_OFFSET) if self.noise > 0 else None
-        self.loss_sum, self.correct, self.seen = 0.0, 0, 0
+        seeds = [self.hp[c]["seed"] * 1_000_003 + epoch for c in self.slots]
+        self.perm = torch.stack([torch.randperm(self.n, generator=torch.Generator().manual_seed(sd))
+                                 for sd in seeds]).to(self.device)                      # (slots, n)
+        self.noise_gens = ([torch.Generator().manual_seed(sd + NOISE_SEED_OFFSET) for sd in seeds]
+                           if self.noise > 0 else [])
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        self.seen = 0
 
     def train_step(self) -> torch.Tensor:
-        """One minibatch update; returns its loss, shape (1,). A non-finite loss is not applied."""
+        """One minibatch update of every active cell; returns their mean losses (slots,), on the
+        device, not read back."""
         i = self.step % self.steps_per_epoch
         if i == 0:
             self._start_epoch(self.step // self.steps_per_epoch + 1)
-        idx = self.perm[i * self.bs:(i + 1) * self.bs]
-        lr = lr_at(self.step, self.max_steps, self.s["lr"], self.s["lr_schedule"])
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        xb = self._normalise(self.x_train[idx])
-        if self.noise_gen is not None:
-            xb = xb + self.noise * torch.randn(xb.shape, generator=self.noise_gen, dtype=xb.dtype).to(self.device)
+        idx = self.perm[:, i * self.bs:(i + 1) * self.bs]                                # (C, B)
+        xb = self._normalise(self.x_train[self._data[:, None], idx])                     # (C, B, 3, H, W)
+        if self.noise_gens:
+            shape = xb.shape[1:]
+            draws = torch.stack([torch.randn(shape, generator=g, dtype=xb.dtype) for g in self.noise_gens])
+            xb = xb + self.noise * draws.to(self.device)
+        y = self.y_train[idx]
         with devmod.autocast(self.device, self.precision):
-            logits = self.model(xb)
-        loss = F.cross_entropy(logits.float(), self.y_train[idx])
-        if not torch.isfinite(loss):
-            return loss.detach().reshape(1)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+            logits = self.forward(self._leaves, xb)
+        logits = logits.float()
+        C, B, K = logits.shape
+        loss_sum = F.cross_entropy(logits.reshape(C * B, K), y.reshape(C * B), reduction="none").view(C, B).sum(1)
+        grads = torch.autograd.grad(loss_sum, list(self._leaves.values()),
+                                    grad_outputs=torch.full_like(loss_sum, 1.0 / B))
+        torch.cat([g.reshape(C, -1) for g in grads], dim=1, out=self.grad)
+        with torch.no_grad():
+            loss = loss_sum.detach() / B
+            self.optim.step(self.flat, self.grad, loss)
+            self.loss_sum += loss_sum.detach().double()
+            self.correct += (logits.detach().argmax(-1) == y).sum(1).double()
+        self.seen += B
         self.step += 1
-        self.sum_lr += lr
-        self.loss_sum += loss.item() * len(idx)
-        self.correct += int((logits.argmax(1) == self.y_train[idx]).sum())
-        self.seen += len(idx)
-        return loss.detach().reshape(1)
+        return loss
+
+    # ------------------------------------------------------------------ evaluation and stop rule
+    @torch.no_grad()
+    def _predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Predicted classes (slots, images) of each cell on its own copy of test set ``x`` (D, Nt, ...)."""
+        batch = int(self.s["eval_batch_size"])
+        params = self.params
+        self.base.eval()
+        out = []
+        with devmod.autocast(self.device, self.precision):
+            for i in range(0, x.shape[1], batch):
+                xb = self._normalise(x[:, i:i + batch].index_select(0, self._data))
+                out.append(self.forward(params, xb).argmax(-1))
+        self.base.train()
+        return torch.cat(out, dim=1)
+
+    def sum_lr(self, cell: str, steps: int | None = None) -> float:
+        """Sum of the cell's learning rate over its first ``steps`` updates (default: all done)."""
+        return self.hp[cell]["lr"] * float(self.cum_factor[self.step if steps is None else steps])
 
     @torch.no_grad()
-    def _predict(self, x: torch.Tensor) -> np.ndarray:
-        self.model.eval()
-        batch = int(self.s["eval_batch_size"])
-        with devmod.autocast(self.device, self.precision):
-            out = [self.model(self._normalise(x[i:i + batch])).argmax(1) for i in range(0, len(x), batch)]
-        self.model.train()
-        return torch.cat(out).cpu().numpy()
-
     def evaluate(self, wall_s: float) -> list[dict]:
-        """The history row at this epoch end (epoch 0: the initialisation, loss/train_acc NaN)."""
+        """One history row per active cell at this epoch end (epoch 0: the initialisation, loss
+        and train_acc NaN). Reads back once: the predictions and one table of sums and norms."""
         epoch = self.step // self.steps_per_epoch
-        first = epoch == 0
-        row = {"step": self.step, "epoch": epoch, "Lambda": float(self.s["weight_decay"]) * self.sum_lr,
-               "loss": float("nan") if first else self.loss_sum / self.seen,
-               "train_acc": float("nan") if first else self.correct / self.seen,
-               "lr": lr_at(self.step, self.max_steps, self.s["lr"], self.s["lr_schedule"]), "wall_s": wall_s}
-        preds = {k: self._predict(x) for k, x in self.tests.items()}
-        for k, col in TEST_SETS.items():
-            row[col] = float((preds[k] == self.y_test).mean())
-        row["phi"] = float((preds["conflicting"] == self.c_conf).mean())
-        if self.a_test is not None:
-            accs, worst = group_accuracies(preds["clean"], self.y_test, self.a_test)
-            row.update(accs)
-            row["worst_group_acc"] = worst
-        row.update(squared_norms(self.model))
-        return [row]
+        preds = torch.stack([self._predict(x) for x in self.tests.values()]).cpu().numpy()    # (4, C, Nt)
+        norms = stacked_squared_norms(self.params)
+        table = torch.stack([self.loss_sum, self.correct, *norms.values()], dim=1).cpu().tolist()
+        seen = getattr(self, "seen", 0) if epoch > 0 else 0
+        factor = lr_factor(self.step, self.max_steps, self.s["lr_schedule"])
+        rows = []
+        for j, (c, (loss_sum, correct, *vs)) in enumerate(zip(self.slots, table)):
+            hp = self.hp[c]
+            row = {"step": self.step, "epoch": epoch, "Lambda": hp["weight_decay"] * self.sum_lr(c),
+                   "loss": loss_sum / seen if seen else float("nan"),
+                   "train_acc": correct / seen if seen else float("nan"),
+                   "lr": hp["lr"] * factor, "wall_s": wall_s}
+            p = {k: preds[i, j] for i, k in enumerate(TEST_SETS)}
+            for k, col in TEST_SETS.items():
+                row[col] = float((p[k] == self.y_test).mean())
+            row["phi"] = float((p["conflicting"] == self.c_conf[hp["data"]]).mean())
+            if self.a_test is not None:
+                accs, worst = group_accuracies(p["clean"], self.y_test, self.a_test)
+                row.update(accs)
+                row["worst_group_acc"] = worst
+            v = dict(zip(norms, vs))
+            row["V"], row["V_no_norm"] = v["V"], v["V"] - sum(v[k] for k in self.norm_cols)
+            row.update(v)
+            rows.append(row)
+        return rows
 
     def stop(self, cell: str, row: dict) -> tuple[str, str] | None:
         """Finished after ``epochs``; ``time_limit`` at an earlier epoch end past ``time_limit_s``."""
@@ -176,56 +343,89 @@ class ImageCell:
             return "time_limit", "time_limit_s"
         return None
 
-    def keep(self, ids: list[str]) -> None:
-        self.active = list(ids)
-
+    # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
-                "sum_lr": float(self.sum_lr)}
+        """Tensors and plain values only (written at epoch ends: the next step starts an epoch)."""
+        m, v, t, alive = self.optim.state()
+        return {"step": self.step, "slots": self.slots, "ended_at": self.ended_at, "flat": self.flat.cpu(),
+                "m": m.cpu(), "v": v.cpu(), "t": t.cpu(), "alive": alive.cpu(),
+                "buffers": {k: b.cpu() for k, b in self.base.named_buffers()}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["opt"])
-        self.step, self.sum_lr = state["step"], state["sum_lr"]
+        self.step, self.ended_at = state["step"], dict(state["ended_at"])
+        self.slots = self.active = list(state["slots"])
+        self._set_state(*(state[k].to(self.device) for k in ("flat", "m", "v", "t", "alive")))
+        with torch.no_grad():
+            for k, b in self.base.named_buffers():
+                b.copy_(state["buffers"][k])
+
+
+def load_job_data(data_paths: list[str | Path]) -> tuple[list[dict], list[int]]:
+    """The distinct datasets of a job's cells (``data_paths``: one per cell) and each cell's index."""
+    unique = list(dict.fromkeys(str(p) for p in data_paths))
+    return [load_npz(p) for p in unique], [unique.index(str(p)) for p in data_paths]
+
+
+def train_job(cells: list[tuple[str, dict]], data_paths: list[str | Path], history_path: str | Path,
+              meta_path: str | Path, checkpoint_path: str | Path | None = None, device: str = "auto",
+              threads: int | None = None, deterministic: bool = True, precision: str = "fp32",
+              job_id: str = "job", compile: bool = False, stop_after_epoch: int | None = None,
+              progress_every_s: float = 20.0) -> dict:
+    """Train ``cells`` ([(id, settings)], one job; ``data_paths``: each cell's shortcut dataset) and
+    write the long ``history.csv`` and ``meta.json``; returns the meta dict.
+
+    ``stop_after_epoch`` (tests only) simulates a kill: it writes the checkpoint after that epoch and
+    returns ``{"aborted_at": step}`` without final outputs."""
+    s0 = cells[0][1]
+    dev = devmod.resolve_device(device)
+    devmod.configure(threads or s0.get("threads"), deterministic, precision)
+    if dev.type == "cuda" and not deterministic:
+        torch.backends.cudnn.benchmark = True        # autotuned convolutions (runs differ in the last bits)
+    datasets, data_of = load_job_data(data_paths)
+    job = ImageJob(cells, datasets, data_of, dev, precision, compile)
+    res = loop.run(job, code_module=__name__, name=job_id, checkpoint=checkpoint_path,
+                   checkpoint_every_s=float(s0["checkpoint_seconds"]), progress_every_s=progress_every_s,
+                   stop_after_steps=None if stop_after_epoch is None else stop_after_epoch * job.steps_per_epoch,
+                   provenance_extra={"precision": precision, "deterministic": deterministic})
+    if res is None:
+        return {"aborted_at": job.step}
+
+    rows = [{"cell": c, **row} for c in job.cells for row in res.history[c]]
+    table = pd.DataFrame(rows)
+    table = table[["cell"] + ordered_columns(c for c in table.columns if c != "cell")]
+    records = {}
+    for c in job.cells:
+        st = res.status[c]
+        steps = job.ended_at.get(c, job.step)
+        if st["stop_reason"] == "non-finite loss":
+            steps = st["stop_step"] - 1                  # the updates applied before the first NaN/Inf loss
+        hist = res.history[c]
+        records[c] = {"status": st["status"], "stop_reason": st["stop_reason"], "steps": steps,
+                      "epochs_done": int(hist[-1]["epoch"]) if hist else 0, "sum_lr": job.sum_lr(c, steps),
+                      "n_params": job.n_params, "n_train": job.n, "n_test": int(len(job.y_test))}
+    meta = {"job": job_id, "experiment": s0.get("experiment"), "n_cells": len(cells), "cells": records,
+            "settings": job.s, "wall_seconds": res.wall_s, "cell_steps": res.cell_steps,
+            "cell_steps_per_second": res.cell_steps / max(res.wall_s, 1e-9),
+            "resumed_from_step": res.resumed_from_step, "provenance": res.provenance}
+    write_atomic(history_path, table.to_csv(index=False, float_format=FLOAT_FORMAT))
+    write_json(meta, meta_path)
+    if checkpoint_path is not None:
+        Path(checkpoint_path).unlink(missing_ok=True)
+    return meta
 
 
 def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, device: str = "auto",
                threads: int | None = None, deterministic: bool = True, precision: str = "fp32",
-               cell_id: str = "", stop_after_epoch: int | None = None,
-               progress_every_s: float = 20.0) -> dict:
-    """Train one cell (``settings`` = the cell's resolved config values), write ``history.csv`` and
-    ``meta.json`` in ``out_dir`` and return the meta dict (the cell's entry is ``meta["cells"][cell_id]``).
-
-    ``stop_after_epoch`` (tests only) simulates a kill: it writes a checkpoint after that epoch and
-    returns ``{"aborted_at": step}`` without final outputs.
-    """
-    s = settings
+               cell_id: str = "", stop_after_epoch: int | None = None, progress_every_s: float = 20.0) -> dict:
+    """A job of one cell in ``out_dir``: its own ``history.csv`` (no ``cell`` column), ``meta.json``
+    and ``checkpoint.pt``; returns the meta dict (the cell's entry is ``meta["cells"][cell_id]``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / "checkpoint.pt"
-    dev = devmod.resolve_device(device)
-    devmod.configure(threads or s.get("threads"), deterministic, precision)
-    devmod.seed_everything(int(s["seed"]))
-    d = load_npz(data_path)
-    cell = ImageCell(s, d, dev, cell_id, precision)
-    res = loop.run(cell, code_module=__name__, name=cell_id, checkpoint=ckpt,
-                   checkpoint_every_s=float(s["checkpoint_seconds"]), progress_every_s=progress_every_s,
-                   stop_after_steps=None if stop_after_epoch is None else stop_after_epoch * cell.steps_per_epoch,
-                   provenance_extra={"precision": precision, "deterministic": deterministic})
-    if res is None:
-        return {"aborted_at": cell.step}
-
-    hist = pd.DataFrame(res.history[cell_id])
-    hist = hist[ordered_columns(hist.columns)]
-    status = res.status[cell_id]
-    meta = {"job": cell_id, "experiment": s.get("experiment"), "n_cells": 1,
-            "cells": {cell_id: {"status": status["status"], "stop_reason": status["stop_reason"], "steps": cell.step,
-                                "epochs_done": int(hist["epoch"].iloc[-1]), "sum_lr": cell.sum_lr,
-                                "n_params": n_params(cell.model), "n_train": cell.n, "n_test": int(len(cell.y_test))}},
-            "settings": s, "wall_seconds": res.wall_s, "cell_steps": res.cell_steps,
-            "cell_steps_per_second": res.cell_steps / max(res.wall_s, 1e-9),
-            "resumed_from_step": res.resumed_from_step, "provenance": res.provenance}
-    write_atomic(out / "history.csv", history_csv(hist))
-    write_json(meta, out / "meta.json")
-    ckpt.unlink(missing_ok=True)
+    meta = train_job([(cell_id, settings)], [data_path], out / "history.csv", out / "meta.json",
+                     out / "checkpoint.pt", device=device, threads=threads, deterministic=deterministic,
+                     precision=precision, job_id=cell_id, stop_after_epoch=stop_after_epoch,
+                     progress_every_s=progress_every_s)
+    if "aborted_at" not in meta:
+        h = pd.read_csv(out / "history.csv").drop(columns="cell")
+        write_atomic(out / "history.csv", history_csv(h[ordered_columns(h.columns)]))
     return meta
