@@ -9,8 +9,9 @@ them per cell in tests/test_train.py and tests/test_step.py. The coefficients ar
 float64, like torch's Python floats, then rounded to the parameters' dtype.
 
 A slot whose ``alive`` is False (a stopped cell kept in place, or one whose loss was NaN/Inf)
-gets a zero gradient, decay 1 and step size 0: its parameters do not move and the other slots are
-untouched. Nothing is read back to the host: the mask, the step counts and the coefficients stay
+gets decay 1 and step size 0: a stopped cell's parameters do not move (its moments do, unused),
+a diverged cell's may turn NaN (its state no longer matters: its history ended at its last
+finite evaluation), and the other slots are untouched, since every operation is per slot. Nothing is read back to the host: the mask, the step counts and the coefficients stay
 on the device, so a step can be captured in a CUDA graph (the tensors keep their addresses; only
 :meth:`StackedOptimizer.set_hparams` and :meth:`StackedOptimizer.install` make new ones).
 
@@ -41,7 +42,6 @@ class StackedOptimizer:
         self.spec, self.name, self.device, self.dtype = spec, spec["name"], device, dtype
         f64 = dict(dtype=torch.float64, device=device)
         self._one = torch.ones((), dtype=torch.long, device=device)
-        self._zero = torch.zeros((), dtype=dtype, device=device)
         if lr_factor is not None:
             lr_factor = torch.as_tensor(lr_factor, **f64)
             if lr_factor.shape != (max_steps + 2,) or not bool((lr_factor[1:max_steps + 1] > 0).all()):
@@ -68,6 +68,7 @@ class StackedOptimizer:
         self._coef64 = torch.empty(C, 3, dtype=torch.float64, device=self.device)
         self._coef = torch.empty(C, 3, dtype=self.dtype, device=self.device)
         self._c0, self._c1, self._c2 = (self._coef[:, i:i + 1] for i in range(3))   # (slots, 1) views
+        self._den = torch.empty_like(m) if self.name == "adamw" else None         # AdamW's denominator
 
     def fresh(self, like: torch.Tensor) -> None:
         """Install the state of slots that have not updated yet (``like``: the stacked parameters)."""
@@ -105,8 +106,7 @@ class StackedOptimizer:
     # ------------------------------------------------------------------ one update
     @torch.no_grad()
     def step(self, flat: torch.Tensor, grad: torch.Tensor, loss: torch.Tensor) -> None:
-        """One update of every slot, in place on ``flat`` (``grad`` is overwritten: zero where a slot
-        is masked). ``loss`` (slots,): a slot whose loss is NaN/Inf is masked from this update on."""
+        """One update of every slot, in place on ``flat`` (``grad`` is read only). ``loss`` (slots,): a slot whose loss is NaN/Inf is masked from this update on."""
         d = loss - loss                            # 0 where finite, NaN where NaN/Inf
         self.alive.logical_and_(d == d)
         self.t.add_(self._one)
@@ -115,11 +115,10 @@ class StackedOptimizer:
             live = live * self._bias[self.t]
         torch.where(self._alive_col, live, self._dead, out=self._coef64)
         self._coef.copy_(self._coef64)             # columns: see set_hparams
-        g = torch.where(self._alive_col, grad, self._zero, out=grad)
         if self.name == "adamw":
-            self._adamw(flat, g)
+            self._adamw(flat, grad)
         else:
-            self._sgd(flat, g)
+            self._sgd(flat, grad)
 
     def _adamw(self, p: torch.Tensor, g: torch.Tensor) -> None:
         """``p *= 1 - lr wd``; ``m = lerp(m, g, 1 - b1)``; ``v = b2 v + (1 - b2) g^2``;
@@ -131,11 +130,12 @@ class StackedOptimizer:
         p.mul_(self._c0)
         self.m.lerp_(g, 1.0 - b1)
         self.v.mul_(self._b2).addcmul_(g, g, value=1.0 - b2)
-        p.addcdiv_(self.m, torch.addcmul(self._c2, self.v.sqrt(), self._c1))
+        den = torch.sqrt(self.v, out=self._den)    # preallocated: no new buffer (page faults) per step
+        p.addcdiv_(self.m, torch.addcmul(self._c2, den, self._c1, out=den))
 
     def _sgd(self, p: torch.Tensor, g: torch.Tensor) -> None:
         """SGD on L + wd/2 ||theta||^2: ``d = g + wd p`` (momentum: ``m = mu m + d``, d = m);
-        ``p -= lr d``."""
+        ``p -= lr d`` (a masked slot: wd = lr = 0)."""
         d = torch.addcmul(g, p, self._c0)
         if self.spec.get("momentum", 0.0):
             self.m.mul_(self._mu).add_(d)
