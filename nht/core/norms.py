@@ -23,17 +23,25 @@ NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
                nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm, nn.LayerNorm)
 
 
+def norm_layer_tensors(model: nn.Module) -> list[str]:
+    """The names (as ``named_parameters()`` gives them) of the parameters of normalisation layers
+    (:data:`NORM_LAYERS`, by type): the one place nht tells them apart. Trainers record it in
+    their meta (``norm_layer_tensors``), and the cell records mark those tensors (``norm_layer``)."""
+    in_norm_layer = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters()}
+    return [name for name, p in model.named_parameters() if id(p) in in_norm_layer]
+
+
 @torch.no_grad()
 def squared_norms(model: nn.Module) -> dict[str, float]:
     """``{"V", "V_no_norm", "V:<tensor>" ...}`` of one model (squared norms, float64 sums)."""
-    in_norm_layer = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters()}
+    in_norm_layer = set(norm_layer_tensors(model))
     total = no_norm = 0.0
     per_tensor = {}
     for name, p in model.named_parameters():
         v = float(p.detach().double().pow(2).sum().item())
         per_tensor[tensor_column(name)] = v
         total += v
-        if id(p) not in in_norm_layer:
+        if name not in in_norm_layer:
             no_norm += v
     return {"V": total, "V_no_norm": no_norm, **per_tensor}
 
