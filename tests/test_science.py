@@ -352,6 +352,13 @@ def test_P4_layer_hierarchy():
     flipped = {c: {"out.weight": {"V_fit": 1.0, "V_final": 0.9},
                    "hidden.weight": {"V_fit": 1.0, "V_final": 0.1}} for c in cells.cell}
     assert science.layer_hierarchy(cells, flipped)["share_readout_max"] == 0.0
+    # a normalisation layer's weight (marked by the trainer, whatever its name) is not a weight tensor
+    with_norm = {c: {"out.weight": {"V_fit": 1.0, "V_final": 0.5},
+                     "hidden.weight": {"V_fit": 1.0, "V_final": 0.8},
+                     "block.scale_weight": {"V_fit": 1.0, "V_final": 0.01, "norm_layer": True}}
+                 for c in cells.cell}
+    lh = science.layer_hierarchy(cells, with_norm)
+    assert lh["share_readout_max"] == 1.0 and "block.scale_weight" not in lh["median_contraction"]
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -275,3 +275,24 @@ def test_a_checkpoint_with_pickled_objects_is_refused_by_the_weights_only_load(t
     torch.save({"signature": "x", "code": trainer_code_hash(), "domain": _Opaque()}, path)
     state, why = load_checkpoint(path, "x", trainer_code_hash())
     assert state is None and why.startswith("unreadable"), why
+
+
+def test_norm_layer_tensors_reach_the_cell_records(tmp_path):
+    """The trainer lists its normalisation-layer tensors by module type (nht.core.norms), and the
+    norms stage marks exactly those under ``layers`` (science's P4 reads the mark, not names)."""
+    from torch import nn
+    from nht.stages import norms as norms_stage
+
+    model = {"name": "transformer", "d_model": 16, "n_heads": 4, "d_ff": 32}
+    cells = cells_for(lr=0.01, weight_decay=0.5, init_scale=1, max_steps=20, model=model)
+    hist, meta = _run(cells, data_for(cells[0]), tmp_path, "ln", threads=1)
+    module = build_model(cells[0]["model"], cells[0]["p"])
+    by_type = [n for n, p in module.named_parameters()
+               if any(p is q for m in module.modules() if isinstance(m, nn.LayerNorm) for q in m.parameters())]
+    assert by_type and meta["norm_layer_tensors"] == by_type
+    out = tmp_path / "norms.json"
+    norms_stage.main(["--job-history", str(tmp_path / "ln.csv"), "--meta", str(tmp_path / "ln.json"),
+                      "--cell", cells[0].id, "--kind", "modular", "--settings", json.dumps(cells[0].run_settings),
+                      "--out-history", str(tmp_path / "h.csv"), "--out-norms", str(out)])
+    layers = json.loads(out.read_text())["layers"]
+    assert {n for n, layer in layers.items() if layer["norm_layer"]} == set(by_type)

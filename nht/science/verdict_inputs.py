@@ -272,11 +272,10 @@ def regime_ordering(cells, n_boot: int = 1000, seed: int = 0) -> dict:
 
 # ----------------------------------------------------------------------------- P4
 
-def _is_weight_tensor(name: str) -> bool:
-    parts = name.lower().split(".")
-    if not parts[-1].endswith("weight"):
-        return False
-    return not any("norm" in p or p.startswith("ln") for p in parts[:-1])
+def _is_weight_tensor(name: str, layer: dict) -> bool:
+    """A weight matrix or kernel: named ``*weight`` and not of a normalisation layer (the record's
+    ``norm_layer`` mark, :func:`nht.core.norms.norm_layer_tensors`)."""
+    return name.rsplit(".", 1)[-1].endswith("weight") and not layer.get("norm_layer", False)
 
 
 def _layers_of(rec: dict, layers: dict | None) -> dict:
@@ -302,7 +301,7 @@ def layer_hierarchy(cells, layers: dict | None = None) -> dict:
             continue
         contr = {}
         for name, vals in _layers_of(rec, layers).items():
-            if not _is_weight_tensor(name) or not isinstance(vals, dict):
+            if not isinstance(vals, dict) or not _is_weight_tensor(name, vals):
                 continue
             vm, vf = num(vals.get("V_fit")), num(vals.get("V_final"))
             if vm and vf and vm > 0 and vf > 0:

@@ -3,7 +3,8 @@
 Modular cells are trained in jobs: ``--job-history`` is the job's long table (a ``cell`` column)
 and ``--out-history`` receives this cell's rows. Image cells have their own ``--history``. The
 record is :func:`nht.core.events.extract_events` plus the cell's grid axes, model and optimizer
-names, the final values of the domain's extra accuracy columns, and the training meta's status,
+names, each tensor of ``layers`` marked ``norm_layer`` (from the meta's ``norm_layer_tensors``,
+:func:`nht.core.norms.norm_layer_tensors`), the final values of the domain's extra accuracy columns, and the training meta's status,
 stop reason and provenance. No wall time: a record is a function of the history and settings, so a
 retrained job with the same history gives byte-identical records (wall times are in the job metas
 and the experiment summary's ``training`` block). Every domain's ``meta.json`` has one shape: a job's record with the cell under ``cells``.
@@ -52,6 +53,9 @@ def cell_record(history: pd.DataFrame, meta: dict, cell: str, kind: str, setting
     rec = {"cell": cell, "experiment": meta.get("experiment"), "kind": kind}
     rec.update({k: cell_meta[k] for k in META_KEYS if k in cell_meta})
     rec.update(extract_events(history, settings, cell_meta["status"]))
+    in_norm_layer = set(meta.get("norm_layer_tensors") or ())
+    for name, layer in rec["layers"].items():
+        layer["norm_layer"] = name in in_norm_layer
     rec.update({axis: settings[axis] for axis in KINDS[kind].axes})
     rec["optimizer"] = settings["optimizer"]["name"]
     rec["model"] = settings["model"]["name"]

@@ -77,7 +77,7 @@ from nht.core import device as devmod
 from nht.core import loop
 from nht.core.history import ordered_columns
 from nht.core.io import write_atomic, write_json
-from nht.core.norms import stacked_squared_norms
+from nht.core.norms import norm_layer_tensors, stacked_squared_norms
 from nht.core.stacked_optim import StackedOptimizer
 from nht.domains.modular.intervention import Hook as InterventionHook
 from nht.domains.modular.models import build_model, scale_init, stacked_forward
@@ -142,6 +142,7 @@ class Trainer:
             models.append(scale_init(build_model(s["model"], self.p), self.hp[c]["init_scale"]))
             rng_states.append(torch.get_rng_state())
         params, _ = stack_module_state(models)
+        self.norm_layer_tensors = norm_layer_tensors(models[0])
         self.names = list(params)
         self.shapes = [tuple(v.shape[1:]) for v in params.values()]
         self.sizes = [math.prod(sh) for sh in self.shapes]
@@ -444,6 +445,7 @@ def train_job(cells: list[Cell], data: dict, history_path: str | Path, meta_path
         "cells": {c: {**res.status[c], **trainer.hp[c], **trainer.intervention.record(c)} for c in trainer.cells},
         "stop_rule": STOP_RULE,
         "settings": {k: v for k, v in s.items() if k not in HPARAMS},
+        "norm_layer_tensors": trainer.norm_layer_tensors,
         "wall_seconds": res.wall_s, "cell_steps": res.cell_steps,
         "cell_steps_per_second": res.cell_steps / max(res.wall_s, 1e-9),
         "resumed_from_step": res.resumed_from_step, "provenance": res.provenance,
