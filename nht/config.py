@@ -66,7 +66,8 @@ KINDS: dict[str, KindSpec] = {
     "image": KindSpec(
         axes=("rho", "border", "lr", "weight_decay", "seed"),
         abbrev={"rho": "r", "border": "b", "lr": "lr", "weight_decay": "wd", "seed": "s"},
-        batchable=(),
+        # every axis: cells of one job may read different shortcut datasets (stacked on the device)
+        batchable=("rho", "border", "lr", "weight_decay", "seed"),
     ),
 }
 
@@ -233,6 +234,9 @@ def _check_intervention(prefix: str, exp: dict) -> None:
                               f"symmetry of model '{exp['model']['name']}'{why}; available: {', '.join(have)}")
 
 
+# Image models whose cells train stacked, several per job (nht.domains.images.train.STACKED_MODELS).
+STACKED_IMAGE_MODELS = ("simple_cnn", "mlp")
+
 # Sizes (train, test) of the datasets whose size is known without loading them, for the checks below.
 KNOWN_IMAGE_SIZES = {"digits": (1437, 360), "cifar10": (50000, 10000)}
 
@@ -278,6 +282,10 @@ def check_measurable(prefix: str, exp: dict) -> None:
     if batch is not None and most is not None and batch > most:
         raise ConfigError(f"invalid config key '{prefix}.batch_size' = {batch}: larger than the training set "
                           f"(at most {most} {ds.get('name')} images)")
+    if exp["model"]["name"] not in STACKED_IMAGE_MODELS and exp["max_cells_per_job"] > 1:
+        raise ConfigError(f"invalid config key '{prefix}.max_cells_per_job' = {exp['max_cells_per_job']}: model "
+                          f"'{exp['model']['name']}' trains one cell per job (BatchNorm buffers); only "
+                          f"{', '.join(STACKED_IMAGE_MODELS)} stack")
     side = (8 + 2 * ds.get("pad", 4)) if ds.get("name") == "digits" else (ds.get("image_size") or 32)
     for width in _as_list(exp.get("border", 0)):
         if 2 * width >= side:
@@ -400,6 +408,15 @@ def image_tables(config: dict, cells: dict) -> tuple[dict, dict, dict]:
     shortcuts = {(n, image_shortcut_id(c, exps[n])): (c["rho"], c["border"], c["seed"])
                  for n, cs in by_exp.items() for c in cs}
     return fetch, by_exp, shortcuts
+
+
+def image_job_spec(job: "Job", experiment_config: dict) -> dict:
+    """The ``--job`` argument of an image training job, part of its definition: ``{experiment, job,
+    cells: [{id, settings, data}]}``, each cell's :attr:`Cell.result_settings` (with ``experiment``)
+    and the id of its shortcut dataset (:func:`image_shortcut_id`)."""
+    return {"experiment": job.experiment, "job": job.id,
+            "cells": [{"id": c.id, "settings": dict(c.result_settings, experiment=c.experiment),
+                       "data": image_shortcut_id(c, experiment_config)} for c in job.cells]}
 
 
 def dataset_id(kind: str, settings: dict) -> str:

@@ -56,14 +56,17 @@ def assert_same_cell(together, meta, alone, meta1, cell):
     assert a.pop("sum_lr") == pytest.approx(b.pop("sum_lr"), rel=1e-12) and a == b
 
 
+@pytest.mark.parametrize("stack", ["vmap", "loop"])
 @pytest.mark.parametrize("over", [
     {"lr": [0.001, 0.003], "weight_decay": [0.1, 1.0], "seed": [0, 1], "rho": [0.5, 0.9]},
     {"model": {"name": "mlp", "hidden": [32, 32]}, "optimizer": {"name": "sgd", "momentum": 0.9}, "lr": [0.01, 0.03],
      "weight_decay": [0.0, 0.5], "input_noise": 0.3, "lr_schedule": "constant"},
 ])
-def test_stacked_cells_have_their_one_cell_histories(tmp_path, over):
+def test_stacked_cells_have_their_one_cell_histories(tmp_path, over, stack):
+    """vmap (the CUDA default) and the loop over cells (the CPU default) against jobs of one cell."""
     cells, paths = job_cells(tmp_path, **over)
-    together, meta = run(tmp_path, cells, paths, "together")
+    together, meta = run(tmp_path, cells, paths, "together", stack=stack)
+    assert meta["provenance"]["stack"] == stack
     assert meta["n_cells"] == len(cells) and set(together["cell"]) == {c for c, _ in cells}
     for (cell, s), path in zip(cells, paths):
         alone, meta1 = run(tmp_path, [(cell, s)], [path], "alone")
@@ -74,7 +77,7 @@ def test_per_cell_init_scale_in_one_job(tmp_path):
     (c0, s0), paths = job_cells(tmp_path)[0][0], job_cells(tmp_path)[1]
     s1 = dict(s0, model=dict(s0["model"], init_scale=2.0))
     cells = [(c0, s0), ("scaled", s1)]
-    together, meta = run(tmp_path, cells, paths * 2, "together")
+    together, meta = run(tmp_path, cells, paths * 2, "together", stack="vmap")
     for cell, s in cells:
         alone, meta1 = run(tmp_path, [(cell, s)], paths, "alone")
         assert_same_cell(together, meta, alone, meta1, cell)
@@ -85,7 +88,7 @@ def test_per_cell_init_scale_in_one_job(tmp_path):
 
 def test_a_diverging_cell_leaves_the_others_unchanged(tmp_path):
     cells, paths = job_cells(tmp_path, optimizer={"name": "sgd", "momentum": 0.9}, lr=[0.01, 1e12])
-    together, meta = run(tmp_path, cells, paths, "together")
+    together, meta = run(tmp_path, cells, paths, "together", stack="vmap")
     status = {c: meta["cells"][c]["status"] for c, _ in cells}
     good = next(c for c, s in cells if s["lr"] == 0.01)
     bad = next(c for c, s in cells if s["lr"] == 1e12)
@@ -126,7 +129,7 @@ class SyncLog(TorchFunctionMode):
 
 def test_the_image_step_reads_nothing_back_between_evaluations(tmp_path):
     cells, paths = job_cells(tmp_path, lr=[0.001, 0.003])
-    job = ImageJob(cells, *load_job_data(paths), torch.device("cpu"))
+    job = ImageJob(cells, *load_job_data(paths), torch.device("cpu"), stack="vmap")
     with SyncLog(job) as log:
         res = loop.run(job, code_module="nht.domains.images.train", progress_every_s=1e9)
     assert {st["status"] for st in res.status.values()} == {"finished"}

@@ -148,9 +148,12 @@ def test_checkpoint_of_other_code_or_cell_is_ignored_and_loads_weights_only(tmp_
 def test_sigkill_then_resume(tmp_path):
     # long enough that the kill lands mid-run even with the faster channels-last training
     cell, path = _cell(tmp_path, epochs=40)
-    out = tmp_path / "cell"
-    cmd = [sys.executable, "-m", "nht", "image-train", "--settings", json.dumps(cell.settings),
-           "--data", str(path), "--out", str(out), "--cell", cell.id, "--threads", "1", "--device", "cpu"]
+    out = tmp_path / "job"
+    out.mkdir()
+    job = {"experiment": "t", "job": "j", "cells": [{"id": cell.id, "settings": cell.settings, "data": path.stem}]}
+    cmd = [sys.executable, "-m", "nht", "image-train", "--job", json.dumps(job), "--data", str(path),
+           "--history", str(out / "history.csv"), "--meta", str(out / "meta.json"),
+           "--checkpoint", str(out / "checkpoint.pt"), "--threads", "1", "--device", "cpu"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
@@ -162,11 +165,12 @@ def test_sigkill_then_resume(tmp_path):
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert 1 <= state["domain"]["step"] // 4 < 40                       # 4 steps per epoch
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    line = json.loads(done.stdout.strip().splitlines()[-1])           # the stage's one-line summary
+    line = json.loads(done.stdout.strip().splitlines()[-1])           # the stage's one line per cell
     assert line["status"] == "finished" and line["epochs_done"] == 40 and "final_test_acc" in line
+    assert not (out / "checkpoint.pt").exists()
     ref = tmp_path / "ref"
     train_cell(cell.settings, path, ref, threads=1, cell_id=cell.id)
-    a = pd.read_csv(out / "history.csv").drop(columns="wall_s")
+    a = pd.read_csv(out / "history.csv").drop(columns=["wall_s", "cell"])
     b = pd.read_csv(ref / "history.csv").drop(columns="wall_s")
     pd.testing.assert_frame_equal(a, b)
 

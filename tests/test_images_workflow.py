@@ -2,16 +2,24 @@
 
 import json
 
+import pytest
+
 from conftest import copy_workflow, run_snakemake
 
 
-def test_tiny_image_experiment_through_snakemake(tmp_path):
+@pytest.mark.parametrize("batch_over", [[], ["rho"]])
+def test_tiny_image_experiment_through_snakemake(tmp_path, batch_over):
+    """One cell per job (the default), or both cells stacked in one job (cells reading different
+    shortcut datasets): the per-cell files come from the job's history through ``python -m nht norms``."""
     config = {"results_dir": "results", "data_dir": "data", "experiments": {"tiny_img": {
         "kind": "image", "dataset": {"name": "digits", "source": "sklearn", "n_train": 300, "n_test": 100},
         "rho": [0.1, 1.0], "weight_decay": 0.1, "epochs": 2, "batch_size": 100,
-        "model": {"name": "simple_cnn", "width_mult": 0.25}}}}
+        "model": {"name": "simple_cnn", "width_mult": 0.25}, "batch_over": batch_over, "max_cells_per_job": 2}}}
     copy_workflow(tmp_path, config)
     run_snakemake(tmp_path, "--cores", "2")
+    metas = list((tmp_path / "results" / "tiny_img" / "jobs").glob("*/meta.json"))
+    assert len(metas) == (1 if batch_over else 2)
+    assert sum(json.loads(m.read_text())["n_cells"] for m in metas) == 2
     summary = json.loads((tmp_path / "results" / "tiny_img" / "experiment_summary.json").read_text())
     assert summary["kind"] == "image" and summary["cells"] == 2
     assert set(summary["test_acc_by_rho"]) == {"0.1", "1"}

@@ -1,10 +1,12 @@
-# Image shortcut experiments (issue 4). Included by the Snakefile, which defines config (validated),
+# Image shortcut experiments (issues 4, 21). Included by the Snakefile, which defines config (validated),
 # CELLS, JOBS, JOB_OF, PY, R, D and experiments_of_kind(). Every rule calls one `python -m nht` stage.
 #
 #   image_fetch               dataset -> {D}/image/raw/<fetch id>.npz             (decoded once, uint8)
 #   image_shortcut            raw -> {D}/image/<experiment>/<rho,border,seed>-<hash>.npz  (borders + 4 test sets)
-#   image_train               one cell -> {R}/<experiment>/cells/<cell>/{history.csv,meta.json}
-#   image_norms               one cell's history -> {R}/<experiment>/cells/<cell>/norms.json (nht.core.events)
+#   image_train               one job of cells (batch_over, max_cells_per_job; stacked in one process)
+#                               -> {R}/<experiment>/jobs/<job>/{history.csv,meta.json}
+#   image_norms               one cell's rows of its job's history -> {R}/<experiment>/cells/<cell>/{history.csv,
+#                               norms.json} (python -m nht norms, the per-cell stage of every domain)
 #   image_figures             all cells -> {R}/<experiment>/figures/*.png
 #   (science, workflow/rules/science.smk: all cells -> {R}/<experiment>/science.json, as for modular)
 #   image_experiment_summary  all cells' norms.json + figures + science -> {R}/<experiment>/experiment_summary.json, cells.csv
@@ -84,18 +86,18 @@ rule image_shortcut:
 
 IMAGE_TRAIN_RULE = RC.rule(
     "image_train",
-    exists=lambda w: w.cell in CELLS and CELLS[w.cell].experiment == w.experiment and CELLS[w.cell].kind == "image",
-    inputs=lambda w: {"data": f"{D}/image/{w.experiment}/{_img_shortcut_id(CELLS[w.cell])}.npz"},
-    outputs={"history": f"{R}/{{experiment}}/cells/{{cell}}/history.csv",
-             "meta": f"{R}/{{experiment}}/cells/{{cell}}/meta.json"},
+    exists=lambda w: w.job in IMAGE_JOBS and JOBS[w.job].experiment == w.experiment,
+    inputs=lambda w: {"data": _img_job_data(w.job)},
+    outputs={"history": f"{R}/{{experiment}}/jobs/{{job}}/history.csv",
+             "meta": f"{R}/{{experiment}}/jobs/{{job}}/meta.json"},
     params={
-        "settings": lambda w: _img_json.dumps(_img_settings(CELLS[w.cell]), sort_keys=True, default=str),
-        "outdir": lambda w: f"{R}/{w.experiment}/cells/{w.cell}",
+        "job": lambda w: _img_json.dumps(_img_job_spec(w.job), sort_keys=True, default=str),
+        "checkpoint": lambda w: f"{R}/{w.experiment}/jobs/{w.job}/checkpoint.pt",
         "device": config.get("device", "auto"),
         "det": "" if config.get("deterministic", True) else "--nondeterministic",
         "precision": config.get("precision", "fp32"),
     },
-    scheduling={"scheduling": lambda w: _img_json.dumps(CELLS[w.cell].scheduling, sort_keys=True)},
+    scheduling={"scheduling": lambda w: _img_json.dumps(job_scheduling(JOBS[w.job].cells), sort_keys=True)},
 )
 
 
@@ -108,30 +110,35 @@ rule image_train:
         **IMAGE_TRAIN_RULE.params,
     wildcard_constraints:
         experiment=_IMG_EXP_RE,
-        cell=_IMG_CELL_RE,
+        job=_IMG_JOB_RE,
     conda:
         "../envs/nht.yaml"
     log:
-        "logs/image_train/{experiment}/{cell}.log",
+        "logs/image_train/{experiment}/{job}.log",
     benchmark:
-        "benchmarks/rules/image_train/{experiment}/{cell}.tsv"
+        "benchmarks/rules/image_train/{experiment}/{job}.tsv"
     threads: lambda w: _img_exp_threads(w.experiment)
     resources:
         mem_mb=lambda w: config["experiments"][w.experiment]["mem_mb"],
         runtime=lambda w: config["experiments"][w.experiment]["runtime_min"],
         gpu=lambda w: config["experiments"][w.experiment]["gpus"],
     shell:
-        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht image-train --settings {params.settings:q} --data {input.data:q}"
-        " --out {params.outdir:q} --cell {wildcards.cell:q} --device {params.device:q} --threads {threads}"
-        " {params.det} --precision {params.precision:q} --scheduling {params.scheduling:q}"
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht image-train --job {params.job:q}"
+        " --data {input.data:q} --history {output.history:q} --meta {output.meta:q} --checkpoint {params.checkpoint:q}"
+        " --device {params.device:q} --threads {threads} {params.det} --precision {params.precision:q}"
+        " --scheduling {params.scheduling:q}"
 
 
+# The per-cell stage of every domain (python -m nht norms, as extract_norms in modular.smk): the
+# cell's rows of its job's history and its event record. A rule of its own because the modular
+# rule is constrained to modular experiments and reads the modular job table (JOB_OF).
 IMAGE_NORMS_RULE = RC.rule(
     "image_norms",
     exists=lambda w: w.cell in CELLS and CELLS[w.cell].experiment == w.experiment and CELLS[w.cell].kind == "image",
-    inputs=lambda w: {"history": f"{R}/{w.experiment}/cells/{w.cell}/history.csv",
-                      "meta": f"{R}/{w.experiment}/cells/{w.cell}/meta.json"},
-    outputs={"norms": f"{R}/{{experiment}}/cells/{{cell}}/norms.json"},
+    inputs=lambda w: {"history": f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/history.csv",
+                      "meta": f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/meta.json"},
+    outputs={"history": f"{R}/{{experiment}}/cells/{{cell}}/history.csv",
+             "norms": f"{R}/{{experiment}}/cells/{{cell}}/norms.json"},
     params={"settings": lambda w: _img_json.dumps(_img_settings(CELLS[w.cell], "norms"), sort_keys=True,
                                                   default=str)},
 )
@@ -158,8 +165,9 @@ rule image_norms:
         mem_mb=500,
         runtime=5,
     shell:
-        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht norms --history {input.history:q} --meta {input.meta:q}"
-        " --kind image --cell {wildcards.cell:q} --settings {params.settings:q} --out-norms {output.norms:q}"
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht norms --job-history {input.history:q}"
+        " --meta {input.meta:q} --kind image --cell {wildcards.cell:q} --settings {params.settings:q}"
+        " --out-history {output.history:q} --out-norms {output.norms:q}"
 
 
 IMAGE_FIGURE_NAMES = ("test_acc_vs_rho", "norm_curves", "phase_diagram", "layer_norms")
@@ -206,7 +214,7 @@ IMAGE_SUMMARY_RULE = RC.rule(
     "image_experiment_summary",
     exists=lambda w: w.experiment in IMAGE_EXPERIMENTS,
     inputs=lambda w: {"norms": [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in IMAGE_CELLS[w.experiment]],
-                      "metas": [f"{R}/{w.experiment}/cells/{c.id}/meta.json" for c in IMAGE_CELLS[w.experiment]],
+                      "metas": [f"{R}/{w.experiment}/jobs/{j}/meta.json" for j in _img_jobs_of(w.experiment)],
                       "figures": [f"{R}/{w.experiment}/figures/{name}.png" for name in IMAGE_FIGURE_NAMES],
                       "science": f"{R}/{w.experiment}/science.json"},
     outputs={"summary": f"{R}/{{experiment}}/experiment_summary.json", "table": f"{R}/{{experiment}}/cells.csv"},

@@ -4,11 +4,26 @@
 import json as _img_json
 import re as _img_re
 
-from nht.config import SCHEDULING_KEYS, image_fetch_id, image_shortcut_id, image_tables
+from nht.config import SCHEDULING_KEYS, image_fetch_id, image_job_spec, image_shortcut_id, image_tables, job_scheduling
 
 
 IMAGE_EXPERIMENTS = list(experiments_of_kind("image"))
 IMAGE_FETCH, IMAGE_CELLS, IMAGE_SHORTCUTS = image_tables(config, CELLS)
+IMAGE_JOBS = sorted(j.id for j in JOBS.values() if j.experiment in IMAGE_EXPERIMENTS)
+
+
+def _img_jobs_of(exp):
+    return [j for j in IMAGE_JOBS if JOBS[j].experiment == exp]
+
+
+def _img_job_spec(job):
+    """The --job argument of an image training job (its definition): each cell's settings and dataset."""
+    return image_job_spec(JOBS[job], config["experiments"][JOBS[job].experiment])
+
+
+def _img_job_data(job):
+    """The shortcut datasets of a job's cells, each once, in cell order."""
+    return list(dict.fromkeys(f"{D}/image/{JOBS[job].experiment}/{c['data']}.npz" for c in _img_job_spec(job)["cells"]))
 
 
 def _img_fetch_id(exp):
@@ -21,11 +36,11 @@ def _img_shortcut_id(cell):
 
 _IMG_EXP_RE = "|".join(_img_re.escape(e) for e in IMAGE_EXPERIMENTS) or "NO_IMAGE_EXPERIMENT"
 _IMG_CELL_RE = "|".join(_img_re.escape(c.id) for cs in IMAGE_CELLS.values() for c in cs) or "NO_IMAGE_CELL"
+_IMG_JOB_RE = "|".join(_img_re.escape(j) for j in IMAGE_JOBS) or "NO_IMAGE_JOB"
 
 
-# Image cells are trained by image_train, never extracted from a modular training job; the generic
-# per-cell rules of other kinds match the same paths, so image rules win (they are constrained to
-# image experiments, so other kinds' files are unaffected).
+# Image jobs and cells have rules of their own; the modular rules match the same paths, so image
+# rules win (they are constrained to image experiments, so other kinds' files are unaffected).
 def _img_has_rule(name):
     try:
         getattr(rules, name)
@@ -36,8 +51,12 @@ def _img_has_rule(name):
 
 if _img_has_rule("extract_norms"):
 
-    ruleorder: image_train > extract_norms
     ruleorder: image_norms > extract_norms
+
+
+if _img_has_rule("train_modular"):
+
+    ruleorder: image_train > train_modular
 
 
 if _img_has_rule("fit_modular"):

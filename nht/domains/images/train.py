@@ -9,11 +9,16 @@ tensor ``flat`` of shape (cells, parameters per cell); the model tensors are vie
 dim 0), and the optimizer is :class:`nht.core.stacked_optim.StackedOptimizer` (per-cell lr and
 weight decay, the cosine schedule as its per-step ``lr_factor``). The model runs
 
-* ``simple_cnn``, ``mlp`` (no buffers): ``torch.vmap`` of ``torch.func.functional_call`` over the
-  cell dimension, so a step issues the same tensor operations for 1 or 16 cells
-  (``benchmarks/images_step_ops.py`` counts them; convolutions become one grouped convolution);
-* ``resnet18`` (BatchNorm running statistics are module buffers, updated in place, which vmap
-  cannot batch): ``functional_call`` of one cell; a resnet18 job holds exactly one cell.
+* ``stack="vmap"`` (default on CUDA; ``simple_cnn``, ``mlp``: models without buffers), two cells
+  or more: ``torch.vmap`` of ``torch.func.functional_call`` over the cell dimension, so a step
+  issues the same tensor operations for 2 or 16 cells (``benchmarks/images_step_ops.py`` counts
+  them; a convolution becomes one grouped convolution): a launch-bound GPU runs C cells in about
+  the kernel launches of one;
+* ``stack="loop"`` (default on the CPU, and any job of one cell): ``functional_call`` of each
+  cell in turn, its images in ``channels_last``; the optimizer stays one vectorised update. On the
+  CPU a grouped convolution is 1.4-1.8x slower per cell than a channels-last one, so vmap loses
+  there (measured: README, issue 21). ``resnet18`` (BatchNorm running statistics are module
+  buffers, updated in place, which vmap cannot batch) trains one cell per job.
 
 A job of one cell is the same code. Each cell keeps exactly its one-cell streams: the minibatch
 order of epoch e is ``randperm`` from a generator seeded by (seed, e), the input noise from one
@@ -71,6 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state
 
+from nht.config import STACKED_IMAGE_MODELS
 from nht.core import device as devmod
 from nht.core import loop
 from nht.core.history import FLOAT_FORMAT, history_csv, ordered_columns, tensor_column
@@ -83,7 +89,8 @@ from nht.domains.images.models import build_model, n_params
 TEST_SETS = {"clean": "test_acc", "aligned": "aligned_acc", "conflicting": "conflicting_acc",
              "shortcut_only": "shortcut_only_acc"}      # test set -> history column
 NOISE_SEED_OFFSET = 7_919_000_000
-STACKED_MODELS = ("simple_cnn", "mlp")                 # vmap over cells; others: one cell per job
+STACKED_MODELS = STACKED_IMAGE_MODELS                  # several cells per job; others: one
+STACKS = ("auto", "vmap", "loop")                      # how the forward runs the cells (module docstring)
 # settings a cell of a job may have of its own (the model block differs in init_scale only)
 PER_CELL = ("lr", "weight_decay", "seed", "rho", "border", "model")
 
@@ -131,12 +138,12 @@ class ImageJob:
     """The image domain of :func:`nht.core.loop.run`: C stacked cells (module docstring).
 
     ``cells``: [(cell id, settings)]; ``datasets``: the loaded shortcut datasets; ``data_of``: the
-    index into ``datasets`` of each cell."""
+    index into ``datasets`` of each cell; ``stack``: ``vmap`` | ``loop`` | ``auto`` (vmap on CUDA)."""
 
     check_every = None                # the loop reads divergence back at evaluations only
 
     def __init__(self, cells: list[tuple[str, dict]], datasets: list[dict], data_of: list[int],
-                 device: torch.device, precision: str = "fp32", compile: bool = False):
+                 device: torch.device, precision: str = "fp32", compile: bool = False, stack: str = "auto"):
         self.s = s = shared_settings([c[1] for c in cells])
         self.device, self.precision = device, precision
         self.cells = [c for c, _ in cells]
@@ -145,6 +152,9 @@ class ImageJob:
         self.stacked = s["model"]["name"] in STACKED_MODELS
         if not self.stacked and len(cells) > 1:
             raise ValueError(f"model '{s['model']['name']}' trains one cell per job (it has buffers); got {len(cells)}")
+        if stack not in STACKS:
+            raise ValueError(f"stack must be one of {STACKS}, got {stack!r}")
+        self.stack = ("vmap" if device.type == "cuda" else "loop") if stack == "auto" else stack
         d0 = datasets[0]
         for d in datasets[1:]:
             if not (np.array_equal(d["y_train"], d0["y_train"]) and np.array_equal(d["y_test"], d0["y_test"])):
@@ -198,11 +208,13 @@ class ImageJob:
         def one(p, x):
             return functional_call(base, p, (x,))
 
-        if self.stacked:
-            fwd = torch.vmap(one)
-        else:
-            def fwd(params, x):
-                return one({k: v[0] for k, v in params.items()}, x[0].contiguous(memory_format=mf)).unsqueeze(0)
+        stacked = torch.vmap(one)
+
+        def fwd(params, x):
+            if x.shape[0] > 1 and self.stack == "vmap":
+                return stacked(params, x)
+            return torch.stack([one({k: v[i] for k, v in params.items()}, x[i].contiguous(memory_format=mf))
+                                for i in range(x.shape[0])])
         return torch.compile(fwd) if compile else fwd
 
     def _set_state(self, flat, m, v, t, alive) -> None:
@@ -369,7 +381,7 @@ def load_job_data(data_paths: list[str | Path]) -> tuple[list[dict], list[int]]:
 def train_job(cells: list[tuple[str, dict]], data_paths: list[str | Path], history_path: str | Path,
               meta_path: str | Path, checkpoint_path: str | Path | None = None, device: str = "auto",
               threads: int | None = None, deterministic: bool = True, precision: str = "fp32",
-              job_id: str = "job", compile: bool = False, stop_after_epoch: int | None = None,
+              job_id: str = "job", compile: bool = False, stack: str = "auto", stop_after_epoch: int | None = None,
               progress_every_s: float = 20.0) -> dict:
     """Train ``cells`` ([(id, settings)], one job; ``data_paths``: each cell's shortcut dataset) and
     write the long ``history.csv`` and ``meta.json``; returns the meta dict.
@@ -382,11 +394,11 @@ def train_job(cells: list[tuple[str, dict]], data_paths: list[str | Path], histo
     if dev.type == "cuda" and not deterministic:
         torch.backends.cudnn.benchmark = True        # autotuned convolutions (runs differ in the last bits)
     datasets, data_of = load_job_data(data_paths)
-    job = ImageJob(cells, datasets, data_of, dev, precision, compile)
+    job = ImageJob(cells, datasets, data_of, dev, precision, compile, stack)
     res = loop.run(job, code_module=__name__, name=job_id, checkpoint=checkpoint_path,
                    checkpoint_every_s=float(s0["checkpoint_seconds"]), progress_every_s=progress_every_s,
                    stop_after_steps=None if stop_after_epoch is None else stop_after_epoch * job.steps_per_epoch,
-                   provenance_extra={"precision": precision, "deterministic": deterministic})
+                   provenance_extra={"precision": precision, "deterministic": deterministic, "stack": job.stack})
     if res is None:
         return {"aborted_at": job.step}
 
