@@ -28,10 +28,26 @@ model, optimizer and minibatch rule. Goals of issue 20 on one H200: sweep traini
 >= 50. ``--sweep-cap N`` caps every cell at N steps (evaluation every min(500, N) steps) and
 ``--sweep-seeds K`` keeps the first K seeds: a short run of the same pipeline (e.g. on a CPU).
 
+``--images`` instead times the image trainer (:class:`nht.domains.images.train.ImageJob`, issue 21)
+on random CIFAR-10-sized data (50k 3x32x32 uint8 training images, 4 test sets of 10k, batch 128,
+AdamW, cosine lr) and reports in ``images``, per setup: seconds per step (mean over ``--steps``
+steps after 5 warm-up steps), seconds of one evaluation (the four test sets), seconds per 50k-image
+epoch (391 steps + one evaluation) and per 200-epoch cell (a job of C cells: per job), and
+cell-epochs/s. Setups: ``resnet18`` fp32 (deterministic cuDNN) and bf16 (non-deterministic:
+``cudnn.benchmark``), channels-last, one cell; ``simple_cnn`` one cell and C = ``--image-cells``
+stacked cells (vmap), fp32 and bf16, with the stacked/one-cell throughput ratio; and the wall
+time these imply for ``paper-cifar10.yaml`` (39 cells in jobs of ``max_cells_per_job``, one job
+after another) and ``paper-resnet18.yaml`` (9 cells, one after another) on this one device. Goals
+of issue 21 on one H200: a resnet18 200-epoch cell <= 4 min; >= 16 stacked simple_cnn cells at >=
+10x one cell's throughput; paper-cifar10 <= 30 min, paper-resnet18 <= 36 min. With ``--smoke``: the
+CPU, width 0.125 models, 16x16 images, 256 training images, 2 steps. Writes
+``$OUT/gpu_check_images.json`` when ``$OUT`` is set.
+
 Usage: .venv/bin/python benchmarks/gpu_check.py [--steps 300] [--precisions fp32,tf32,bf16]
        .venv/bin/python benchmarks/gpu_check.py --smoke   # CPU, 3 steps, fp32 (test suite)
        .venv/bin/python benchmarks/gpu_check.py --sweep [--baseline-steps 2000] [--sweep-cap N]
                                                 [--sweep-seeds K] [--keep DIR]
+       .venv/bin/python benchmarks/gpu_check.py --images [--steps 50] [--image-cells 16] [--smoke]
 """
 
 from __future__ import annotations
@@ -57,7 +73,8 @@ sys.path.insert(0, str(REPO))
 from nht.core import device as devmod  # noqa: E402
 from nht.config import expand_cells, load_config  # noqa: E402
 from nht.domains.modular.data import make_modular_dataset  # noqa: E402
-from nht.domains.modular.models import CompanionTransformer, build_model, scale_init, stacked_forward  # noqa: E402
+from nht.core.norms import scale_init  # noqa: E402
+from nht.domains.modular.models import CompanionTransformer, build_model, stacked_forward  # noqa: E402
 from nht.domains.modular.train import Trainer  # noqa: E402
 
 MODELS = {"mlp": ({"name": "mlp", "embed_dim": 32, "hidden": 128}, 31),
@@ -223,6 +240,67 @@ def sweep(dev: torch.device, args) -> dict:
     return result
 
 
+def image_setup(dev: torch.device, model: dict, cells: int, precision: str, deterministic: bool, data: dict,
+                steps: int, epochs: int = 200) -> dict:
+    """Time one image job of ``cells`` cells (seconds; see the module docstring)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from images_step_ops import job_cells
+    from nht.domains.images.train import ImageJob
+
+    devmod.configure(None, deterministic, precision)
+    torch.backends.cudnn.benchmark = dev.type == "cuda" and not deterministic
+    specs = job_cells(cells, model, epochs=epochs, eval_batch_size=1024)
+    job = ImageJob(specs, [data], [0] * cells, dev, precision, stack="vmap")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    for _ in range(min(5, steps)):
+        job.train_step()
+    sync()
+    t = time.perf_counter()
+    for _ in range(steps):
+        job.train_step()
+    sync()
+    s_step = (time.perf_counter() - t) / steps
+    t = time.perf_counter()
+    job.evaluate(0.0)
+    s_eval = time.perf_counter() - t
+    s_epoch = s_step * job.steps_per_epoch + s_eval
+    return {"model": model["name"], "cells": cells, "precision": precision, "deterministic": deterministic,
+            "seconds_per_step": s_step, "seconds_per_evaluation": s_eval, "steps_per_epoch": job.steps_per_epoch,
+            "seconds_per_epoch": s_epoch, "seconds_per_200_epoch_job": 200 * s_epoch,
+            "cell_epochs_per_s": cells / s_epoch}
+
+
+def images(dev: torch.device, args) -> dict:
+    """The ``--images`` timings (module docstring)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from images_step_ops import random_dataset
+
+    if args.smoke:
+        data, width, steps, cells = random_dataset(256, 64, 16), 0.125, 2, 2
+    else:
+        data, width, steps, cells = random_dataset(50_000, 10_000, 32), 1.0, args.steps, args.image_cells
+    out = {}
+    for precision, det in (("fp32", True), ("bf16", False)):
+        out[f"resnet18/{precision}"] = image_setup(dev, {"name": "resnet18", "width_mult": width}, 1, precision,
+                                                   det, data, steps)
+        for c in (1, cells):
+            out[f"simple_cnn/{c}/{precision}"] = image_setup(dev, {"name": "simple_cnn", "width_mult": width}, c,
+                                                             precision, det, data, steps)
+        one, many = out[f"simple_cnn/1/{precision}"], out[f"simple_cnn/{cells}/{precision}"]
+        many["throughput_over_one_cell"] = many["cell_epochs_per_s"] / one["cell_epochs_per_s"]
+        for key in (f"resnet18/{precision}", f"simple_cnn/1/{precision}", f"simple_cnn/{cells}/{precision}"):
+            print(f"{key}: {out[key]['seconds_per_epoch']:.2f} s/epoch, "
+                  f"{out[key]['seconds_per_200_epoch_job'] / 60:.1f} min per 200-epoch job", file=sys.stderr, flush=True)
+    best = "bf16"
+    jobs = -(-39 // cells)
+    out["estimate"] = {
+        "precision": best, "note": "one job after another on this one device; evaluation every epoch",
+        "paper_cifar10_39_cells_min": jobs * out[f"simple_cnn/{cells}/{best}"]["seconds_per_200_epoch_job"] / 60,
+        "paper_cifar10_jobs": jobs, "paper_resnet18_9_cells_min": 9 * out[f"resnet18/{best}"]["seconds_per_200_epoch_job"] / 60,
+        "resnet18_cell_min": out[f"resnet18/{best}"]["seconds_per_200_epoch_job"] / 60}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=300)
@@ -234,6 +312,8 @@ def main() -> None:
     ap.add_argument("--sweep-cap", type=int, help="--sweep: cap every cell at this many steps (a short run)")
     ap.add_argument("--sweep-seeds", type=int, help="--sweep: keep only the first K seeds")
     ap.add_argument("--keep", help="--sweep: run in this directory and keep it (default: a temporary one)")
+    ap.add_argument("--images", action="store_true", help="time the image trainer instead (see above)")
+    ap.add_argument("--image-cells", type=int, default=16, help="--images: stacked simple_cnn cells per job")
     args = ap.parse_args()
     for name in ("baseline_steps", "sweep_cap", "sweep_seeds"):
         value = getattr(args, name)
@@ -247,6 +327,14 @@ def main() -> None:
         print(text)
         if os.environ.get("OUT"):
             Path(os.environ["OUT"], "gpu_check_sweep.json").write_text(text)
+        return
+    if args.images:
+        dev = torch.device("cpu") if args.smoke else devmod.resolve_device("auto")
+        result = {"device": devmod.describe(dev), "images": images(dev, args)}
+        text = json.dumps(result, indent=1)
+        print(text)
+        if os.environ.get("OUT"):
+            Path(os.environ["OUT"], "gpu_check_images.json").write_text(text)
         return
     if args.smoke:
         args.steps, args.precisions = 3, "fp32"

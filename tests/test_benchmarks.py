@@ -152,3 +152,20 @@ def test_companion_rows_of_the_docs_are_regenerated():
     table = cc.build_table(nht, comp, source, {"x": 1}, 500, [])
     missing = [row for row in doc_rows if row not in table.splitlines()]
     assert not missing, missing
+
+
+def test_gpu_check_images_mode_runs_with_smoke():
+    """``gpu_check.py --images --smoke``: every image setup (resnet18 fp32/bf16, one and stacked
+    simple_cnn cells) times on the CPU, and the preset estimates come out (issue 21)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("OUT", None)
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--images", "--smoke"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["device"]["device"] == "cpu"
+    setups = doc["images"]
+    for key in ("resnet18/fp32", "resnet18/bf16", "simple_cnn/1/fp32", "simple_cnn/2/bf16"):
+        assert setups[key]["seconds_per_epoch"] > 0 and setups[key]["cell_epochs_per_s"] > 0, key
+    assert setups["simple_cnn/2/fp32"]["throughput_over_one_cell"] > 0
+    assert setups["estimate"]["paper_cifar10_39_cells_min"] > 0 and setups["estimate"]["paper_resnet18_9_cells_min"] > 0
