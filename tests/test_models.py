@@ -4,8 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nht.core.norms import scale_init, squared_norms
 from nht.domains.modular.models import (COMPANION_NAMES, CompanionTransformer, GrokkingMLP, OneLayerTransformer, build_model,
-                        from_companion_state, scale_init, squared_norm, to_companion_state)
+                        from_companion_state, to_companion_state)
+
+
+def squared_norm(model) -> float:
+    """V of a model (nht.core.norms)."""
+    return squared_norms(model)["V"]
 
 TRANSFORMERS = [{"name": "transformer", "d_model": 16, "n_heads": 4, "d_ff": 32},                    # companion
                 {"name": "transformer", "d_model": 16, "n_heads": 4, "d_ff": 32, "norm_first": True},

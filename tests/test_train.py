@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from nht.config import expand_cells, validate_config
 from nht.domains.modular.data import make_modular_dataset
-from nht.domains.modular.models import build_model, scale_init
+from nht.core.norms import scale_init
+from nht.domains.modular.models import build_model
 from nht.core.fingerprint import code_fingerprint
 from nht.core.history import REQUIRED, ordered_columns
 from nht.core.loop import load_checkpoint

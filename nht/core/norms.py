@@ -9,7 +9,7 @@ V is always the SQUARED L2 norm, ``V = ||theta||^2`` (sum of squared entries), s
 
 :func:`squared_norms` takes one ``nn.Module``; :func:`stacked_squared_norms` takes the stacked
 parameters of many cells (a leading *cell* dimension, as the modular trainer keeps them) and gives
-one value per cell.
+one value per cell. :func:`scale_init` scales a model's initial parameters (``init_scale``).
 """
 
 from __future__ import annotations
@@ -52,3 +52,13 @@ def stacked_squared_norms(params: dict[str, torch.Tensor]) -> dict[str, torch.Te
     (squared norms, float64)."""
     per_tensor = {tensor_column(k): v.detach().double().pow(2).flatten(1).sum(dim=1) for k, v in params.items()}
     return {"V": sum(per_tensor.values()), **per_tensor}
+
+
+@torch.no_grad()
+def scale_init(model: nn.Module, factor: float) -> nn.Module:
+    """Multiply every parameter by ``factor`` in place, so V_init = factor**2 * V_init(factor 1)
+    exactly (the ``init_scale`` of every domain); returns the model."""
+    if factor != 1.0:
+        for p in model.parameters():
+            p.mul_(factor)
+    return model

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nht.core.norms import scale_init
+
 
 class SimpleCNN(nn.Module):
     def __init__(self, n_classes: int = 10, width: float = 1.0, in_channels: int = 3):
@@ -107,15 +109,6 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.net(x.flatten(1))
-
-
-@torch.no_grad()
-def scale_init(model: nn.Module, factor: float) -> nn.Module:
-    """Multiply every parameter by ``factor`` in place (V grows by factor**2); returns the model."""
-    if factor != 1.0:
-        for p in model.parameters():
-            p.mul_(factor)
-    return model
 
 
 def build_model(spec: dict, n_classes: int, input_shape: tuple[int, ...] | None = None) -> nn.Module:

@@ -316,16 +316,3 @@ def build_model(model_cfg: dict, p: int) -> nn.Module:
         return OneLayerTransformer(p, c["d_model"], c["n_heads"], c["d_ff"], c["norm_first"], c["init"],
                                    c["pos_init_std"])
     raise ValueError(f"unknown model '{name}'")
-
-
-@torch.no_grad()
-def scale_init(model: nn.Module, alpha: float) -> nn.Module:
-    """Multiply every parameter by ``alpha`` (so V_init = alpha^2 * V_init(alpha=1) exactly)."""
-    for param in model.parameters():
-        param.mul_(alpha)
-    return model
-
-
-def squared_norm(model: nn.Module) -> float:
-    """V = sum of squares of all parameters (the squared L2 norm, not the norm)."""
-    return float(sum(p.detach().double().pow(2).sum() for p in model.parameters()))

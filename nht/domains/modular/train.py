@@ -77,10 +77,10 @@ from nht.core import device as devmod
 from nht.core import loop
 from nht.core.history import ordered_columns
 from nht.core.io import write_atomic, write_json
-from nht.core.norms import norm_layer_tensors, stacked_squared_norms
+from nht.core.norms import norm_layer_tensors, scale_init, stacked_squared_norms
 from nht.core.stacked_optim import StackedOptimizer
 from nht.domains.modular.intervention import Hook as InterventionHook
-from nht.domains.modular.models import build_model, scale_init, stacked_forward
+from nht.domains.modular.models import build_model, stacked_forward
 from nht.domains.modular.samplers import MinibatchSampler, ReplacementSampler
 
 STOP_RULE = ("stop at the first evaluation >= stop_margin steps after test accuracy first reached "
