@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -44,6 +43,9 @@ from nht.core import device as devmod  # noqa: E402
 from nht.core import loop  # noqa: E402
 from nht.core.provenance import cpu_model  # noqa: E402
 from nht.domains.images.train import ImageJob  # noqa: E402
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from step_ops import count_ops  # noqa: E402  (aten ops per step, torch.profiler)
 
 EPOCH_IMAGES = 50_000                      # a CIFAR-10 epoch
 
@@ -79,14 +81,6 @@ class Step:
 
     def __call__(self) -> None:
         self.watch.update(self.job.train_step())
-
-
-def count_ops(fn, steps: int) -> tuple[float, Counter]:
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            fn()
-    names = Counter(e.name for e in prof.events() if e.name.startswith("aten::"))
-    return sum(names.values()) / steps, names
 
 
 def measure(n_cells: int, data: dict, model: dict, steps: int, timed_steps: int, device: torch.device,

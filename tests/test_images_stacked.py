@@ -6,12 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 from nht.config import expand_cells, validate_config
 from nht.core import loop
 from nht.domains.images import data, shortcuts
 from nht.domains.images.train import ImageJob, load_job_data, train_job
+
+from test_step import SyncLog       # records the step at every read-back to the host
 
 RAW = {}
 
@@ -109,22 +110,6 @@ def test_cells_of_one_job_must_share_the_schedule(tmp_path):
     res = job_cells(tmp_path, model={"name": "resnet18", "width_mult": 0.125}, lr=[0.001, 0.002])
     with pytest.raises(ValueError, match="one cell per job"):
         ImageJob(res[0], *load_job_data(res[1]), torch.device("cpu"))
-
-
-SYNCS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy"}
-
-
-class SyncLog(TorchFunctionMode):
-    """Records the job's step at every tensor method that reads a value back to the host."""
-
-    def __init__(self, job):
-        super().__init__()
-        self.job, self.steps = job, []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") in SYNCS:
-            self.steps.append(self.job.step)
-        return func(*args, **(kwargs or {}))
 
 
 def test_the_image_step_reads_nothing_back_between_evaluations(tmp_path):
