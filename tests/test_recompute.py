@@ -340,3 +340,55 @@ def test_s3_remote_on_moto(origin, tmp_path, moto_server):
     dvc(c, "pull", "-r", "s3", **creds)
     assert tree_digest(c, *ARTIFACTS) == tree_digest(p, *ARTIFACTS)
     assert planned(c) == {}
+
+
+# ----------------------------------------------------------------------------- the decision's view of the rules
+
+DECLARED = '''
+from nht.recompute.decide import Recompute
+
+RC = Recompute(rules, records_dir="res/.records")
+
+wildcard_constraints:
+    n="[^/]+",
+
+rule digits:
+    input: unpack(RC.inputs("digits", src="src.txt"))
+    output: out="res/{n}.txt"
+    wildcard_constraints: n="[0-9]+"
+    params: k=lambda w: int(w.n) * 2, scheduling="fast", nht=RC.tag
+    shell: "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht fit --x {output.out:q}"
+
+rule letters:
+    input: unpack(RC.inputs("letters"))
+    output: out="res/{n}.txt", extra="res/{n}.extra"
+    wildcard_constraints: n="[a-z]+"
+    params: nht=RC.tag
+    shell: "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht summary"
+
+def show(w):
+    print("NHT-VIEW", json.dumps({
+        "7": RC.producer_of("res/7.txt"), "q": RC.producer_of("res/q.txt"), "7q": RC.producer_of("res/7q.txt"),
+        "outputs": RC.outputs_of("letters", {"n": "q"}), "params": RC.params_of("digits", {"n": "7"}),
+        "shell": RC.shell_of("digits"), "code": "nht.stages.fit" in RC.code("digits")[1]}))
+    return []
+
+rule all:
+    input: show
+'''
+
+
+def test_decisions_read_the_rules_as_snakemake_declares_them(tmp_path):
+    """Which rule makes a file follows the rules' wildcard_constraints (Snakemake's matching), and a
+    job's outputs, params (less nht and scheduling) and shell command come from the rule itself."""
+    (tmp_path / "Snakefile").write_text("import json\n" + DECLARED)
+    (tmp_path / "src.txt").write_text("x\n")
+    proc = subprocess.run([SNAKEMAKE, "-n", "--cores", "1", "all"], cwd=tmp_path, capture_output=True, text=True,
+                          env=env(PYTHONPATH=str(Path(__file__).resolve().parent.parent)))
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("NHT-VIEW ")), None)
+    assert line, proc.stdout[-3000:] + proc.stderr[-3000:]
+    view = json.loads(line[len("NHT-VIEW "):])
+    assert view["7"] == ["digits", {"n": "7"}] and view["q"] == ["letters", {"n": "q"}] and view["7q"] is None
+    assert view["outputs"] == ["res/q.txt", "res/q.extra"]
+    assert view["params"] == {"k": 14}
+    assert view["shell"].endswith("python -m nht fit --x {output.out:q}") and view["code"]

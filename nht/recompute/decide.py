@@ -1,18 +1,27 @@
 """DAG-time decisions: is a job clean, stale, or restorable? (read-only; see :mod:`nht.recompute`).
 
-The Snakefile makes one :class:`Recompute` and registers every rule through :meth:`Recompute.rule`,
-which returns the rule's input function, params and outputs::
-
-    FIT = RC.rule("fit_modular", inputs=lambda w: {...}, outputs={"fit": ...})
+The one place where nht decides what reruns. A rule declares what it reads, writes and is run
+with, literally, as any Snakemake rule does; the decision enters in two places, its input
+function and one param::
 
     rule fit_modular:
-        input: unpack(FIT.input)
-        output: **FIT.output
-        params: **FIT.params
-        shell: JOB + "python -m nht fit ..."
+        input:
+            unpack(RC.inputs("fit_modular", norms=lambda w: cell_files(w.experiment, "norms.json"))),
+        output:
+            fit=f"{R}/{{experiment}}/fit.json",
+        params:
+            nht=RC.tag,
+        shell:
+            "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht fit ..."
 
-Snakemake calls ``FIT.input`` while it builds the DAG; that call decides the job's status from
-its record (:mod:`.records`) and nothing is written:
+:meth:`Recompute.inputs` returns the rule's input function: Snakemake calls it while it builds the
+DAG, it evaluates the rule's own inputs and decides the job's status from its record
+(:mod:`.records`); nothing is written. Everything else about the job is read from the rule as
+Snakemake holds it, through its ``rules.<name>`` object: the output paths (``rules.x.output``),
+the params (``rules.x.params``) and the shell command (``rules.x.rule.shellcmd``); which rule
+makes a file is matched with Snakemake's ``glob_wildcards`` on the rule's output patterns, which
+carry its ``wildcard_constraints``. ``RC.tag`` (the ``nht`` param) hands the job's identity to
+the job wrapper (:mod:`.job`), which records what the job read, ran and wrote.
 
 ==========  ===============================================================  ======================
 status      when                                                             inputs returned
@@ -25,12 +34,18 @@ stale       definition, code or an input changed, an upstream job reruns,    + a
 new         no record and no output yet                                      as they are
 ==========  ===============================================================  ======================
 
+A job's *definition* is its shell command (whitespace-normalised), its params values except
+``nht`` and the ``scheduling`` ones (:data:`SCHEDULING_PARAMS`: they tune how a job runs, never
+what it computes), its input and output paths and its wildcards. Its *code* is the fingerprint of
+the modules its ``python -m nht <stage>`` runs (:mod:`nht.core.fingerprint`).
+
 The force stamp ``.nht/force/<stage>/<digest>`` is made by the rule ``nht_force``; its digest is
 new each time the job may have changed since its last stamp (:meth:`Recompute._stamp`), because
 Snakemake ignores a stamp older than the job's outputs. Snakemake builds a missing file only when
-a target or a job that must run needs it, so the force stamps are also inputs of the target rule ``all`` (:meth:`Recompute.force_targets`, which decides
-every recorded job of the current config up front). With an explicit target instead of ``all``,
-a stale job is reported with the ``--forcerun`` that reruns it.
+a target or a job that must run needs it, so the force stamps are also inputs of the target rule
+``all`` (:meth:`Recompute.force_targets`, which decides every job upstream of the target, going
+through the rules' own input functions). With an explicit target instead of ``all``, a stale job
+is reported with the ``--forcerun`` that reruns it.
 
 Records of a job live next to its outputs' tree: ``<data_dir>/.records`` for jobs writing under
 the data directory (datasets are shared by configs), ``<results_dir>/.records`` otherwise.
@@ -41,16 +56,22 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from nht.core.fingerprint import code_set, entry_fingerprint, module_hashes, rule_sources
-from nht.recompute.records import (FORCE_DIR, Unreadable, cache_object, dvc_cache_dir, file_md5,
-                                   load_records, stage_name)
+from nht.core.fingerprint import code_set, entry_fingerprint, module_hashes
+from nht.recompute.records import FORCE_DIR, DvcSnapshot, Unreadable, file_md5, load_records, stage_name
 
 _COMMAND = re.compile(r"python -m (nht(?:\.\w+)*) ([\w-]+)")
+#: params that tune how a job runs (threads, chunk sizes, checkpoint interval; nht.config.SCHEDULING_KEYS),
+#: never what it computes: they reach the job, but are not part of its definition
+SCHEDULING_PARAMS = frozenset({"scheduling"})
+#: the job's identity for its wrapper (:meth:`Recompute.tag`), which holds the definition itself
+TAG_PARAM = "nht"
 
 
 @dataclass
@@ -66,12 +87,18 @@ def _paths(value) -> list[str]:
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
 
 
-def _call(fn_or_value, wildcards):
-    return fn_or_value(wildcards) if callable(fn_or_value) else fn_or_value
+def _of_wildcards(name: str, what: str, value) -> Callable:
+    """``value`` as a function of the wildcards (a value stands for itself); a function that
+    takes anything more than the wildcards cannot be part of a job's definition."""
+    if not callable(value):
+        return lambda wildcards: value
+    if len(inspect.signature(value).parameters) != 1:
+        raise ValueError(f"rule {name}: {what} must be a value or a function of the wildcards only")
+    return value
 
 
 def rule_code_set(source: str) -> list[str]:
-    """The nht modules a rule's shell command runs (from its ``python -m nht...`` command)."""
+    """The nht modules a rule's shell command runs (from its ``python -m nht <stage>``)."""
     m = _COMMAND.search(source)
     if m is None:
         return []
@@ -88,21 +115,28 @@ class Wildcards(dict):
     __getattr__ = dict.__getitem__
 
 
+def _match(pattern: str, path: str) -> dict | None:
+    """The wildcards with which a Snakemake output pattern (its constraints included) makes
+    ``path``, or None (Snakemake's ``glob_wildcards`` on that one file)."""
+    from snakemake.io import glob_wildcards
+
+    if "{" not in pattern:
+        return {} if os.path.normpath(pattern) == os.path.normpath(path) else None
+    values = glob_wildcards(pattern, files=[path])._asdict()
+    if not all(values.values()):
+        return None
+    return {k: v[0] for k, v in values.items()}
+
+
 class RuleHandle:
-    """What a rule takes from :class:`Recompute`: ``input`` (for ``unpack``), ``output``, ``params``."""
+    """The older way to declare a rule (``RC.rule(...)``), kept while ``workflow/rules/images.smk``
+    uses it: the rule spreads ``input`` (for ``unpack``), ``output`` and ``params`` into its
+    sections. Decisions read the rule as Snakemake holds it either way."""
 
-    def __init__(self, rc: "Recompute", name: str, inputs: Callable, outputs: dict, params: dict,
-                 exists: Callable, scheduling: dict | None = None):
-        self.rc, self.name, self.inputs, self.outputs, self.user_params = rc, name, inputs, outputs, params
-        self.exists = exists
-        self.scheduling = dict(scheduling or {})
-        for key, value in list(params.items()) + list(self.scheduling.items()) + [("inputs", inputs)]:
-            if callable(value) and len(inspect.signature(value).parameters) != 1:
-                raise ValueError(f"rule {name}: {key} must be a value or a function of the wildcards only")
-
-    @property
-    def input(self):
-        return lambda wildcards: self.rc.input_files(self.name, Wildcards(wildcards.items()))
+    def __init__(self, rc: "Recompute", name: str, outputs: dict, params: dict, scheduling: dict):
+        self.name, self.outputs, self.user_params, self.scheduling = name, outputs, params, scheduling
+        self.input = None                        # set by Recompute.rule
+        self._tag = rc.tag
 
     @property
     def output(self) -> dict:
@@ -110,58 +144,89 @@ class RuleHandle:
 
     @property
     def params(self) -> dict:
-        tag = lambda wildcards: self.rc.tag(self.name, Wildcards(wildcards.items()))  # noqa: E731
-        return dict(self.user_params, **self.scheduling, nht=tag)
+        return dict(self.user_params, **self.scheduling, **{TAG_PARAM: self._tag})
 
 
 class Recompute:
-    """Registry of the workflow's rules and the decisions about their jobs (one per Snakemake run)."""
+    """The decisions about the jobs of one Snakemake run (see the module doc).
 
-    def __init__(self, records_dir: str, rule_files: list[str], root: str | Path = ".",
-                 data_records_dir: str | None = None):
+    ``rules``: Snakemake's ``rules`` object of the workflow (``rules.<name>``: a rule as declared),
+    read when the first job is decided, after every rule is defined."""
+
+    def __init__(self, rules, records_dir: str, data_records_dir: str | None = None, root: str | Path = "."):
+        self.declared = rules
         self.records_dir = records_dir
         self.data_records_dir = data_records_dir or records_dir
         self._data_root = str(Path(self.data_records_dir).parent) + "/"
+        self.root = Path(root)
+        self._inputs: dict[str, Callable] = {}          # rule -> its own input function (a dict)
+        self._exists: dict[str, Callable] = {}          # rule -> filter of RC.rule(exists=...)
+        self._scheduling: dict[str, frozenset] = {}     # rule -> more scheduling params (RC.rule)
         self._targets_evaluated = False
         self._warned: set[str] = set()
-        self.root = Path(root)
-        self.rule_files = list(rule_files)
-        self.rules: dict[str, RuleHandle] = {}
-        self._sources: dict[str, str] | None = None
         self._code: dict[str, tuple[str, list[str]]] = {}
+        self._definitions: dict[str, str] = {}
         self._records: dict[str, dict] | None = None
         self._producer: dict[str, str] = {}
         self._md5: dict[str, str | None] = {}
         self._decisions: dict[str, Decision] = {}
         self._patterns: list | None = None
-        self._cache = dvc_cache_dir(self.root)
+        self._snapshot: DvcSnapshot | None = None
 
-    # -- registration ---------------------------------------------------------------------------
+    # -- what a rule declares ---------------------------------------------------------------------
+    def inputs(self, rule: str, fn: Callable | None = None, /, **named) -> Callable:
+        """The input function of ``rule`` (for ``unpack``): the rule's own inputs, by name (values,
+        or functions of the wildcards), or one function of the wildcards returning them as a dict,
+        with the job's decision added (see the module doc's table)."""
+        if fn is not None and named:
+            raise ValueError(f"rule {rule}: RC.inputs takes one input function or named inputs, not both")
+        if rule in self._inputs:
+            raise ValueError(f"RC.inputs({rule!r}, ...) is used twice: each rule names itself, once")
+        if fn is not None:
+            own = _of_wildcards(rule, "its input function", fn)
+        else:
+            fns = {k: _of_wildcards(rule, f"input {k}", v) for k, v in named.items()}
+            own = lambda w: {k: f(w) for k, f in fns.items()}  # noqa: E731
+        self._inputs[rule] = own
+        return lambda wildcards: self.input_files(rule, Wildcards(wildcards.items()))
+
     def rule(self, name: str, inputs: Callable | dict, outputs: dict, params: dict | None = None,
              exists: Callable | None = None, scheduling: dict | None = None) -> RuleHandle:
-        """Register a rule. ``exists(wildcards)``: whether a recorded job of this rule is part of
-        the current config (default: always). ``scheduling``: more params that only tune how the
-        job runs (threads, chunk sizes, checkpoint interval; nht.config.SCHEDULING_KEYS), never what
-        it computes; they reach the job like ``params`` but are not part of its definition."""
-        fn = inputs if callable(inputs) else _constant(inputs)
-        handle = RuleHandle(self, name, fn, outputs, params or {}, exists or _constant(True), scheduling)
-        self.rules[name] = handle
+        """The older declaration (:class:`RuleHandle`). ``exists(wildcards)``: whether a job of this
+        rule belongs to the current config; ``scheduling``: params outside the job's definition."""
+        handle = RuleHandle(self, name, outputs, params or {}, dict(scheduling or {}))
+        handle.input = self.inputs(name, inputs if callable(inputs) else (lambda w: inputs))
+        if exists is not None:
+            self._exists[name] = exists
+        self._scheduling[name] = frozenset(handle.scheduling)
         return handle
 
-    # -- lazily loaded state --------------------------------------------------------------------
-    @property
-    def sources(self) -> dict[str, str]:
-        if self._sources is None:
-            self._sources = rule_sources(self.rule_files)
-        return self._sources
+    def _declared(self, rule: str):
+        return getattr(self.declared, rule)
+
+    def outputs_of(self, rule: str, w: dict) -> list[str]:
+        """The job's output paths, from the rule's declared ``output:`` (``rules.<rule>.output``)."""
+        return [str(p).format(**w) for p in self._declared(rule).output]
+
+    def params_of(self, rule: str, w: dict) -> dict:
+        """The job's params values that define it (``rules.<rule>.params``, less ``nht`` and the
+        scheduling params)."""
+        skip, w = {TAG_PARAM} | SCHEDULING_PARAMS | self._scheduling.get(rule, frozenset()), Wildcards(w)
+        return {k: _of_wildcards(rule, f"param {k}", v)(w)
+                for k, v in sorted(self._declared(rule).params.items()) if k not in skip}
+
+    def shell_of(self, rule: str) -> str:
+        """The rule's shell command as written (``rules.<rule>.rule.shellcmd``), whitespace-normalised."""
+        return " ".join((self._declared(rule).rule.shellcmd or "").split())
 
     def code(self, rule: str) -> tuple[str, list[str]]:
         """(fingerprint, module list) of the code a rule runs."""
         if rule not in self._code:
-            mods = rule_code_set(self.sources.get(rule, ""))
+            mods = rule_code_set(self.shell_of(rule))
             self._code[rule] = (entry_fingerprint(mods) if mods else "", mods)
         return self._code[rule]
 
+    # -- lazily loaded state --------------------------------------------------------------------
     @property
     def records(self) -> dict[str, dict]:
         if self._records is None:
@@ -177,31 +242,71 @@ class Recompute:
             self._md5[path] = file_md5(self.root / path)
         return self._md5[path]
 
-    # -- a job's identity -----------------------------------------------------------------------
-    def outputs_of(self, rule: str, w: dict) -> list[str]:
-        return [p for v in self.rules[rule].outputs.values() for p in _paths_format(v, w)]
+    def restorable(self, path: str, md5: str) -> bool:
+        """Whether DVC can put back this version of ``path`` (asked only when an output is bad)."""
+        if self._snapshot is None:
+            self._snapshot = DvcSnapshot(self.root)
+        return self._snapshot.restorable(path, md5)
 
+    # -- a job's identity -----------------------------------------------------------------------
     def definition(self, rule: str, w: dict) -> str:
-        """Hash of what defines a job besides content and code: its rule's source, params values
-        (not its ``scheduling`` params), input and output paths and wildcards."""
-        h = self.rules[rule]
-        doc = {"rule": self.sources.get(rule, ""),
-               "params": {k: _call(v, w) for k, v in sorted(h.user_params.items())},
-               "inputs": {k: _paths(v) for k, v in sorted(h.inputs(w).items())},
-               "outputs": self.outputs_of(rule, w), "wildcards": dict(w)}
-        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """Hash of what defines a job besides content and code (see the module doc)."""
+        stage = stage_name(rule, w)
+        if stage not in self._definitions:
+            doc = {"shell": self.shell_of(rule), "params": self.params_of(rule, w),
+                   "inputs": {k: _paths(v) for k, v in sorted(self._inputs[rule](w).items())},
+                   "outputs": self.outputs_of(rule, w), "wildcards": dict(w)}
+            self._definitions[stage] = hashlib.sha256(
+                json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return self._definitions[stage]
 
     def records_dir_of(self, rule: str, w: dict) -> str:
         outs = self.outputs_of(rule, w)
         return self.data_records_dir if outs and outs[0].startswith(self._data_root) else self.records_dir
 
-    def tag(self, rule: str, w: dict) -> str:
-        """The ``nht`` param of a job: what its wrapper needs to record it (constant per definition):
-        its stage name, definition hash, records directory and output paths (the inputs, which can
-        be thousands, follow as separate arguments: one argument may hold at most 128 KiB)."""
+    def tag(self, wildcards, output) -> str:
+        """The ``nht`` param of every job (``params: nht=RC.tag``): what its wrapper needs to
+        record it (constant per definition): stage name, definition hash, records directory and
+        output paths (the inputs, which can be thousands, follow as separate arguments: one
+        argument may hold at most 128 KiB). The job's rule is the one whose declared outputs,
+        filled with its wildcards, are its outputs."""
+        w, outs = Wildcards(wildcards.items()), [str(o) for o in output]
+        rules = [r for r in self._inputs if self._outputs_or_none(r, w) == outs]
+        if len(rules) > 1:
+            rules = [r for r in rules if any(rule == r for rule, _w in self._producers(outs[0]))] or rules
+        if not rules:
+            raise ValueError(f"nht: no rule declared with RC.inputs writes {outs}")
+        rule = rules[0]
         return json.dumps({"stage": stage_name(rule, w), "rule": rule, "wildcards": dict(w),
                            "definition": self.definition(rule, w), "records": self.records_dir_of(rule, w),
-                           "outputs": self.outputs_of(rule, w)}, sort_keys=True)
+                           "outputs": outs}, sort_keys=True)
+
+    def _outputs_or_none(self, rule: str, w: dict) -> list[str] | None:
+        try:
+            return self.outputs_of(rule, w)
+        except (KeyError, IndexError):
+            return None
+
+    # -- which job makes a file (Snakemake's matching) ------------------------------------------
+    def _producers(self, path: str):
+        """(rule, wildcards) of every rule whose declared outputs (``rules.<rule>.rule.output``,
+        with the rule's and the workflow's ``wildcard_constraints``) make ``path``, in rule order."""
+        if self._patterns is None:
+            self._patterns = [(name, str(p), *_literal_ends(str(p)))
+                              for name in self._inputs for p in self._declared(name).rule.output]
+        for name, pattern, head, tail in self._patterns:
+            if path.startswith(head) and path.endswith(tail):
+                w = _match(pattern, path)
+                if w is not None:
+                    yield name, Wildcards(w)
+
+    def producer_of(self, path: str) -> tuple[str, Wildcards] | None:
+        """(rule, wildcards) of the job that makes ``path``: the first rule whose declared outputs
+        match it (and whose ``exists``, where given, accepts the wildcards), or None."""
+        for rule, w in self._producers(path):
+            if self._exists.get(rule, lambda _w: True)(w):
+                return rule, w
+        return None
 
     # -- decisions ------------------------------------------------------------------------------
     def decide(self, rule: str, w: dict) -> Decision:
@@ -209,7 +314,7 @@ class Recompute:
         if stage in self._decisions:
             return self._decisions[stage]
         self._decisions[stage] = Decision(stage, "stale", "dependency cycle")   # guard
-        inputs = self.rules[rule].inputs(w)
+        inputs = self._inputs[rule](w)
         status, reason = self._judge(rule, w, stage, inputs)
         stamp = self._stamp(rule, w, stage) if status in ("stale", "restore") else ""
         d = self._decisions[stage] = Decision(stage, status, reason, inputs, stamp)
@@ -254,7 +359,7 @@ class Recompute:
         for path in (p for v in inputs.values() for p in _paths(v)):
             producer = self._producer.get(path)
             prec = self.records.get(producer) if producer else None
-            if prec is not None and not isinstance(prec, Unreadable) and prec.get("rule") in self.rules:
+            if prec is not None and not isinstance(prec, Unreadable) and prec.get("rule") in self._inputs:
                 up = self.decide(prec["rule"], Wildcards(prec.get("wildcards") or {}))
                 if up.status in ("stale", "new"):
                     return "stale", f"upstream {up.stage} is {up.status}"
@@ -266,7 +371,7 @@ class Recompute:
         bad = [p for p, m in rec["outputs"].items() if self.md5(p) != m]
         if not bad:
             return "clean", "up to date"
-        if all(cache_object(self._cache, rec["outputs"][p]) for p in bad):
+        if all(self.restorable(p, rec["outputs"][p]) for p in bad):
             return "restore", f"{bad[0]} is missing or corrupt; its recorded version is in the DVC cache"
         return "stale", f"{bad[0]} is missing or corrupt and not in the DVC cache"
 
@@ -283,27 +388,9 @@ class Recompute:
             out["nht_force"] = d.stamp
             if not self._targets_evaluated and d.stage not in self._warned:
                 self._warned.add(d.stage)
-                import sys
                 print(f"nht: {d.stage} is {d.status} ({d.reason}); with an explicit target it reruns only "
                       f"with `--forcerun {rule}` (or run the default target)", file=sys.stderr)
         return out
-
-    def producer_of(self, path: str) -> tuple[str, Wildcards] | None:
-        """(rule, wildcards) of the registered rule whose output pattern matches ``path`` and whose
-        ``exists`` accepts the wildcards (the job Snakemake would pick), or None."""
-        if self._patterns is None:
-            self._patterns = [(name, _pattern_regex(str(pat))) for name, h in self.rules.items()
-                              for pat in h.outputs.values()]
-        for name, regex in self._patterns:
-            m = regex.fullmatch(path)
-            if m:
-                w = Wildcards(m.groupdict())
-                try:
-                    if self.rules[name].exists(w):
-                        return name, w
-                except (KeyError, AttributeError, TypeError):
-                    continue
-        return None
 
     def force_targets(self, targets: list[str]) -> list[str]:
         """Force stamps of every job upstream of ``targets`` that must rerun or be restored.
@@ -338,11 +425,12 @@ class Recompute:
         return f"{stage}: {d.status}, {d.reason}" if d else f"{stage}: forced"
 
 
-def _pattern_regex(pattern: str):
-    """A Snakemake output pattern as a regex with one named group per wildcard."""
-    parts = re.split(r"\{(\w+)\}", pattern)
-    rx = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[^/]+)" for i, p in enumerate(parts))
-    return re.compile(rx)
+
+def _literal_ends(pattern: str) -> tuple[str, str]:
+    """The fixed text before the first and after the last wildcard of a pattern (a quick filter)."""
+    if "{" not in pattern:
+        return pattern, pattern
+    return pattern[:pattern.index("{")], pattern[pattern.rindex("}") + 1:]
 
 
 def _file_state(path: Path) -> list | None:
@@ -352,11 +440,3 @@ def _file_state(path: Path) -> list | None:
     except OSError:
         return None
     return [st.st_size, st.st_mtime_ns, st.st_ino]
-
-
-def _constant(value):
-    return lambda wildcards: value
-
-
-def _paths_format(pattern, w: dict) -> list[str]:
-    return [str(p).format(**w) for p in (pattern if isinstance(pattern, (list, tuple)) else [pattern])]

@@ -65,8 +65,8 @@ from pathlib import Path
 
 from nht.core.fingerprint import entry_fingerprint, module_hashes
 from nht.recompute.decide import rule_code_set
-from nht.recompute.records import (FORCE_DIR, Unreadable, dvc_cache_dir, file_md5, mark_renewed,
-                                   read_record, record_path, restore_file, write_record)
+from nht.recompute.records import (FORCE_DIR, DvcSnapshot, Unreadable, file_md5, mark_renewed, read_record,
+                                   record_path, write_record)
 
 LOCK_DIR = ".nht/locks"
 LOCK_WAIT_S = 60.0          # default of NHT_JOB_LOCK_WAIT_S: how long a second wrapper of a job waits
@@ -287,13 +287,12 @@ def describes(rec: dict | None, tag: dict, inputs: dict, code: str) -> bool:
     return rec["definition"] == tag["definition"] and rec["code"] == code and rec["inputs"] == inputs
 
 
-def try_restore(rec: dict | None, tag: dict, inputs: dict, code: str) -> bool:
-    """Restore a job's outputs from DVC's cache if its record still describes this job."""
+def try_restore(rec: dict | None, tag: dict, inputs: dict, code: str, snapshot: DvcSnapshot) -> bool:
+    """Restore a job's outputs from DVC's snapshot if its record still describes this job."""
     if not describes(rec, tag, inputs, code):
         return False
-    cache = dvc_cache_dir(".")
-    bad = [p for p, m in rec["outputs"].items() if file_md5(p) != m]
-    restored = [p for p in bad if restore_file(cache, rec["outputs"][p], p)]
+    bad = {p: m for p, m in rec["outputs"].items() if file_md5(p) != m}
+    restored = snapshot.restore(bad) if bad else []
     if len(restored) != len(bad):
         return False
     for p in restored:
@@ -303,14 +302,14 @@ def try_restore(rec: dict | None, tag: dict, inputs: dict, code: str) -> bool:
     return True
 
 
-def restore_log(rec: dict, log_path: str) -> str:
+def restore_log(rec: dict, log_path: str, snapshot: DvcSnapshot) -> str:
     """Put back the log of the run that made a job's outputs (Snakemake removes a job's log
-    before the job starts, restores included) from DVC's cache, by the md5 its record holds; a
-    line saying what happened, for the log."""
+    before the job starts, restores included) from DVC's snapshot, by the md5 its record holds;
+    a line saying what happened, for the log."""
     want = (rec.get("log") or {}).get("md5")
     if not want:
         return "nht: (this job's record names no log of the run that made its outputs)"
-    if file_md5(log_path) == want or restore_file(dvc_cache_dir("."), want, log_path):
+    if file_md5(log_path) == want or snapshot.restore({log_path: want}):
         return ""
     return (f"nht: the log of the run that made these outputs (md5 {want}) is not in DVC's cache; "
             f"Snakemake removed it before this job, so this log holds only the restore")
@@ -366,12 +365,13 @@ def main(argv: list[str] | None = None) -> int:
     rec = read_record(path)
     if describes(rec, tag, inputs, code):
         # a restore keeps the log of the run that made the outputs and appends its own lines
-        note = restore_log(rec, log_path)
+        snapshot = DvcSnapshot(".")
+        note = restore_log(rec, log_path, snapshot)
         log = open(log_path, "a")
         sys.stdout = log                  # this wrapper's own messages go to the log too
         if note:
             print(note)
-        if try_restore(rec, tag, inputs, code):
+        if try_restore(rec, tag, inputs, code, snapshot):
             _say_redated(redated)
             if stamps:
                 mark_renewed(tag["stage"], stamps[0])

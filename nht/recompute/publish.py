@@ -13,8 +13,9 @@ handler then), and only does work when a job of this run wrote a record:
 2. With DVC on (``dvc.enabled``: auto = when ``.dvc/`` exists), ``dvc add`` snapshots the data,
    results and log directories into DVC's cache (``data.dvc``, ``results.dvc``, ``logs.dvc``),
    ready for ``dvc push``; and the top level of ``dvc.yaml`` (metrics, plots, params) is written,
-   for ``dvc metrics/plots/params``. Both under a file lock of ours and DVC's own repository lock,
-   so two runs, or a run beside ``dvc push``, wait for each other instead of losing a write.
+   for ``dvc metrics/plots/params``. Both under a file lock of ours (``filelock``) and DVC's own
+   repository lock (``dvc --wait-for-lock``), so two runs, or a run beside ``dvc push``, wait for
+   each other instead of losing a write.
    DVC tracks only paths inside its repository: a directory given as an absolute path or reached
    through a symlink is snapshotted under the path it resolves to inside the repository (e.g.
    ``store/results.dvc`` for ``results -> store/results``); one that resolves outside the repository
@@ -23,19 +24,19 @@ handler then), and only does work when a job of this run wrote a record:
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from nht.recompute.records import QUARANTINE_DIR, file_md5, load_records, renewed_stamp
+from filelock import FileLock
+
+from nht.recompute.records import QUARANTINE_DIR, dvc, file_md5, load_records, renewed_stamp
 
 LOCK_FILE = ".dvc/tmp/nht-publish.lock"
-DVC_LOCK_RETRY_S = 120
+
 
 def is_enabled(config: dict, root: str | Path = ".") -> bool:
     """``dvc.enabled``: true, false or "auto" (on when ``<root>/.dvc`` exists); NHT_DVC=0 turns it off."""
@@ -51,16 +52,11 @@ def is_enabled(config: dict, root: str | Path = ".") -> bool:
                            "run `dvc init` (see docs/dvc.md) or set dvc.enabled: auto")
     return bool(setting)
 
-@contextmanager
-def file_lock(path: str | Path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def file_lock(path: str | Path) -> FileLock:
+    """Our lock around the end of a run (two runs publish one after the other)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path))
+
 
 def quarantine(paths: list[str], root: Path, why: str) -> list[str]:
     """Move files out of the way, keeping their relative paths under a timestamped folder."""
@@ -109,20 +105,6 @@ def not_current(decisions: dict, records_dirs: list[str], root: Path) -> list[st
             out += [p for p in existing if file_md5(root / p) != outputs[p]]
     return sorted(set(out))
 
-
-def _dvc() -> str:
-    here = Path(sys.executable).parent / "dvc"
-    return str(here) if here.exists() else (shutil.which("dvc") or "dvc")
-
-def dvc(*args: str, root: Path) -> subprocess.CompletedProcess:
-    """Run the DVC CLI, waiting (up to DVC_LOCK_RETRY_S) while another DVC process holds its lock."""
-    deadline = time.monotonic() + DVC_LOCK_RETRY_S
-    while True:
-        proc = subprocess.run([_dvc(), *args], cwd=root, capture_output=True, text=True)
-        if proc.returncode == 0 or "lock" not in (proc.stderr + proc.stdout).lower() \
-                or time.monotonic() > deadline:
-            return proc
-        time.sleep(1.0)
 
 def dvc_targets(config: dict, root: Path) -> tuple[list[str], dict[str, str]]:
     """What ``dvc add`` can snapshot: the data, results and log directories as paths relative to

@@ -17,15 +17,16 @@ the job's log as that run left it, so a restore can put it back from DVC's cache
 Times are for people; no decision reads them.
 
 Paths are relative to the workflow's working directory. md5 is DVC's file hash (plain md5 of the
-bytes), so a recorded output can be found in DVC's cache.
+bytes), so a recorded output can be compared with what DVC's snapshot holds (:class:`DvcSnapshot`).
 """
 
 from __future__ import annotations
 
-import configparser
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from nht.core.io import write_atomic
@@ -106,41 +107,71 @@ def renewed_stamp(stage: str, root: str | Path = ".") -> str:
         return ""
 
 
-# ----------------------------------------------------------------------------- DVC cache
+# ----------------------------------------------------------------------------- DVC, through its CLI
 
-def dvc_cache_dir(root: str | Path = ".") -> Path | None:
-    """DVC's cache directory of the repository at ``root`` (None when it is not a DVC repo).
+def dvc(*args: str, root: str | Path = ".") -> subprocess.CompletedProcess:
+    """Run the DVC CLI in ``root``; while another DVC process holds the repository's lock, DVC
+    waits for it (``--wait-for-lock``)."""
+    here = Path(sys.executable).parent / "dvc"
+    exe = str(here) if here.exists() else (shutil.which("dvc") or "dvc")
+    return subprocess.run([exe, "--wait-for-lock", *args], cwd=root, capture_output=True, text=True)
 
-    Read from ``.dvc/config.local`` / ``.dvc/config`` (``[cache] dir``), default ``.dvc/cache``.
-    """
-    dvc = Path(root) / ".dvc"
-    if not dvc.is_dir():
-        return None
-    for name in ("config.local", "config"):
-        cp = configparser.ConfigParser()
+
+class DvcSnapshot:
+    """What DVC's last snapshot (``dvc add``: ``data.dvc``, ``results.dvc``, ``logs.dvc``) can put
+    back, asked through DVC's own CLI: ``dvc ls --show-hash`` (the md5 of each file the snapshot
+    tracks), ``dvc data status`` (which of them DVC's cache lacks) and ``dvc checkout`` (the
+    restore). Only a file the snapshot holds at the recorded md5, with its bytes in the cache, is
+    restorable; a restore is checked by md5 afterwards. Not a DVC repository: nothing is."""
+
+    def __init__(self, root: str | Path = "."):
+        self.root = Path(root)
+        self._tracked: dict[str, dict[str, str]] = {}
+        self._not_in_cache: set[str] | None = None
+
+    def _rel(self, path: str) -> str | None:
+        """``path`` as DVC names it: relative to the repository, symlinks resolved; None outside it."""
         try:
-            cp.read(dvc / name)
-        except configparser.Error:
-            continue
-        if cp.has_option("cache", "dir"):
-            d = Path(cp.get("cache", "dir"))
-            return d if d.is_absolute() else (dvc / d)
-    return dvc / "cache"
+            return (self.root / path).resolve().relative_to(self.root.resolve()).as_posix()
+        except (OSError, ValueError):
+            return None
 
+    def _md5s_under(self, top: str) -> dict[str, str]:
+        if top not in self._tracked:
+            proc = dvc("ls", "--json", "--show-hash", "-R", ".", top, root=self.root)
+            try:
+                entries = json.loads(proc.stdout) if proc.returncode == 0 else []
+            except ValueError:
+                entries = []
+            self._tracked[top] = {f"{top}/{e['path']}": e.get("md5") for e in entries
+                                  if isinstance(e, dict) and not e.get("isdir") and e.get("path")}
+        return self._tracked[top]
 
-def cache_object(cache: Path | None, md5: str) -> Path | None:
-    """Path of a file's object in DVC's cache (DVC 3 layout ``files/md5/ab/cdef...``), or None."""
-    if cache is None or not md5:
-        return None
-    p = cache / "files" / "md5" / md5[:2] / md5[2:]
-    return p if p.is_file() else None
+    def _missing_from_cache(self) -> set[str]:
+        if self._not_in_cache is None:
+            proc = dvc("data", "status", "--granular", "--json", root=self.root)
+            try:
+                status = json.loads(proc.stdout) if proc.returncode == 0 else None
+            except ValueError:
+                status = None
+            # unknown (DVC failed): nothing counts as cached
+            self._not_in_cache = set(status.get("not_in_cache") or []) if isinstance(status, dict) else None
+        return self._not_in_cache
 
+    def restorable(self, path: str, md5: str) -> bool:
+        """Whether ``dvc checkout`` would put back ``path`` with exactly this md5."""
+        rel = self._rel(path)
+        if not md5 or rel is None or not (self.root / ".dvc").is_dir():
+            return False
+        if self._md5s_under(rel.split("/", 1)[0]).get(rel) != md5:
+            return False
+        missing = self._missing_from_cache()
+        return missing is not None and rel not in missing
 
-def restore_file(cache: Path | None, md5: str, dest: str | Path) -> bool:
-    """Copy a cached object to ``dest`` if its bytes still hash to ``md5`` (atomic rename)."""
-    src = cache_object(cache, md5)
-    if src is None or file_md5(src) != md5:
-        return False
-    with open(src, "rb") as fh_src:
-        write_atomic(dest, lambda fh: shutil.copyfileobj(fh_src, fh))
-    return True
+    def restore(self, want: dict[str, str]) -> list[str]:
+        """Put back every ``path: md5`` of ``want`` that is restorable (``dvc checkout --force``);
+        the paths that now hold their md5."""
+        paths = {p: self._rel(p) for p, m in want.items() if self.restorable(p, m)}
+        if paths:
+            dvc("checkout", "--force", *paths.values(), root=self.root)
+        return [p for p in paths if file_md5(self.root / p) == want[p]]

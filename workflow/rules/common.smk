@@ -30,14 +30,13 @@ D = config["data_dir"]
 CELLS, JOBS, JOB_OF = cell_index(config)
 SUMMARY = P.fill(P.SUMMARY, config)
 
-# Content-based recompute (nht.recompute; docs/dvc.md): every rule is registered here, takes its
-# inputs, outputs and params from its handle, and runs its command through the job wrapper
-# (`python -m nht.recompute {params.nht:q} {log:q} {input:q} -- COMMAND`), which records what the job read,
-# ran and wrote.
-_RULES_DIR = os.path.join(workflow.basedir, "workflow", "rules")
-RC = Recompute(records_dir=f"{R}/.records", data_records_dir=f"{D}/.records", rule_files=[os.path.join(workflow.basedir, "Snakefile")]
-               + [os.path.join(_RULES_DIR, f) for f in sorted(os.listdir(_RULES_DIR)) if f.endswith(".smk")])
-
+# Content-based recompute (nht.recompute.decide; docs/dvc.md). A rule declares its input, output
+# and params as usual; its inputs go through `unpack(RC.inputs("<rule>", name=...))`, which adds
+# the job's decision (clean inputs ancient(), a stale job a force stamp), `params: nht=RC.tag`
+# hands the job to its wrapper (`python -m nht.recompute {params.nht:q} {log:q} {input:q} --
+# COMMAND`), which records what the job read, ran and wrote. The rest of a job's definition (its
+# outputs, params and shell command) is read from the rule itself, through `rules.<name>`.
+RC = Recompute(rules, records_dir=f"{R}/.records", data_records_dir=f"{D}/.records")
 
 wildcard_constraints:
     experiment="[A-Za-z0-9][A-Za-z0-9_-]*",

@@ -1,23 +1,19 @@
 # Modular-arithmetic experiments: data -> train (per job) -> norms (per cell) -> fit, science,
-# figures, experiment summary (per experiment). Inputs, outputs and params come from the rule's
-# handle in nht.recompute (registered just above each rule); every path is quoted in the shell.
-
-MODULAR_DATA = RC.rule(
-    "make_modular_data",
-    exists=lambda w: w.dataset in MODULAR_DATASETS,
-    inputs={},
-    outputs={"data": f"{D}/modular/{{dataset}}.npz"},
-    params={"ds": lambda w: MODULAR_DATASETS[w.dataset]},
-)
+# figures, experiment summary (per experiment). Each rule declares what it reads (input), writes
+# (output) and is run with (params); nht's content-based recompute (docs/dvc.md) adds its decision
+# in the input function (`RC.inputs`) and hands the job to its wrapper through `params.nht`
+# (`python -m nht.recompute ... --`, which records what the job read, ran and wrote). Every path is
+# quoted in the shell.
 
 
 rule make_modular_data:
     input:
-        unpack(MODULAR_DATA.input),
+        unpack(RC.inputs("make_modular_data")),
     output:
-        **MODULAR_DATA.output,
+        data=f"{D}/modular/{{dataset}}.npz",
     params:
-        **MODULAR_DATA.params,
+        ds=lambda w: MODULAR_DATASETS[w.dataset],
+        nht=RC.tag,
     conda:
         "../envs/nht.yaml"
     log:
@@ -34,32 +30,22 @@ rule make_modular_data:
         " --out {output.data:q}"
 
 
-TRAIN_MODULAR = RC.rule(
-    "train_modular",
-    exists=lambda w: w.job in JOBS and JOBS[w.job].experiment == w.experiment,
-    inputs=lambda w: {"dataset": f"{D}/modular/{JOBS[w.job].cells[0].dataset_id}.npz"},
-    outputs={"history": f"{R}/{{experiment}}/jobs/{{job}}/history.csv",
-             "meta": f"{R}/{{experiment}}/jobs/{{job}}/meta.json"},
-    params={
-        "job": lambda w: json.dumps(job_spec(w.job)),
-        "checkpoint": lambda w: P.fill(P.JOB_CHECKPOINT, config, experiment=w.experiment, job=w.job),
-        "device": config["device"],
-        "deterministic": "--deterministic" if config["deterministic"] else "--nondeterministic",
-        "precision": config["precision"],
-    },
-    scheduling={"scheduling": lambda w: job_scheduling_arg(w.job)},
-)
-
-
 rule train_modular:
     input:
-        unpack(TRAIN_MODULAR.input),
+        unpack(RC.inputs("train_modular", dataset=lambda w: f"{D}/modular/{JOBS[w.job].cells[0].dataset_id}.npz")),
     wildcard_constraints:
         experiment=experiment_pattern("modular"),
     output:
-        **TRAIN_MODULAR.output,
+        history=f"{R}/{{experiment}}/jobs/{{job}}/history.csv",
+        meta=f"{R}/{{experiment}}/jobs/{{job}}/meta.json",
     params:
-        **TRAIN_MODULAR.params,
+        job=lambda w: json.dumps(job_spec(w.job)),
+        checkpoint=lambda w: P.fill(P.JOB_CHECKPOINT, config, experiment=w.experiment, job=w.job),
+        device=config["device"],
+        deterministic="--deterministic" if config["deterministic"] else "--nondeterministic",
+        precision=config["precision"],
+        scheduling=lambda w: job_scheduling_arg(w.job),
+        nht=RC.tag,
     conda:
         "../envs/nht.yaml"
     log:
@@ -79,26 +65,19 @@ rule train_modular:
         " --precision {params.precision:q} --scheduling {params.scheduling:q}"
 
 
-EXTRACT_NORMS = RC.rule(
-    "extract_norms",
-    exists=lambda w: w.cell in CELLS and CELLS[w.cell].experiment == w.experiment and CELLS[w.cell].kind == "modular",
-    inputs=lambda w: {"history": f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/history.csv",
-                      "meta": f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/meta.json"},
-    outputs={"history": f"{R}/{{experiment}}/cells/{{cell}}/history.csv",
-             "norms": f"{R}/{{experiment}}/cells/{{cell}}/norms.json"},
-    params={"settings": lambda w: json.dumps(CELLS[w.cell].run_settings)},
-)
-
-
 rule extract_norms:
     input:
-        unpack(EXTRACT_NORMS.input),
+        unpack(RC.inputs("extract_norms",
+                         history=lambda w: f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/history.csv",
+                         meta=lambda w: f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/meta.json")),
     wildcard_constraints:
         experiment=experiment_pattern("modular"),
     output:
-        **EXTRACT_NORMS.output,
+        history=f"{R}/{{experiment}}/cells/{{cell}}/history.csv",
+        norms=f"{R}/{{experiment}}/cells/{{cell}}/norms.json",
     params:
-        **EXTRACT_NORMS.params,
+        settings=lambda w: json.dumps(CELLS[w.cell].run_settings),
+        nht=RC.tag,
     conda:
         "../envs/nht.yaml"
     log:
@@ -115,23 +94,16 @@ rule extract_norms:
         " --out-norms {output.norms:q}"
 
 
-FIT_MODULAR = RC.rule(
-    "fit_modular",
-    exists=lambda w: w.experiment in experiments_of_kind("modular"),
-    inputs=lambda w: {"norms": cell_files(w.experiment, "norms.json")},
-    outputs={"fit": f"{R}/{{experiment}}/fit.json", "table": f"{R}/{{experiment}}/cells.csv"},
-)
-
-
 rule fit_modular:
     input:
-        unpack(FIT_MODULAR.input),
+        unpack(RC.inputs("fit_modular", norms=lambda w: cell_files(w.experiment, "norms.json"))),
     wildcard_constraints:
         experiment=experiment_pattern("modular"),
     output:
-        **FIT_MODULAR.output,
+        fit=f"{R}/{{experiment}}/fit.json",
+        table=f"{R}/{{experiment}}/cells.csv",
     params:
-        **FIT_MODULAR.params,
+        nht=RC.tag,
     conda:
         "../envs/nht.yaml"
     log:
@@ -147,31 +119,35 @@ rule fit_modular:
         " --out-table {output.table:q}"
 
 
-MODULAR_FIGURES = {f"{name}_{ext}": f"{R}/{{experiment}}/figures/{name}.{ext}"
-                   for name in ("curves", "delay_law", "regimes") for ext in ("png", "pdf")}
-FIGURES_MODULAR = RC.rule(
-    "figures_modular",
-    exists=lambda w: w.experiment in experiments_of_kind("modular"),
-    inputs=lambda w: {"table": f"{R}/{w.experiment}/cells.csv", "fit": f"{R}/{w.experiment}/fit.json",
-                      "histories": cell_files(w.experiment, "history.csv")},
-    outputs={k: (report(v, caption=f"../report/{k[:-4]}.rst", category=k[:-4].replace("_", " ").title(),
-                        subcategory="{experiment}") if k.endswith("png") else v)
-             for k, v in MODULAR_FIGURES.items()},
-    params={"out_dir": lambda w: f"{R}/{w.experiment}/figures",
-            "cells": lambda w: [c.id for c in cells_of(w.experiment)],
-            "max_cells": lambda w: config["experiments"][w.experiment]["figure_cells_max"]},
-)
+def modular_figure(name, ext):
+    """One figure of figures_modular; the PNGs go into Snakemake's report."""
+    path = f"{R}/{{experiment}}/figures/{name}.{ext}"
+    if ext != "png":
+        return path
+    return report(path, caption=f"../report/{name}.rst", category=name.replace("_", " ").title(),
+                  subcategory="{experiment}")
 
 
 rule figures_modular:
     input:
-        unpack(FIGURES_MODULAR.input),
+        unpack(RC.inputs("figures_modular",
+                         table=lambda w: f"{R}/{w.experiment}/cells.csv",
+                         fit=lambda w: f"{R}/{w.experiment}/fit.json",
+                         histories=lambda w: cell_files(w.experiment, "history.csv"))),
     wildcard_constraints:
         experiment=experiment_pattern("modular"),
     output:
-        **FIGURES_MODULAR.output,
+        curves_png=modular_figure("curves", "png"),
+        curves_pdf=modular_figure("curves", "pdf"),
+        delay_law_png=modular_figure("delay_law", "png"),
+        delay_law_pdf=modular_figure("delay_law", "pdf"),
+        regimes_png=modular_figure("regimes", "png"),
+        regimes_pdf=modular_figure("regimes", "pdf"),
     params:
-        **FIGURES_MODULAR.params,
+        out_dir=lambda w: f"{R}/{w.experiment}/figures",
+        cells=lambda w: [c.id for c in cells_of(w.experiment)],
+        max_cells=lambda w: config["experiments"][w.experiment]["figure_cells_max"],
+        nht=RC.tag,
     conda:
         "../envs/nht.yaml"
     log:
@@ -187,26 +163,20 @@ rule figures_modular:
         " --cells {params.cells:q} --fit {input.fit:q} --out-dir {params.out_dir:q} --max-cells {params.max_cells}"
 
 
-EXPERIMENT_SUMMARY_MODULAR = RC.rule(
-    "experiment_summary_modular",
-    exists=lambda w: w.experiment in experiments_of_kind("modular"),
-    inputs=lambda w: {"fit": f"{R}/{w.experiment}/fit.json", "science": f"{R}/{w.experiment}/science.json",
-                      "figures": [p.format(experiment=w.experiment) for p in MODULAR_FIGURES.values()],
-                      "metas": [f"{R}/{w.experiment}/jobs/{j.id}/meta.json" for j in jobs_of(w.experiment)]},
-    outputs={"summary": f"{R}/{{experiment}}/experiment_summary.json"},
-    params={"config": lambda w: json.dumps(config["experiments"][w.experiment])},
-)
-
-
 rule experiment_summary_modular:
     input:
-        unpack(EXPERIMENT_SUMMARY_MODULAR.input),
+        unpack(RC.inputs("experiment_summary_modular",
+                         fit=lambda w: f"{R}/{w.experiment}/fit.json",
+                         science=lambda w: f"{R}/{w.experiment}/science.json",
+                         figures=lambda w: expand(rules.figures_modular.output, experiment=w.experiment),
+                         metas=lambda w: [f"{R}/{w.experiment}/jobs/{j.id}/meta.json" for j in jobs_of(w.experiment)])),
     wildcard_constraints:
         experiment=experiment_pattern("modular"),
     output:
-        **EXPERIMENT_SUMMARY_MODULAR.output,
+        summary=f"{R}/{{experiment}}/experiment_summary.json",
     params:
-        **EXPERIMENT_SUMMARY_MODULAR.params,
+        config=lambda w: json.dumps(config["experiments"][w.experiment]),
+        nht=RC.tag,
     conda:
         "../envs/nht.yaml"
     log:

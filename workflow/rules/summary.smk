@@ -3,24 +3,19 @@
 # predicted vs measured delay shifts compare cells across experiments (nht.science.intervention).
 INTERVENED = any(exp.get("intervention") for exp in config["experiments"].values())
 
-SUMMARY_RULE = RC.rule(
-    "summary",
-    inputs=lambda w: {"summaries": [f"{R}/{name}/experiment_summary.json" for name in config["experiments"]],
-                      "cell_records": [p for e in experiments_of_kind("modular") for p in cell_files(e, "norms.json")]
-                      if INTERVENED else []},
-    outputs={"summary": SUMMARY, "markdown": P.fill("{results}/scorecard.md", config),
-             "html": report(P.fill("{results}/scorecard.html", config), caption="../report/scorecard.rst",
-                            category="Scorecard")},
-)
-
 
 rule summary:
     input:
-        unpack(SUMMARY_RULE.input),
+        unpack(RC.inputs("summary",
+                         summaries=[f"{R}/{name}/experiment_summary.json" for name in config["experiments"]],
+                         cell_records=[p for e in experiments_of_kind("modular") for p in cell_files(e, "norms.json")]
+                         if INTERVENED else [])),
     output:
-        **SUMMARY_RULE.output,
+        summary=SUMMARY,
+        markdown=f"{R}/scorecard.md",
+        html=report(f"{R}/scorecard.html", caption="../report/scorecard.rst", category="Scorecard"),
     params:
-        **SUMMARY_RULE.params,
+        nht=RC.tag,
     conda:
         "../envs/nht.yaml"
     log:
