@@ -128,25 +128,6 @@ def _match(pattern: str, path: str) -> dict | None:
     return {k: v[0] for k, v in values.items()}
 
 
-class RuleHandle:
-    """The older way to declare a rule (``RC.rule(...)``), kept while ``workflow/rules/images.smk``
-    uses it: the rule spreads ``input`` (for ``unpack``), ``output`` and ``params`` into its
-    sections. Decisions read the rule as Snakemake holds it either way."""
-
-    def __init__(self, rc: "Recompute", name: str, outputs: dict, params: dict, scheduling: dict):
-        self.name, self.outputs, self.user_params, self.scheduling = name, outputs, params, scheduling
-        self.input = None                        # set by Recompute.rule
-        self._tag = rc.tag
-
-    @property
-    def output(self) -> dict:
-        return self.outputs
-
-    @property
-    def params(self) -> dict:
-        return dict(self.user_params, **self.scheduling, **{TAG_PARAM: self._tag})
-
-
 class Recompute:
     """The decisions about the jobs of one Snakemake run (see the module doc).
 
@@ -160,8 +141,6 @@ class Recompute:
         self._data_root = str(Path(self.data_records_dir).parent) + "/"
         self.root = Path(root)
         self._inputs: dict[str, Callable] = {}          # rule -> its own input function (a dict)
-        self._exists: dict[str, Callable] = {}          # rule -> filter of RC.rule(exists=...)
-        self._scheduling: dict[str, frozenset] = {}     # rule -> more scheduling params (RC.rule)
         self._targets_evaluated = False
         self._warned: set[str] = set()
         self._code: dict[str, tuple[str, list[str]]] = {}
@@ -190,17 +169,6 @@ class Recompute:
         self._inputs[rule] = own
         return lambda wildcards: self.input_files(rule, Wildcards(wildcards.items()))
 
-    def rule(self, name: str, inputs: Callable | dict, outputs: dict, params: dict | None = None,
-             exists: Callable | None = None, scheduling: dict | None = None) -> RuleHandle:
-        """The older declaration (:class:`RuleHandle`). ``exists(wildcards)``: whether a job of this
-        rule belongs to the current config; ``scheduling``: params outside the job's definition."""
-        handle = RuleHandle(self, name, outputs, params or {}, dict(scheduling or {}))
-        handle.input = self.inputs(name, inputs if callable(inputs) else (lambda w: inputs))
-        if exists is not None:
-            self._exists[name] = exists
-        self._scheduling[name] = frozenset(handle.scheduling)
-        return handle
-
     def _declared(self, rule: str):
         return getattr(self.declared, rule)
 
@@ -211,7 +179,7 @@ class Recompute:
     def params_of(self, rule: str, w: dict) -> dict:
         """The job's params values that define it (``rules.<rule>.params``, less ``nht`` and the
         scheduling params)."""
-        skip, w = {TAG_PARAM} | SCHEDULING_PARAMS | self._scheduling.get(rule, frozenset()), Wildcards(w)
+        skip, w = {TAG_PARAM} | SCHEDULING_PARAMS, Wildcards(w)
         return {k: _of_wildcards(rule, f"param {k}", v)(w)
                 for k, v in sorted(self._declared(rule).params.items()) if k not in skip}
 
@@ -302,11 +270,8 @@ class Recompute:
 
     def producer_of(self, path: str) -> tuple[str, Wildcards] | None:
         """(rule, wildcards) of the job that makes ``path``: the first rule whose declared outputs
-        match it (and whose ``exists``, where given, accepts the wildcards), or None."""
-        for rule, w in self._producers(path):
-            if self._exists.get(rule, lambda _w: True)(w):
-                return rule, w
-        return None
+        match it, or None."""
+        return next(self._producers(path), None)
 
     # -- decisions ------------------------------------------------------------------------------
     def decide(self, rule: str, w: dict) -> Decision:

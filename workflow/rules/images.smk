@@ -1,5 +1,6 @@
 # Image shortcut experiments (issues 4, 21). Included by the Snakefile, which defines config (validated),
-# CELLS, JOBS, JOB_OF, PY, R, D and experiments_of_kind(). Every rule calls one `python -m nht` stage.
+# CELLS, JOBS, JOB_OF, PY, R, D and experiments_of_kind(). Every rule calls one `python -m nht` stage
+# and declares what it reads, writes and is run with as modular.smk does (RC.inputs, params.nht).
 #
 #   image_fetch               dataset -> {D}/image/raw/<fetch id>.npz             (decoded once, uint8)
 #   image_shortcut            raw -> {D}/image/<experiment>/<rho,border,seed>-<hash>.npz  (borders + 4 test sets)
@@ -15,22 +16,14 @@
 include: "images_common.smk"
 
 
-IMAGE_FETCH_RULE = RC.rule(
-    "image_fetch",
-    exists=lambda w: w.fetch in IMAGE_FETCH,
-    inputs={},
-    outputs={"raw": f"{D}/image/raw/{{fetch}}.npz"},
-    params={"spec": lambda w: _img_json.dumps(IMAGE_FETCH[w.fetch], sort_keys=True, default=str)},
-)
-
-
 rule image_fetch:
     input:
-        unpack(IMAGE_FETCH_RULE.input),
+        unpack(RC.inputs("image_fetch")),
     output:
-        **IMAGE_FETCH_RULE.output,
+        raw=f"{D}/image/raw/{{fetch}}.npz",
     params:
-        **IMAGE_FETCH_RULE.params,
+        spec=lambda w: _img_json.dumps(IMAGE_FETCH[w.fetch], sort_keys=True, default=str),
+        nht=RC.tag,
     conda:
         "../envs/nht.yaml"
     log:
@@ -45,28 +38,17 @@ rule image_fetch:
         "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht image-fetch --spec {params.spec:q} --out {output.raw:q}"
 
 
-IMAGE_SHORTCUT_RULE = RC.rule(
-    "image_shortcut",
-    exists=lambda w: (w.experiment, w.shortcut) in IMAGE_SHORTCUTS,
-    inputs=lambda w: {"raw": f"{D}/image/raw/{_img_fetch_id(w.experiment)}.npz"},
-    outputs={"data": f"{D}/image/{{experiment}}/{{shortcut}}.npz"},
-    params={
-        "spec": lambda w: _img_json.dumps(config["experiments"][w.experiment]["dataset"], sort_keys=True,
-                                          default=str),
-        "rho": lambda w: IMAGE_SHORTCUTS[(w.experiment, w.shortcut)][0],
-        "border": lambda w: IMAGE_SHORTCUTS[(w.experiment, w.shortcut)][1],
-        "seed": lambda w: IMAGE_SHORTCUTS[(w.experiment, w.shortcut)][2],
-    },
-)
-
-
 rule image_shortcut:
     input:
-        unpack(IMAGE_SHORTCUT_RULE.input),
+        unpack(RC.inputs("image_shortcut", raw=lambda w: f"{D}/image/raw/{_img_fetch_id(w.experiment)}.npz")),
     output:
-        **IMAGE_SHORTCUT_RULE.output,
+        data=f"{D}/image/{{experiment}}/{{shortcut}}.npz",
     params:
-        **IMAGE_SHORTCUT_RULE.params,
+        spec=lambda w: _img_json.dumps(config["experiments"][w.experiment]["dataset"], sort_keys=True, default=str),
+        rho=lambda w: IMAGE_SHORTCUTS[(w.experiment, w.shortcut)][0],
+        border=lambda w: IMAGE_SHORTCUTS[(w.experiment, w.shortcut)][1],
+        seed=lambda w: IMAGE_SHORTCUTS[(w.experiment, w.shortcut)][2],
+        nht=RC.tag,
     wildcard_constraints:
         experiment=_IMG_EXP_RE,
     conda:
@@ -84,30 +66,20 @@ rule image_shortcut:
         " --border {params.border:q} --seed {params.seed:q} --out {output.data:q}"
 
 
-IMAGE_TRAIN_RULE = RC.rule(
-    "image_train",
-    exists=lambda w: w.job in IMAGE_JOBS and JOBS[w.job].experiment == w.experiment,
-    inputs=lambda w: {"data": _img_job_data(w.job)},
-    outputs={"history": f"{R}/{{experiment}}/jobs/{{job}}/history.csv",
-             "meta": f"{R}/{{experiment}}/jobs/{{job}}/meta.json"},
-    params={
-        "job": lambda w: _img_json.dumps(_img_job_spec(w.job), sort_keys=True, default=str),
-        "checkpoint": lambda w: f"{R}/{w.experiment}/jobs/{w.job}/checkpoint.pt",
-        "device": config.get("device", "auto"),
-        "det": "" if config.get("deterministic", True) else "--nondeterministic",
-        "precision": config.get("precision", "fp32"),
-    },
-    scheduling={"scheduling": lambda w: _img_json.dumps(job_scheduling(JOBS[w.job].cells), sort_keys=True)},
-)
-
-
 rule image_train:
     input:
-        unpack(IMAGE_TRAIN_RULE.input),
+        unpack(RC.inputs("image_train", data=lambda w: _img_job_data(w.job))),
     output:
-        **IMAGE_TRAIN_RULE.output,
+        history=f"{R}/{{experiment}}/jobs/{{job}}/history.csv",
+        meta=f"{R}/{{experiment}}/jobs/{{job}}/meta.json",
     params:
-        **IMAGE_TRAIN_RULE.params,
+        job=lambda w: _img_json.dumps(_img_job_spec(w.job), sort_keys=True, default=str),
+        checkpoint=lambda w: f"{R}/{w.experiment}/jobs/{w.job}/checkpoint.pt",
+        device=config.get("device", "auto"),
+        det="" if config.get("deterministic", True) else "--nondeterministic",
+        precision=config.get("precision", "fp32"),
+        scheduling=lambda w: _img_json.dumps(job_scheduling(JOBS[w.job].cells), sort_keys=True),
+        nht=RC.tag,
     wildcard_constraints:
         experiment=_IMG_EXP_RE,
         job=_IMG_JOB_RE,
@@ -132,25 +104,17 @@ rule image_train:
 # The per-cell stage of every domain (python -m nht norms, as extract_norms in modular.smk): the
 # cell's rows of its job's history and its event record. A rule of its own because the modular
 # rule is constrained to modular experiments and reads the modular job table (JOB_OF).
-IMAGE_NORMS_RULE = RC.rule(
-    "image_norms",
-    exists=lambda w: w.cell in CELLS and CELLS[w.cell].experiment == w.experiment and CELLS[w.cell].kind == "image",
-    inputs=lambda w: {"history": f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/history.csv",
-                      "meta": f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/meta.json"},
-    outputs={"history": f"{R}/{{experiment}}/cells/{{cell}}/history.csv",
-             "norms": f"{R}/{{experiment}}/cells/{{cell}}/norms.json"},
-    params={"settings": lambda w: _img_json.dumps(_img_settings(CELLS[w.cell], "norms"), sort_keys=True,
-                                                  default=str)},
-)
-
-
 rule image_norms:
     input:
-        unpack(IMAGE_NORMS_RULE.input),
+        unpack(RC.inputs("image_norms",
+                         history=lambda w: f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/history.csv",
+                         meta=lambda w: f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/meta.json")),
     output:
-        **IMAGE_NORMS_RULE.output,
+        history=f"{R}/{{experiment}}/cells/{{cell}}/history.csv",
+        norms=f"{R}/{{experiment}}/cells/{{cell}}/norms.json",
     params:
-        **IMAGE_NORMS_RULE.params,
+        settings=lambda w: _img_json.dumps(_img_settings(CELLS[w.cell], "norms"), sort_keys=True, default=str),
+        nht=RC.tag,
     wildcard_constraints:
         experiment=_IMG_EXP_RE,
         cell=_IMG_CELL_RE,
@@ -170,28 +134,25 @@ rule image_norms:
         " --out-history {output.history:q} --out-norms {output.norms:q}"
 
 
-IMAGE_FIGURE_NAMES = ("test_acc_vs_rho", "norm_curves", "phase_diagram", "layer_norms")
-IMAGE_FIGURES_RULE = RC.rule(
-    "image_figures",
-    exists=lambda w: w.experiment in IMAGE_EXPERIMENTS,
-    inputs=lambda w: {"norms": [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in IMAGE_CELLS[w.experiment]],
-                      "history": [f"{R}/{w.experiment}/cells/{c.id}/history.csv"
-                                  for c in IMAGE_CELLS[w.experiment]]},
-    outputs={name: report(f"{R}/{{experiment}}/figures/{name}.png", caption=f"../report/images_{name}.rst",
-                          category="image")
-             for name in IMAGE_FIGURE_NAMES},
-    params={"config": lambda w: _img_json.dumps(_img_without_scheduling(w.experiment), sort_keys=True, default=str),
-            "outdir": lambda w: f"{R}/{w.experiment}/figures"},
-)
+def image_figure(name):
+    """One figure of image_figures (in Snakemake's report)."""
+    return report(f"{R}/{{experiment}}/figures/{name}.png", caption=f"../report/images_{name}.rst", category="image")
 
 
 rule image_figures:
     input:
-        unpack(IMAGE_FIGURES_RULE.input),
+        unpack(RC.inputs("image_figures",
+                         norms=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in IMAGE_CELLS[w.experiment]],
+                         history=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/history.csv" for c in IMAGE_CELLS[w.experiment]])),
     output:
-        **IMAGE_FIGURES_RULE.output,
+        test_acc_vs_rho=image_figure("test_acc_vs_rho"),
+        norm_curves=image_figure("norm_curves"),
+        phase_diagram=image_figure("phase_diagram"),
+        layer_norms=image_figure("layer_norms"),
     params:
-        **IMAGE_FIGURES_RULE.params,
+        config=lambda w: _img_json.dumps(_img_without_scheduling(w.experiment), sort_keys=True, default=str),
+        outdir=lambda w: f"{R}/{w.experiment}/figures",
+        nht=RC.tag,
     wildcard_constraints:
         experiment=_IMG_EXP_RE,
     conda:
@@ -210,25 +171,19 @@ rule image_figures:
         " --config {params.config:q}"
 
 
-IMAGE_SUMMARY_RULE = RC.rule(
-    "image_experiment_summary",
-    exists=lambda w: w.experiment in IMAGE_EXPERIMENTS,
-    inputs=lambda w: {"norms": [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in IMAGE_CELLS[w.experiment]],
-                      "metas": [f"{R}/{w.experiment}/jobs/{j}/meta.json" for j in _img_jobs_of(w.experiment)],
-                      "figures": [f"{R}/{w.experiment}/figures/{name}.png" for name in IMAGE_FIGURE_NAMES],
-                      "science": f"{R}/{w.experiment}/science.json"},
-    outputs={"summary": f"{R}/{{experiment}}/experiment_summary.json", "table": f"{R}/{{experiment}}/cells.csv"},
-    params={"config": lambda w: _img_json.dumps(config["experiments"][w.experiment], sort_keys=True, default=str)},
-)
-
-
 rule image_experiment_summary:
     input:
-        unpack(IMAGE_SUMMARY_RULE.input),
+        unpack(RC.inputs("image_experiment_summary",
+                         norms=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in IMAGE_CELLS[w.experiment]],
+                         metas=lambda w: [f"{R}/{w.experiment}/jobs/{j}/meta.json" for j in _img_jobs_of(w.experiment)],
+                         figures=lambda w: expand(rules.image_figures.output, experiment=w.experiment),
+                         science=lambda w: f"{R}/{w.experiment}/science.json")),
     output:
-        **IMAGE_SUMMARY_RULE.output,
+        summary=f"{R}/{{experiment}}/experiment_summary.json",
+        table=f"{R}/{{experiment}}/cells.csv",
     params:
-        **IMAGE_SUMMARY_RULE.params,
+        config=lambda w: _img_json.dumps(config["experiments"][w.experiment], sort_keys=True, default=str),
+        nht=RC.tag,
     wildcard_constraints:
         experiment=_IMG_EXP_RE,
     conda:
