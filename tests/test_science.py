@@ -11,7 +11,7 @@ import pytest
 
 from nht.science import analyse as science
 from nht.science.prediction import predictive_verdict
-from nht.science.scaling import fit_cells
+from nht.science.delay_law import fit_inputs
 
 
 def synth_cell(cid, lr=0.01, wd=1.0, T_fit=200, V_fit=400.0, V_st=50.0, rate_factor=1.0,
@@ -91,8 +91,10 @@ def test_one_delay_law_fit_with_reasons_and_tautology():
     # V_final is read a fixed margin after T_transition and V decays exactly: T_pred = r (delay + margin)
     assert law["tautology_r2"] > 0.99
     assert law["tautology"]["decay_fraction_median"] == pytest.approx(1.0, abs=0.05)
-    # the same fit feeds fit.json (nht.science.scaling) and science.json
-    assert fit_cells(allc.to_dict("records"), n_boot=200)["delay_law"] == law
+    # fit.json names the same cells and exclusions, without fitting again
+    inputs = fit_inputs(allc.to_dict("records"))
+    assert inputs["fit_cells"] == law["n"] and inputs["excluded"] == law["excluded"]
+    assert inputs["censoring"] == fits["censoring"] and sum(inputs["regimes"].values()) == len(allc)
 
 
 def test_per_op_fits_when_several_ops():

@@ -1,7 +1,7 @@
 """The one retrospective delay-law fit (a *description*, not a verdict; the verdict is the
-out-of-sample comparison in :mod:`nht.science.prediction`). Used by :func:`nht.science.scaling.fit_cells`
-(``fit.json``) and by :func:`nht.science.analyse.analyse_experiment` (``science.json``): same inputs, same
-numbers.
+out-of-sample comparison in :mod:`nht.science.prediction`), made once per experiment by
+:func:`nht.science.analyse.analyse_experiment` (``science.json``). ``fit.json`` (:func:`fit_inputs`)
+states which cells it uses and excludes, without fitting.
 
 * ``delay_law``: OLS ``delay = k T_pred + b`` with ``T_pred = ln(V_fit / V_final) / (2 eta lambda)``
   (steps; V squared norms), BCa intervals (cells resampled, n >= 8) and Theil-Sen beside it.
@@ -25,9 +25,12 @@ fit, ``T_pred <= 0``, which the law does not describe), ``zero_eta_lambda``.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 from scipy import stats as st
 
+from nht.core.events import REGIMES
 from nht.science import stats
 from nht.science.cellrecords import count, delay_status, eta_lambda, num, records
 
@@ -150,3 +153,14 @@ def fit_points(cells) -> dict:
     d = [r["delay"] for r in usable]
     return {"law": ([num(r["T_pred"]) for r in usable], d),
             "baseline": ([1.0 / eta_lambda(r) for r in usable], d)}
+
+
+def fit_inputs(cells) -> dict:
+    """``fit.json`` of an experiment: ``{cells, regimes, fit_cells, excluded, censoring}``, which
+    cells the delay-law fits use and why the others are left out, without fitting (the fits are
+    made once, by the science stage, :func:`fit_delay_laws`)."""
+    recs = records(cells)
+    usable, excluded = usable_cells(recs)
+    regimes = Counter(r.get("regime") for r in recs)
+    return {"cells": len(recs), "regimes": {name: regimes.get(name, 0) for name in REGIMES},
+            "fit_cells": len(usable), "excluded": excluded, "censoring": censoring(recs, usable)}

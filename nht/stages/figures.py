@@ -1,4 +1,4 @@
-"""Stage ``figures``: render an experiment's figures (curves, delay law, regimes)."""
+"""Stage ``figures``: render a modular experiment's figures (curves, regimes)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import sys
 import pandas as pd
 
 from nht.core.history import HistoryError, read_history
-from nht.core.io import read_json
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -16,7 +15,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cells-table", required=True)
     ap.add_argument("--histories", nargs="+", required=True)
     ap.add_argument("--cells", nargs="+", required=True, help="the cell id of each of --histories, in order")
-    ap.add_argument("--fit", required=True)
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--max-cells", type=int, default=48)
     a = ap.parse_args(argv)
@@ -28,4 +26,4 @@ def main(argv: list[str] | None = None) -> None:
         hist = {cell: read_history(p) for cell, p in zip(a.cells, a.histories)}
     except (HistoryError, OSError) as err:
         sys.exit(f"nht figures: {err}")
-    make_figures(pd.read_csv(a.cells_table), hist, read_json(a.fit), a.out_dir, a.max_cells)
+    make_figures(pd.read_csv(a.cells_table), hist, a.out_dir, a.max_cells)

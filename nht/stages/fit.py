@@ -1,4 +1,6 @@
-"""Stage ``fit``: fit the delay law over an experiment's cells; write the fit and the cell table."""
+"""Stage ``fit``: an experiment's cell table (``cells.csv``) and ``fit.json``: its regimes and which cells
+the delay-law fit uses or excludes (:func:`nht.science.delay_law.fit_inputs`; the law itself is fitted once,
+by the ``science`` stage)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import pandas as pd
 
 from nht.core.history import FLOAT_FORMAT
 from nht.core.io import read_json, write_atomic, write_json
-from nht.science.scaling import fit_cells
+from nht.science.delay_law import fit_inputs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,4 +22,4 @@ def main(argv: list[str] | None = None) -> None:
     records = [read_json(p) for p in a.norms]
     table = pd.DataFrame([{k: v for k, v in r.items() if k not in ("layers", "provenance")} for r in records])
     write_atomic(a.out_table, table.to_csv(index=False, float_format=FLOAT_FORMAT))
-    write_json(fit_cells(records), a.out_fit)
+    write_json(fit_inputs(records), a.out_fit)

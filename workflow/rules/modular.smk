@@ -132,15 +132,12 @@ rule figures_modular:
     input:
         unpack(RC.inputs("figures_modular",
                          table=lambda w: f"{R}/{w.experiment}/cells.csv",
-                         fit=lambda w: f"{R}/{w.experiment}/fit.json",
                          histories=lambda w: cell_files(w.experiment, "history.csv"))),
     wildcard_constraints:
         experiment=experiment_pattern("modular"),
     output:
         curves_png=modular_figure("curves", "png"),
         curves_pdf=modular_figure("curves", "pdf"),
-        delay_law_png=modular_figure("delay_law", "png"),
-        delay_law_pdf=modular_figure("delay_law", "pdf"),
         regimes_png=modular_figure("regimes", "png"),
         regimes_pdf=modular_figure("regimes", "pdf"),
     params:
@@ -160,7 +157,7 @@ rule figures_modular:
         runtime=10,
     shell:
         "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht figures --cells-table {input.table:q} --histories {input.histories:q}"
-        " --cells {params.cells:q} --fit {input.fit:q} --out-dir {params.out_dir:q} --max-cells {params.max_cells}"
+        " --cells {params.cells:q} --out-dir {params.out_dir:q} --max-cells {params.max_cells}"
 
 
 rule experiment_summary_modular:

@@ -2,9 +2,10 @@
 
 * ``curves``: train/test accuracy and V = ||theta||^2 over steps (log x) per cell, T_fit and T_transition
   marked.
-* ``delay_law``: measured delay vs the NHT prediction T_pred, and vs the 1/(eta lambda) baseline,
-  each with its least-squares line and R^2.
 * ``regimes``: regime of every cell over (lambda, alpha) and (lambda, eta).
+
+The delay law (delay vs T_pred and vs 1/(eta lambda)) is drawn once, for every domain, by the
+science stage (``delay_law_bootstrap``, :mod:`nht.science.figures`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nht.core.events import REGIMES  # noqa: E402
@@ -23,7 +23,7 @@ from nht.science.plotting import save_figure as save  # noqa: E402
 
 REGIME_COLORS = {"strong": "#7f7f7f", "weak": "#d62728", "intermediate": "#2ca02c",
                  "immediate": "#1f77b4", "diverged": "#000000"}
-FIGURES = ("curves", "delay_law", "regimes")
+FIGURES = ("curves", "regimes")
 
 
 def _label(rec: pd.Series) -> str:
@@ -60,29 +60,6 @@ def plot_curves(cells: pd.DataFrame, histories: dict[str, pd.DataFrame], out_dir
     return save(fig, out_dir, "curves")
 
 
-def plot_delay_law(cells: pd.DataFrame, fit: dict, out_dir) -> list[str]:
-    ok = cells[cells["regime"].isin(["intermediate", "immediate"]) & (cells["T_pred"] > 0)]   # as fitted
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    panels = (("T_pred", fit["delay_law"], "T_pred = ln(V_fit/V_final)/(2ηλ) [steps]"),
-              ("inv_eta_lambda", fit["baseline_inverse_eta_lambda"], "1/(ηλ) [steps]"))
-    for ax, (col, f, xlabel) in zip(axes, panels):
-        x = ok["T_pred"] if col == "T_pred" else 1.0 / (ok["lr"] * ok["weight_decay"])
-        ax.scatter(x, ok["delay"], c=[REGIME_COLORS[r] for r in ok["regime"]], s=18)
-        if len(x) and f.get("k") is not None and math.isfinite(f["k"]):
-            xs = np.linspace(0, float(np.max(x)) * 1.05, 50)
-            ax.plot(xs, f["k"] * xs + f["b"], "k-", lw=1,
-                    label=f"delay = {f['k']:.3g}·x + {f['b']:.3g}\nR² = {f['r2']:.3f}, n = {f['n']}")
-            if col == "T_pred":
-                ax.plot(xs, xs, color="#999", ls="--", lw=0.8, label="theory: delay = T_pred")
-            ax.legend(fontsize=8)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("measured delay T_transition − T_fit [steps]")
-    axes[0].set_title("NHT delay law")
-    axes[1].set_title("baseline: no norm information")
-    fig.tight_layout()
-    return save(fig, out_dir, "delay_law")
-
-
 def _regime_panel(ax, cells: pd.DataFrame, xcol: str, ycol: str) -> None:
     xs, ys = sorted(cells[xcol].unique()), sorted(cells[ycol].unique())
     for (xv, yv), grp in cells.groupby([xcol, ycol]):
@@ -109,10 +86,9 @@ def plot_regimes(cells: pd.DataFrame, out_dir) -> list[str]:
     return save(fig, out_dir, "regimes")
 
 
-def make_figures(cells: pd.DataFrame, histories: dict[str, pd.DataFrame], fit: dict, out_dir,
+def make_figures(cells: pd.DataFrame, histories: dict[str, pd.DataFrame], out_dir,
                  max_cells: int = 48) -> list[str]:
     """Write every modular figure into ``out_dir``; returns the written paths."""
     paths = plot_curves(cells, histories, out_dir, max_cells)
-    paths += plot_delay_law(cells, fit, out_dir)
     paths += plot_regimes(cells, out_dir)
     return paths
