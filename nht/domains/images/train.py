@@ -279,22 +279,33 @@ class ImageJob:
             draws = torch.stack([torch.randn(shape, generator=g, dtype=xb.dtype) for g in self.noise_gens])
             xb = xb + self.noise * draws.to(self.device)
         y = self.y_train[idx]
+        if self.stack == "vmap" and len(self.slots) > 1:
+            loss_sum, correct = self._gradients(self._leaves, xb, y, self.grad)
+        else:                         # one cell at a time: the memory of one cell's activations
+            parts = [self._gradients({k: v[i:i + 1] for k, v in self._leaves.items()}, xb[i:i + 1], y[i:i + 1],
+                                     self.grad[i:i + 1]) for i in range(len(self.slots))]
+            loss_sum, correct = (torch.cat(t) for t in zip(*parts))
+        with torch.no_grad():
+            loss = loss_sum / y.shape[1]
+            self.optim.step(self.flat, self.grad, loss)
+            self.loss_sum += loss_sum.double()
+            self.correct += correct.double()
+        self.seen += y.shape[1]
+        self.step += 1
+        return loss
+
+    def _gradients(self, leaves: dict, xb: torch.Tensor, y: torch.Tensor, grad: torch.Tensor):
+        """Forward and backward of the cells of ``leaves`` ((C, ...) slices of the stacked tensors)
+        on ``xb`` (C, B, ...); their gradient of the mean loss goes into ``grad`` (C, parameters).
+        Returns the summed losses and correct predictions (C,), detached."""
         with devmod.autocast(self.device, self.precision):
-            logits = self.forward(self._leaves, xb)
+            logits = self.forward(leaves, xb)
         logits = logits.float()
         C, B, K = logits.shape
         loss_sum = F.cross_entropy(logits.reshape(C * B, K), y.reshape(C * B), reduction="none").view(C, B).sum(1)
-        grads = torch.autograd.grad(loss_sum, list(self._leaves.values()),
-                                    grad_outputs=torch.full_like(loss_sum, 1.0 / B))
-        torch.cat([g.reshape(C, -1) for g in grads], dim=1, out=self.grad)
-        with torch.no_grad():
-            loss = loss_sum.detach() / B
-            self.optim.step(self.flat, self.grad, loss)
-            self.loss_sum += loss_sum.detach().double()
-            self.correct += (logits.detach().argmax(-1) == y).sum(1).double()
-        self.seen += B
-        self.step += 1
-        return loss
+        grads = torch.autograd.grad(loss_sum, list(leaves.values()), grad_outputs=torch.full_like(loss_sum, 1.0 / B))
+        torch.cat([g.reshape(C, -1) for g in grads], dim=1, out=grad)
+        return loss_sum.detach(), (logits.detach().argmax(-1) == y).sum(1)
 
     # ------------------------------------------------------------------ evaluation and stop rule
     @torch.no_grad()
