@@ -14,8 +14,9 @@ weight decay, the cosine schedule as its per-step ``lr_factor``). The model runs
   issues the same tensor operations for 2 or 16 cells (``benchmarks/images_step_ops.py`` counts
   them; a convolution becomes one grouped convolution): a launch-bound GPU runs C cells in about
   the kernel launches of one;
-* ``stack="loop"`` (default on the CPU, and any job of one cell): ``functional_call`` of each
-  cell in turn, its images in ``channels_last``; the optimizer stays one vectorised update. On the
+* ``stack="loop"`` (default on the CPU, and any job of one cell): forward and backward of one
+  cell at a time (``functional_call``, its images in ``channels_last``; the memory of one cell's
+  activations); the optimizer stays one vectorised update of all cells. On the
   CPU a grouped convolution is 1.4-1.8x slower per cell than a channels-last one, so vmap loses
   there (measured: README, issue 21). ``resnet18`` (BatchNorm running statistics are module
   buffers, updated in place, which vmap cannot batch) trains one cell per job.
@@ -33,7 +34,7 @@ untouched) and the loop finds it at the evaluation (``check_every = None``) and 
 
 Fast path (any device; what changes on CUDA): the training and test images stay on the device
 as uint8 (no DataLoader, no workers), minibatches are gathered there; ``channels_last`` (schema
-key, default true) for the one-cell convolutional path; ``precision='bf16'`` autocasts forward
+key, default true) on the loop path; ``precision='bf16'`` autocasts forward
 and backward to bfloat16 with fp32 parameters and optimizer state; ``torch.backends.cudnn.benchmark``
 is on when the run is declared non-deterministic (:func:`train_job` ``deterministic=False``);
 ``compile=True`` wraps the forward in ``torch.compile`` (off by default). There is no data
