@@ -134,21 +134,16 @@ rule image_norms:
         " --out-history {output.history:q} --out-norms {output.norms:q}"
 
 
-def image_figure(name):
-    """One figure of image_figures (in Snakemake's report)."""
-    return report(f"{R}/{{experiment}}/figures/{name}.png", caption=f"../report/images_{name}.rst", category="image")
-
-
 rule image_figures:
     input:
         unpack(RC.inputs("image_figures",
                          norms=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/norms.json" for c in IMAGE_CELLS[w.experiment]],
                          history=lambda w: [f"{R}/{w.experiment}/cells/{c.id}/history.csv" for c in IMAGE_CELLS[w.experiment]])),
     output:
-        test_acc_vs_rho=image_figure("test_acc_vs_rho"),
-        norm_curves=image_figure("norm_curves"),
-        phase_diagram=image_figure("phase_diagram"),
-        layer_norms=image_figure("layer_norms"),
+        test_acc_vs_rho=report(f"{R}/{{experiment}}/figures/test_acc_vs_rho.png", caption="../report/images_test_acc_vs_rho.rst", category="image"),
+        norm_curves=report(f"{R}/{{experiment}}/figures/norm_curves.png", caption="../report/images_norm_curves.rst", category="image"),
+        phase_diagram=report(f"{R}/{{experiment}}/figures/phase_diagram.png", caption="../report/images_phase_diagram.rst", category="image"),
+        layer_norms=report(f"{R}/{{experiment}}/figures/layer_norms.png", caption="../report/images_layer_norms.rst", category="image"),
     params:
         config=lambda w: _img_json.dumps(_img_without_scheduling(w.experiment), sort_keys=True, default=str),
         outdir=lambda w: f"{R}/{w.experiment}/figures",

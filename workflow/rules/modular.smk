@@ -119,15 +119,6 @@ rule fit_modular:
         " --out-table {output.table:q}"
 
 
-def modular_figure(name, ext):
-    """One figure of figures_modular; the PNGs go into Snakemake's report."""
-    path = f"{R}/{{experiment}}/figures/{name}.{ext}"
-    if ext != "png":
-        return path
-    return report(path, caption=f"../report/{name}.rst", category=name.replace("_", " ").title(),
-                  subcategory="{experiment}")
-
-
 rule figures_modular:
     input:
         unpack(RC.inputs("figures_modular",
@@ -136,10 +127,12 @@ rule figures_modular:
     wildcard_constraints:
         experiment=experiment_pattern("modular"),
     output:
-        curves_png=modular_figure("curves", "png"),
-        curves_pdf=modular_figure("curves", "pdf"),
-        regimes_png=modular_figure("regimes", "png"),
-        regimes_pdf=modular_figure("regimes", "pdf"),
+        curves_png=report(f"{R}/{{experiment}}/figures/curves.png", caption="../report/curves.rst", category="Curves",
+                          subcategory="{experiment}"),
+        curves_pdf=f"{R}/{{experiment}}/figures/curves.pdf",
+        regimes_png=report(f"{R}/{{experiment}}/figures/regimes.png", caption="../report/regimes.rst", category="Regimes",
+                          subcategory="{experiment}"),
+        regimes_pdf=f"{R}/{{experiment}}/figures/regimes.pdf",
     params:
         out_dir=lambda w: f"{R}/{w.experiment}/figures",
         cells=lambda w: [c.id for c in cells_of(w.experiment)],

@@ -4,19 +4,6 @@
 #   science   all cells' norms.json + history.csv -> {R}/<experiment>/science.json + science figures
 
 
-def science_figure(stem, ext):
-    """One figure of the science stage; the PNGs go into Snakemake's report."""
-    category, caption = {
-        "delay_law_bootstrap": ("Delay law", "../report/delay_law_bootstrap.rst"),
-        "prospective": ("Prospective prediction", "../report/prospective.rst"),
-        "norm_fits": ("Curves", "../report/norm_fits.rst"),
-        "decay_rate": ("Decay rate", "../report/decay_rate.rst"),
-        "clean_separation": ("Clean norm separation", "../report/clean_separation.rst"),
-    }[stem]
-    path = f"{R}/{{experiment}}/figures/{stem}.{ext}"
-    return report(path, caption=caption, category=category, subcategory="{experiment}") if ext == "png" else path
-
-
 rule science:
     input:
         unpack(RC.inputs("science",
@@ -26,16 +13,21 @@ rule science:
         experiment=experiment_pattern(),
     output:
         science=f"{R}/{{experiment}}/science.json",
-        delay_law_bootstrap_png=science_figure("delay_law_bootstrap", "png"),
-        prospective_png=science_figure("prospective", "png"),
-        norm_fits_png=science_figure("norm_fits", "png"),
-        decay_rate_png=science_figure("decay_rate", "png"),
-        clean_separation_png=science_figure("clean_separation", "png"),
-        delay_law_bootstrap_pdf=science_figure("delay_law_bootstrap", "pdf"),
-        prospective_pdf=science_figure("prospective", "pdf"),
-        norm_fits_pdf=science_figure("norm_fits", "pdf"),
-        decay_rate_pdf=science_figure("decay_rate", "pdf"),
-        clean_separation_pdf=science_figure("clean_separation", "pdf"),
+        delay_law_bootstrap_png=report(f"{R}/{{experiment}}/figures/delay_law_bootstrap.png", caption="../report/delay_law_bootstrap.rst",
+                                      category="Delay law", subcategory="{experiment}"),
+        prospective_png=report(f"{R}/{{experiment}}/figures/prospective.png", caption="../report/prospective.rst",
+                              category="Prospective prediction", subcategory="{experiment}"),
+        norm_fits_png=report(f"{R}/{{experiment}}/figures/norm_fits.png", caption="../report/norm_fits.rst",
+                            category="Curves", subcategory="{experiment}"),
+        decay_rate_png=report(f"{R}/{{experiment}}/figures/decay_rate.png", caption="../report/decay_rate.rst",
+                             category="Decay rate", subcategory="{experiment}"),
+        clean_separation_png=report(f"{R}/{{experiment}}/figures/clean_separation.png", caption="../report/clean_separation.rst",
+                                   category="Clean norm separation", subcategory="{experiment}"),
+        delay_law_bootstrap_pdf=f"{R}/{{experiment}}/figures/delay_law_bootstrap.pdf",
+        prospective_pdf=f"{R}/{{experiment}}/figures/prospective.pdf",
+        norm_fits_pdf=f"{R}/{{experiment}}/figures/norm_fits.pdf",
+        decay_rate_pdf=f"{R}/{{experiment}}/figures/decay_rate.pdf",
+        clean_separation_pdf=f"{R}/{{experiment}}/figures/clean_separation.pdf",
     params:
         figure_dir=lambda w: f"{R}/{w.experiment}/figures",
         nht=RC.tag,
