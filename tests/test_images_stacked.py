@@ -131,7 +131,7 @@ def test_resnet18_fast_path_runs_on_the_cpu(tmp_path, norm):
     assert meta["cells"][cell]["status"] == "finished" and meta["provenance"]["precision"] == "bf16"
     assert np.isfinite(hist["loss"].iloc[1:]).all() and list(hist["epoch"]) == [0, 1, 2]
     if norm == "batchnorm":
-        assert (hist["V_no_norm"] < hist["V"]).all()
+        assert (hist["V_no_norm"] < hist["V"]).all() and "bn1.weight" in meta["norm_layer_tensors"]
     job = ImageJob(cells, *load_job_data(paths), torch.device("cpu"), precision="bf16")
     assert job.flat.dtype == torch.float32 and job.x_train.dtype == torch.uint8
     ckpt = tmp_path / "ckpt.pt"

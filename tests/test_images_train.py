@@ -109,8 +109,8 @@ def test_train_outputs_and_resume_equivalence(tmp_path):
     assert h_full["Lambda"].iloc[-1] == pytest.approx(0.1 * full["sum_lr"])      # lambda * sum of lr
     meta = json.loads((tmp_path / "full" / "meta.json").read_text())
     # the one training meta shape of every domain: a job (of one cell) with the cell under "cells"
-    assert set(meta) == {"job", "experiment", "n_cells", "cells", "settings", "wall_seconds", "cell_steps",
-                         "cell_steps_per_second", "resumed_from_step", "provenance"}
+    assert set(meta) == {"job", "experiment", "n_cells", "cells", "settings", "norm_layer_tensors", "wall_seconds",
+                         "cell_steps", "cell_steps_per_second", "resumed_from_step", "provenance"}
     assert set(meta["cells"][cell.id]) == {"status", "stop_reason", "steps", "epochs_done", "sum_lr",
                                            "n_params", "n_train", "n_test"}
     assert meta["cells"][cell.id]["epochs_done"] == 3 and meta["cells"][cell.id]["steps"] == 12

@@ -52,7 +52,8 @@ Outputs (:func:`train_job`)::
                   V_no_norm, V:<tensor>
     meta.json     the training meta of every domain: job, experiment, n_cells, cells: {cell:
                   {status (finished | diverged | time_limit), stop_reason, steps, epochs_done,
-                  sum_lr, n_params, n_train, n_test}}, settings (shared), wall_seconds and
+                  sum_lr, n_params, n_train, n_test}}, settings (shared), norm_layer_tensors
+                  (:func:`nht.core.norms.norm_layer_tensors`), wall_seconds and
                   cell_steps (this process), cell_steps_per_second, resumed_from_step, provenance
     checkpoint    resumable state, written every ``checkpoint_seconds`` at an epoch end; deleted on success
 
@@ -82,7 +83,7 @@ from nht.core import device as devmod
 from nht.core import loop
 from nht.core.history import FLOAT_FORMAT, history_csv, ordered_columns, tensor_column
 from nht.core.io import write_atomic, write_json
-from nht.core.norms import NORM_LAYERS, stacked_squared_norms
+from nht.core.norms import norm_layer_tensors, stacked_squared_norms
 from nht.core.stacked_optim import StackedOptimizer
 from nht.domains.images.data import load_npz
 from nht.domains.images.models import build_model, n_params
@@ -181,8 +182,8 @@ class ImageJob:
             models.append(build_model(st["model"], int(len(d0["classes"])), tuple(d0["x_train"].shape[1:])))
         self.base = models[0].to(device)                     # the module functional_call runs (and its buffers)
         self.n_params = n_params(self.base)
-        norm_ids = {id(p) for m in self.base.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters()}
-        self.norm_cols = [tensor_column(k) for k, p in self.base.named_parameters() if id(p) in norm_ids]
+        self.norm_layer_tensors = norm_layer_tensors(self.base)
+        self.norm_cols = [tensor_column(k) for k in self.norm_layer_tensors]
         params, _ = stack_module_state(models)
         self.names = list(params)
         self.shapes = [tuple(v.shape[1:]) for v in params.values()]
@@ -428,7 +429,8 @@ def train_job(cells: list[tuple[str, dict]], data_paths: list[str | Path], histo
                       "epochs_done": int(hist[-1]["epoch"]) if hist else 0, "sum_lr": job.sum_lr(c, steps),
                       "n_params": job.n_params, "n_train": job.n, "n_test": int(len(job.y_test))}
     meta = {"job": job_id, "experiment": s0.get("experiment"), "n_cells": len(cells), "cells": records,
-            "settings": job.s, "wall_seconds": res.wall_s, "cell_steps": res.cell_steps,
+            "settings": job.s, "norm_layer_tensors": job.norm_layer_tensors,
+            "wall_seconds": res.wall_s, "cell_steps": res.cell_steps,
             "cell_steps_per_second": res.cell_steps / max(res.wall_s, 1e-9),
             "resumed_from_step": res.resumed_from_step, "provenance": res.provenance}
     write_atomic(history_path, table.to_csv(index=False, float_format=FLOAT_FORMAT))
