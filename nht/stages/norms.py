@@ -1,7 +1,8 @@
 """Stage ``norms``: one cell's event record (``norms.json``) from its history, for every domain.
 
-Modular cells are trained in jobs: ``--job-history`` is the job's long table (a ``cell`` column)
-and ``--out-history`` receives this cell's rows. Image cells have their own ``--history``. The
+Cells of every domain are trained in jobs: ``--job-history`` is the job's long table (a ``cell``
+column) and ``--out-history`` receives this cell's rows (``--history``: a cell's own table, as
+:func:`nht.domains.images.train.train_cell` writes for scripts). The
 record is :func:`nht.core.events.extract_events` plus the cell's grid axes, model and optimizer
 names, each tensor of ``layers`` marked ``norm_layer`` (from the meta's ``norm_layer_tensors``,
 :func:`nht.core.norms.norm_layer_tensors`), the final values of the domain's extra accuracy columns, and the training meta's status,
@@ -85,8 +86,8 @@ def read_job_history(path: str, cell: str) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m nht norms", description=__doc__)
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--job-history", help="a job's long history table (modular)")
-    src.add_argument("--history", help="one cell's history table (images)")
+    src.add_argument("--job-history", help="a job's long history table")
+    src.add_argument("--history", help="one cell's history table")
     ap.add_argument("--meta", required=True, help="the job's or the cell's meta.json")
     ap.add_argument("--cell", required=True)
     ap.add_argument("--kind", choices=sorted(KINDS), required=True)
