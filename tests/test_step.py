@@ -159,11 +159,23 @@ def test_the_step_loop_reads_nothing_back_between_evaluations(optimizer):
     assert sorted(set(log.steps)) == [0, 20, 40, 60], log.steps      # only where the loop evaluates
 
 
-def test_sgd_with_momentum_matches_torch_sgd_for_each_cell_of_a_job():
+def _torch_optimizer(model, cell):
+    """torch's own optimizer for one cell (the reference every cell of a stacked job must follow)."""
+    opt = cell["optimizer"]
+    if opt["name"] == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cell["lr"], weight_decay=cell["weight_decay"],
+                                 betas=tuple(opt["betas"]), eps=1e-8, foreach=False)
+    return torch.optim.SGD(model.parameters(), lr=cell["lr"], weight_decay=cell["weight_decay"],
+                           momentum=opt["momentum"], foreach=False)
+
+
+@pytest.mark.parametrize("optimizer, lrs", [({"name": "adamw", "betas": [0.9, 0.999]}, [0.01, 0.003]),
+                                            ({"name": "sgd", "momentum": 0.9}, [0.05, 0.01])])
+def test_each_cell_of_a_job_follows_torch_s_optimizer(optimizer, lrs):
+    """Cells with different lr and weight decay in one job: each follows torch.optim.AdamW / SGD."""
     from nht.domains.modular.models import build_model
 
-    cells = cells_for(weight_decay=[0.1, 1.0], lr=[0.05, 0.01], init_scale=1, seed=[0, 1],
-                      optimizer={"name": "sgd", "momentum": 0.9})
+    cells = cells_for(weight_decay=[0.1, 1.0], lr=lrs, init_scale=1, seed=[0, 1], optimizer=optimizer)
     data = data_for(cells[0])
     trainer = Trainer(cells, data, CPU)
     x, y = torch.as_tensor(data["x_train"]), torch.as_tensor(data["y_train"])
@@ -171,8 +183,7 @@ def test_sgd_with_momentum_matches_torch_sgd_for_each_cell_of_a_job():
     for cell in cells:
         torch.manual_seed(cell["seed"])
         model = build_model(cell["model"], cell["p"])
-        refs.append((model, torch.optim.SGD(model.parameters(), lr=cell["lr"], weight_decay=cell["weight_decay"],
-                                            momentum=0.9, foreach=False)))
+        refs.append((model, _torch_optimizer(model, cell)))
     for _ in range(25):
         trainer.train_step()
         for model, opt in refs:

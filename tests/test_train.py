@@ -177,30 +177,6 @@ def test_bf16_autocast_tracks_fp32(tmp_path):
     assert not low["V"].equals(ref["V"])
 
 
-def test_per_cell_adamw_matches_torch_adamw_for_each_cell_of_a_job():
-    """Cells with different lr and weight decay in one job: each follows torch.optim.AdamW exactly."""
-    cells = cells_for(weight_decay=[0.1, 1.0], lr=[0.01, 0.003], init_scale=1, seed=[0, 1],
-                      optimizer={"name": "adamw", "betas": [0.9, 0.999]})
-    data = data_for(cells[0])
-    trainer = Trainer(cells, data, torch.device("cpu"))
-    x, y = torch.as_tensor(data["x_train"]), torch.as_tensor(data["y_train"])
-    refs = []
-    for cell in cells:
-        torch.manual_seed(cell["seed"])
-        model = build_model(cell["model"], cell["p"])
-        refs.append((model, torch.optim.AdamW(model.parameters(), lr=cell["lr"], weight_decay=cell["weight_decay"],
-                                              betas=(0.9, 0.999), eps=1e-8, foreach=False)))
-    for _ in range(25):
-        trainer.train_step()
-        for model, opt in refs:
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-    for pos, (model, _) in enumerate(refs):
-        for name, ref in model.named_parameters():
-            torch.testing.assert_close(trainer.params[name][pos].detach(), ref.detach(), rtol=1e-4, atol=1e-5)
-
-
 def test_sampling_with_replacement_is_the_companions_randint_stream():
     """set_seed(s); Model(p); then torch.randint(0, n, (b,)) per step: the companion's minibatches."""
     from nht.domains.modular.models import CompanionTransformer
