@@ -8,7 +8,7 @@ import pytest
 
 from nht.core.events import REGIMES, EventRule, classify_regime, delay_prediction, extract_events
 from nht.core.history import HistoryError
-from nht.science.scaling import fit_cells
+from nht.science.delay_law import fit_delay_laws, fit_inputs
 
 SETTINGS = {"train_threshold": 0.99, "test_threshold": 0.99, "secondary_threshold": 0.9,
             "immediate_delay": 100, "lr": 0.01, "weight_decay": 0.5, "max_steps": 1700}
@@ -70,7 +70,7 @@ def test_censoring_and_norm_growth_are_recorded():
     assert extract_events(synthetic_history(), SETTINGS, status="diverged")["censored"] is False
 
 
-def test_fit_cells_is_the_one_delay_law_fit_and_excludes_by_reason():
+def test_the_one_delay_law_fit_excludes_by_reason_and_fit_json_names_the_same_cells():
     recs = [{"cell": f"c{i}", "regime": "intermediate", "status": "finished", "T_fit": 100.0,
              "T_transition": 100.0 + 2 * t + 10, "delay": 2 * t + 10, "T_pred": t, "V_fit": 10.0,
              "V_final": 1.0, "stop_step": 600.0 + 2 * t, "lr": 0.01, "weight_decay": 1.0 + i}
@@ -81,14 +81,15 @@ def test_fit_cells_is_the_one_delay_law_fit_and_excludes_by_reason():
              {"cell": "g", "regime": "intermediate", "T_fit": 50.0, "T_transition": 500.0, "delay": 450.0,
               "T_pred": -3.0, "V_fit": 1.0, "V_final": 2.0, "stop_step": 900.0, "lr": 0.01,
               "weight_decay": 1.0}]
-    out = fit_cells(recs)
-    assert out["delay_law"]["k"] == pytest.approx(2.0) and out["delay_law"]["b"] == pytest.approx(10.0)
-    assert out["fit_cells"] == 4
-    assert out["excluded"] == {"strong": 1, "censored": 1, "norm_grew": 1}
-    assert out["censoring"]["n_censored"] == 1 and out["censoring"]["caps"] == [950.0]
+    fits = fit_delay_laws(recs)
+    assert fits["delay_law"]["k"] == pytest.approx(2.0) and fits["delay_law"]["b"] == pytest.approx(10.0)
+    assert fits["fit_cells"] == 4
+    assert fits["excluded"] == {"strong": 1, "censored": 1, "norm_grew": 1}
+    assert fits["censoring"]["n_censored"] == 1 and fits["censoring"]["caps"] == [950.0]
+    out = fit_inputs(recs)                       # fit.json: the same cells, no fitting
+    assert {k: out[k] for k in ("fit_cells", "excluded", "censoring")} == \
+        {k: fits[k] for k in ("fit_cells", "excluded", "censoring")}
     assert out["regimes"]["intermediate"] == 5 and out["regimes"]["diverged"] == 0
-    from nht.science.delay_law import fit_delay_laws
-    assert fit_delay_laws(recs)["delay_law"] == out["delay_law"]
 
 
 def image_history(fit=3, switch=12, epochs=20, steps_per_epoch=10, reliance_high=0.9, clean_after=0.8,
