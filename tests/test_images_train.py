@@ -212,7 +212,22 @@ def test_bf16_precision_is_applied_not_ignored(tmp_path):
     meta = train_cell(cell.settings, path, tmp_path / "bf16", threads=1, cell_id=cell.id, precision="bf16")
     assert meta["cells"][cell.id]["status"] == "finished" and meta["provenance"]["precision"] == "bf16"
     fp32 = train_cell(cell.settings, path, tmp_path / "fp32", threads=1, cell_id=cell.id)
-    assert fp32["provenance"]["precision"] == "fp32"
+    assert fp32["provenance"]["precision"] == "fp32"           # the default, auto, is fp32 on the CPU
     h16, h32 = (read_history(tmp_path / d / "history.csv") for d in ("bf16", "fp32"))
     assert np.isfinite(h16["loss"].iloc[1:]).all()
     assert not np.array_equal(h16["loss"].iloc[1:], h32["loss"].iloc[1:])   # the forward ran in bfloat16
+
+
+def test_auto_precision_is_the_fast_path_on_cuda_and_fp32_on_the_cpu():
+    """precision: auto (the default) resolves per device and domain: fp32 on the CPU, bf16 for
+    image cells on CUDA (their fast path), fp32 for modular cells; other values are kept."""
+    from nht.config import validate_config
+    from nht.core.device import resolve_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")      # a device object needs no GPU
+    assert resolve_precision("auto", cpu, "bf16") == "fp32" and resolve_precision("auto", cuda, "bf16") == "bf16"
+    assert resolve_precision("auto", cuda, "fp32") == "fp32" and resolve_precision("tf32", cuda, "bf16") == "tf32"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp16", cpu)
+    from conftest import tiny_modular
+    assert validate_config({"experiments": {"e": tiny_modular()}})["precision"] == "auto"

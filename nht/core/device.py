@@ -27,7 +27,18 @@ def resolve_device(preference: str = "auto") -> torch.device:
     return torch.device(preference)
 
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device, cuda_default: str = "fp32") -> str:
+    """The precision a run uses: ``auto`` is fp32 on the CPU (the bitwise-deterministic reference)
+    and the domain's ``cuda_default`` on CUDA (images: ``bf16``, the fast path; modular: ``fp32``);
+    any other value is used as given. Results record the resolved value (provenance)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    return cuda_default if device.type == "cuda" else "fp32"
 
 
 def configure(threads: int | None = None, deterministic: bool = True, precision: str = "fp32") -> None:
@@ -38,10 +49,9 @@ def configure(threads: int | None = None, deterministic: bool = True, precision:
     TF32 matmuls (faster on Ampere and later, lower precision). ``bf16`` is applied by
     :func:`autocast` around forward/backward passes.
     """
-    if isinstance(precision, bool):  # older call sites passed a tf32 flag
-        precision = "tf32" if precision else "fp32"
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in PRECISIONS or precision == "auto":
+        raise ValueError(f"precision must be resolved (resolve_precision) to one of {PRECISIONS[1:]}, "
+                         f"got {precision!r}")
     tf32 = precision == "tf32"
     # Strong weight decay drives weights towards zero; denormal floats there slow CPU arithmetic
     # by several times. Values below ~1e-38 carry nothing these measurements use.

@@ -8,6 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
+from nht.core import device as devmod
 from nht.core.io import json_arg
 
 
@@ -24,8 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--nondeterministic", action="store_true",
                     help="allow nondeterministic kernels (on CUDA: cudnn.benchmark autotuning)")
-    ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
-                    help="as for modular training (nht.core.device): tf32 matmuls, or bf16 autocast")
+    ap.add_argument("--precision", choices=devmod.PRECISIONS, default="auto",
+                    help="nht.core.device.resolve_precision: auto = fp32 on the CPU, bf16 on CUDA")
     ap.add_argument("--stack", choices=["auto", "vmap", "loop"], default="auto",
                     help="how the cells' forward runs: vmap over cells (CUDA default) or a loop (CPU default)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the forward (off by default)")

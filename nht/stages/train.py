@@ -7,6 +7,7 @@ import json
 
 from nht.domains.modular import data
 from nht.config import Cell
+from nht.core import device as devmod
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,7 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--nondeterministic", action="store_true")
     ap.add_argument("--deterministic", dest="nondeterministic", action="store_false",
                     help="deterministic algorithms (the default)")
-    ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
+    ap.add_argument("--precision", choices=devmod.PRECISIONS, default="auto",
+                    help="nht.core.device.resolve_precision: auto = fp32 (CPU and CUDA)")
     ap.add_argument("--scheduling", type=json.loads, default={},
                     help="JSON: settings added to every cell's that change only speed, memory or "
                          "resumption (nht.config.SCHEDULING_KEYS: threads, eval_batch_size, checkpoint_seconds)")

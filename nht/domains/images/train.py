@@ -393,7 +393,7 @@ def load_job_data(data_paths: list[str | Path]) -> tuple[list[dict], list[int]]:
 
 def train_job(cells: list[tuple[str, dict]], data_paths: list[str | Path], history_path: str | Path,
               meta_path: str | Path, checkpoint_path: str | Path | None = None, device: str = "auto",
-              threads: int | None = None, deterministic: bool = True, precision: str = "fp32",
+              threads: int | None = None, deterministic: bool = True, precision: str = "auto",
               job_id: str = "job", compile: bool = False, stack: str = "auto", stop_after_epoch: int | None = None,
               progress_every_s: float = 20.0) -> dict:
     """Train ``cells`` ([(id, settings)], one job; ``data_paths``: each cell's shortcut dataset) and
@@ -403,6 +403,7 @@ def train_job(cells: list[tuple[str, dict]], data_paths: list[str | Path], histo
     returns ``{"aborted_at": step}`` without final outputs."""
     s0 = cells[0][1]
     dev = devmod.resolve_device(device)
+    precision = devmod.resolve_precision(precision, dev, cuda_default="bf16")   # the fast path on CUDA
     devmod.configure(threads or s0.get("threads"), deterministic, precision)
     if dev.type == "cuda" and not deterministic:
         torch.backends.cudnn.benchmark = True        # autotuned convolutions (runs differ in the last bits)
@@ -441,7 +442,7 @@ def train_job(cells: list[tuple[str, dict]], data_paths: list[str | Path], histo
 
 
 def train_cell(settings: dict, data_path: str | Path, out_dir: str | Path, device: str = "auto",
-               threads: int | None = None, deterministic: bool = True, precision: str = "fp32",
+               threads: int | None = None, deterministic: bool = True, precision: str = "auto",
                cell_id: str = "", stop_after_epoch: int | None = None, progress_every_s: float = 20.0) -> dict:
     """A job of one cell in ``out_dir``: its own ``history.csv`` (no ``cell`` column), ``meta.json``
     and ``checkpoint.pt``; returns the meta dict (the cell's entry is ``meta["cells"][cell_id]``)."""

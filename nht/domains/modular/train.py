@@ -416,7 +416,7 @@ class Trainer:
 
 def train_job(cells: list[Cell], data: dict, history_path: str | Path, meta_path: str | Path,
               checkpoint_path: str | Path | None = None, device: str = "auto", threads: int | None = None,
-              deterministic: bool = True, precision: str = "fp32", job_id: str = "job",
+              deterministic: bool = True, precision: str = "auto", job_id: str = "job",
               progress_every_s: float = 20.0, stop_after_steps: int | None = None) -> dict:
     """Train ``cells`` (one job) and write ``history.csv`` (long: cell, then the history columns)
     and ``meta.json``; returns the meta dict.
@@ -425,8 +425,9 @@ def train_job(cells: list[Cell], data: dict, history_path: str | Path, meta_path
     writing outputs, as if the process had been killed; the checkpoint written there stays on disk
     and ``{"aborted_at": step}`` is returned.
     """
-    devmod.configure(threads, deterministic=deterministic, precision=precision)
     dev = devmod.resolve_device(device)
+    precision = devmod.resolve_precision(precision, dev, cuda_default="fp32")
+    devmod.configure(threads, deterministic=deterministic, precision=precision)
     s = cells[0].settings
     trainer = Trainer(cells, data, dev, precision)
     res = loop.run(trainer, code_module=__name__, name=job_id, checkpoint=checkpoint_path,
