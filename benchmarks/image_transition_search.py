@@ -159,7 +159,7 @@ COMMON = {"kind": "image", "threads": 1, "checkpoint_seconds": 1.0e9, "eval_batc
 
 # ----------------------------------------------------------------------------- outcome rule
 
-def shortcut_phases(epochs, train_acc, clean_acc, reliance, V=None, decay_budget=None,
+def shortcut_phases(epochs, train_acc, test_acc, phi, V=None, decay_budget=None,
                     rule: dict | None = None) -> dict:
     """Behavioural phases of one cell (no norms involved): fit on the cue, sustained reliance, switch.
 
@@ -188,7 +188,7 @@ def shortcut_phases(epochs, train_acc, clean_acc, reliance, V=None, decay_budget
     ep = np.asarray(epochs, dtype=float)
     keep = ep >= 1
     ep = ep[keep].astype(int)
-    tr, cl, rel = (np.asarray(a, dtype=float)[keep] for a in (train_acc, clean_acc, reliance))
+    tr, cl, rel = (np.asarray(a, dtype=float)[keep] for a in (train_acc, test_acc, phi))
     V = np.asarray(V, dtype=float)[keep] if V is not None else np.full(len(ep), np.nan)
     lam = np.asarray(decay_budget, dtype=float)[keep] if decay_budget is not None else np.full(len(ep), np.nan)
     out = {"phase_regime": "strong", "transition": False, "t_fit": None, "t_switch": None, "Lambda_fit": None,

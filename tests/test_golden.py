@@ -14,9 +14,9 @@ quantity                    measured cross-ISA spread              compared with
 early trajectory (steps     V rel 1.3e-4 (1e-8 up to step 40),     V rel 1e-3, loss rel 5e-3,
 <= EARLY_STEPS = 100)       loss rel 1.8e-3, train accuracy 1      train/test accuracy abs 0.01
                             example (1.7e-3), test accuracy 0      (~6 of 576 train examples)
-T_mem (fit, steps)          0 (40/60/60/260 on every ISA)           +- 1 evaluation (eval_every)
-V_mem (norm at the fit)     rel <= 1.1e-3                           rel 1e-2
-T_gen (transition, steps)   1,500-1,940; 1,180-1,420; 1,020-never  rel 0.5 where ``robust``, else
+T_fit (fit, steps)          0 (40/60/60/260 on every ISA)           +- 1 evaluation (eval_every)
+V_fit (norm at the fit)     rel <= 1.1e-3                           rel 1e-2
+T_transition (steps)        1,500-1,940; 1,180-1,420; 1,020-never  rel 0.5 where ``robust``, else
                                                                     not compared
 regime                      flips in 1 of 5 cells                   exact where ``robust``
 V_final (norm at the stop)  rel <= 0.15 (MLP), 0.10 (transformer)   rel 0.3
@@ -25,7 +25,7 @@ image cell, 3 epochs        V rel 3e-9; accuracies identical        V rel 1e-5; 
 
 Checked: the test passes with ``ATEN_CPU_CAPABILITY`` = native (AVX512), ``avx2`` and ``default``,
 and with ``avx2`` plus ``MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2`` (matmuls on the AVX2
-paths too); the earlier AMD EPYC recording (late quantities only: T_mem, V_mem, T_gen, V_final,
+paths too); the earlier AMD EPYC recording (late quantities only: T_fit, V_fit, T_transition, V_final,
 regime) lies inside every band.
 
 So the tight check is the EARLY trajectory (every logged value up to step 100 of every modular
@@ -41,7 +41,7 @@ the measured spread stored with the values must lie well inside them (a regenera
 machine fails there, not later as a flaky test).
 
 Modular values come from the job's history through today's one event extraction
-(:func:`modular_record`): T_mem = T_fit, T_gen = T_transition (steps), V = squared parameter norm.
+(:func:`modular_record`): T_fit = T_fit, T_transition = T_transition (steps), V = squared parameter norm.
 Image cell: per-epoch train accuracy, clean test accuracy, shortcut reliance (``train_acc``,
 ``test_acc``, ``phi``) and V. CPU, 1 thread, deterministic. Cells are matched by the readable part
 of their id (the hash suffix also covers analysis-only settings). An intended change regenerates
@@ -67,31 +67,26 @@ import pytest
 HERE = Path(__file__).resolve().parent / "golden"
 EARLY_STEPS = 100                      # steps: the early window compared tightly
 EARLY_COLUMNS = ("V", "loss", "train_acc", "test_acc")
-IMAGE_COLUMNS = {"train_acc": "train_acc", "clean_acc": "test_acc", "reliance": "phi", "V": "V"}  # key: column
+IMAGE_COLUMNS = ("train_acc", "test_acc", "phi", "V")
 #: the instruction sets --write measures (values of ATEN_CPU_CAPABILITY; "" = this CPU's own)
 CAPABILITIES = ("", "avx2", "default")
 
 #: tolerances (see the module docstring for the measured spreads they cover)
-TOL = {"early_V_rel": 1e-3, "early_loss_rel": 5e-3, "early_acc_abs": 0.01, "V_mem_rel": 1e-2, "T_gen_rel": 0.5, "V_final_rel": 0.3,
+TOL = {"early_V_rel": 1e-3, "early_loss_rel": 5e-3, "early_acc_abs": 0.01, "V_fit_rel": 1e-2, "T_transition_rel": 0.5, "V_final_rel": 0.3,
        "image_V_rel": 1e-5, "image_acc_abs": 0.01}
 
-#: the recorded regime names (before the one vocabulary of nht.core.events) -> today's names
-RECORDED_REGIME = {"delayed": "intermediate", "shortcut_persists": "weak", "no_fit": "strong",
-                   "immediate": "immediate", "diverged": "diverged"}
 
 
 def modular_record(h: pd.DataFrame, s: dict, status: str) -> dict:
     """The recorded keys from today's one event extraction (:func:`nht.core.events.extract_events`):
-    T_mem = T_fit and T_gen = T_transition (steps), V_mem = V_fit, V_final (squared norms), the
-    regime in the recorded vocabulary (:data:`RECORDED_REGIME`, an intended renaming), and the
-    history's :data:`EARLY_COLUMNS` at steps <= :data:`EARLY_STEPS`."""
+    T_fit and T_transition (steps), V_fit, V_final (squared norms), the regime, and the history's
+    :data:`EARLY_COLUMNS` at steps <= :data:`EARLY_STEPS`."""
     from nht.core.events import extract_events
 
     rec = extract_events(h, s, status)
-    back = {new: old for old, new in RECORDED_REGIME.items()}
     early = h[h["step"] <= EARLY_STEPS]
-    return {"T_mem": rec["T_fit"], "T_gen": rec["T_transition"], "V_mem": rec["V_fit"],
-            "V_final": rec["V_final"], "regime": back[rec["regime"]],
+    return {"T_fit": rec["T_fit"], "T_transition": rec["T_transition"], "V_fit": rec["V_fit"],
+            "V_final": rec["V_final"], "regime": rec["regime"],
             "early": {"step": [int(x) for x in early["step"]],
                       **{c: [float(x) for x in early[c]] for c in EARLY_COLUMNS}}}
 
@@ -135,7 +130,7 @@ def measure(tmp: Path, config: dict | None = None) -> dict:
         idata.save_npz(d, path)
         train_cell(c.settings, path, tmp / c.id, device="cpu", threads=1, cell_id=c.id)
         h = pd.read_csv(tmp / c.id / "history.csv")
-        out[readable(c.id)] = {key: [float(x) for x in h[col]] for key, col in IMAGE_COLUMNS.items()}
+        out[readable(c.id)] = {col: [float(x) for x in h[col]] for col in IMAGE_COLUMNS}
     return out
 
 
@@ -180,20 +175,20 @@ def compare(expected: dict, got: dict, eval_every: dict[str, int], tol: dict = T
             for col in EARLY_COLUMNS:
                 if not _curves_close(e_have[col], e_want[col], **_early_tol(col, tol)):
                     bad.append(f"{cell} {col} at steps <= {EARLY_STEPS}: {e_have[col]} vs recorded {e_want[col]}")
-        if want["T_mem"] is None or have["T_mem"] is None:
-            if want["T_mem"] != have["T_mem"]:
-                bad.append(f"{cell} T_mem: {have['T_mem']} vs recorded {want['T_mem']}")
-        elif abs(have["T_mem"] - want["T_mem"]) > eval_every[cell]:
-            bad.append(f"{cell} T_mem: {have['T_mem']} vs recorded {want['T_mem']} (+- {eval_every[cell]})")
-        if not _close(have["V_mem"], want["V_mem"], rel=tol["V_mem_rel"]):
-            bad.append(f"{cell} V_mem: {have['V_mem']} vs recorded {want['V_mem']}")
+        if want["T_fit"] is None or have["T_fit"] is None:
+            if want["T_fit"] != have["T_fit"]:
+                bad.append(f"{cell} T_fit: {have['T_fit']} vs recorded {want['T_fit']}")
+        elif abs(have["T_fit"] - want["T_fit"]) > eval_every[cell]:
+            bad.append(f"{cell} T_fit: {have['T_fit']} vs recorded {want['T_fit']} (+- {eval_every[cell]})")
+        if not _close(have["V_fit"], want["V_fit"], rel=tol["V_fit_rel"]):
+            bad.append(f"{cell} V_fit: {have['V_fit']} vs recorded {want['V_fit']}")
         if not _close(have["V_final"], want["V_final"], rel=tol["V_final_rel"]):
             bad.append(f"{cell} V_final: {have['V_final']} vs recorded {want['V_final']}")
         if want["robust"]:
             if have["regime"] != want["regime"]:
                 bad.append(f"{cell} regime: {have['regime']} vs recorded {want['regime']}")
-            if not _close(have["T_gen"], want["T_gen"], rel=tol["T_gen_rel"]):
-                bad.append(f"{cell} T_gen: {have['T_gen']} vs recorded {want['T_gen']}")
+            if not _close(have["T_transition"], want["T_transition"], rel=tol["T_transition_rel"]):
+                bad.append(f"{cell} T_transition: {have['T_transition']} vs recorded {want['T_transition']}")
     return bad
 
 
@@ -280,8 +275,8 @@ def _measure_under(capability: str) -> dict:
 
 
 def write() -> None:
-    """Measure under every :data:`CAPABILITIES`; record the native run's early window, T_mem and
-    V_mem, the median over ISAs of T_gen and V_final, the regime, ``robust`` = every ISA agreed on
+    """Measure under every :data:`CAPABILITIES`; record the native run's early window, T_fit and
+    V_fit, the median over ISAs of T_transition and V_final, the regime, ``robust`` = every ISA agreed on
     the regime, and every ISA's values under ``spread``."""
     import torch
 
@@ -293,11 +288,11 @@ def write() -> None:
             cells[cell] = v
             continue
         regimes = {runs[cap][cell]["regime"] for cap in CAPABILITIES}
-        t_gen = [runs[cap][cell]["T_gen"] for cap in CAPABILITIES]
-        robust = len(regimes) == 1 and (None not in t_gen or all(t is None for t in t_gen))
+        t_transition = [runs[cap][cell]["T_transition"] for cap in CAPABILITIES]
+        robust = len(regimes) == 1 and (None not in t_transition or all(t is None for t in t_transition))
         cells[cell] = {**v, "robust": robust}
-        cells[cell]["T_gen"] = (None if any(t is None for t in t_gen)
-                                else int(statistics.median(t_gen)))
+        cells[cell]["T_transition"] = (None if any(t is None for t in t_transition)
+                                else int(statistics.median(t_transition)))
         cells[cell]["V_final"] = statistics.median(runs[cap][cell]["V_final"] for cap in CAPABILITIES)
     doc = {"about": "written by `python tests/test_golden.py --write`; see tests/test_golden.py",
            "torch": torch.__version__, "cpu_capability_native": torch.backends.cpu.get_cpu_capability(),
