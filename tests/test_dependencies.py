@@ -33,7 +33,9 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 REPO = Path(__file__).resolve().parent.parent
-LOCAL = {"nht", "conftest", "dvc_helpers", "test_golden"}     # this repository's own modules
+#: this repository's own modules: the package, and the scripts of tests/ and benchmarks/ (which
+#: import each other's helpers, e.g. benchmarks/step_ops.count_ops)
+LOCAL = {"nht"} | {p.stem for d in ("tests", "benchmarks") for p in (REPO / d).glob("*.py")}
 #: distributions imported by the tests that a declared one brings as its own requirement (moto
 #: requires boto3); declaring boto3 too makes pip backtrack for minutes in a fresh environment
 PROVIDED_BY = {"boto3": "moto"}
