@@ -131,7 +131,7 @@ def test_comment_docstring_and_format_edits_rerun_nothing(ws):
     text = f.read_text()
     f.write_text('"""Edited docstring."""\n' + text.split('"""', 2)[2].replace("\n\n\n", "\n\n\n\n", 1)
                  + "\n# a comment\n")
-    edit(ws / "nht" / "science" / "scaling.py", "\n", "\n# comment\n")
+    edit(ws / "nht" / "science" / "delay_law.py", "\n", "\n# comment\n")
     assert planned(ws) == {}
 
 
