@@ -7,7 +7,7 @@ Templates use Snakemake-style ``{wildcards}``; ``{results}`` is the ``results_di
 
 JOB_META = "{results}/{experiment}/jobs/{job}/meta.json"       # training meta (rule train_modular)
 JOB_CHECKPOINT = "{results}/{experiment}/jobs/{job}/checkpoint.pt"  # resumable state (deleted on success)
-CELL_NORMS = "{results}/{experiment}/cells/{cell}/norms.json"       # event record (rules extract_norms, image_norms)
+CELL_NORMS = "{results}/{experiment}/cells/{cell}/norms.json"       # event record (rule extract_norms)
 SUMMARY = "{results}/summary.json"                                  # every experiment (rule summary)
 
 

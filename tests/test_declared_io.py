@@ -35,7 +35,7 @@ CONFIG = {"results_dir": "results", "data_dir": "data", "experiments": {
                  "model": {"name": "simple_cnn", "width_mult": 0.25}}}}
 
 EVERY_RULE = {"make_modular_data", "train_modular", "extract_norms", "fit_modular", "figures_modular",
-              "experiment_summary_modular", "image_fetch", "image_shortcut", "image_train", "image_norms",
+              "experiment_summary_modular", "image_fetch", "image_shortcut", "image_train",
               "image_figures", "image_experiment_summary", "science", "summary"}
 
 

@@ -53,7 +53,7 @@ def test_each_stage_code_set_and_training_never_imports_analysis():
     sets = {name: rule_code_set(src) for name, src in sources.items() if "python -m nht" in src}
     print(json.dumps(sets, indent=1))                   # the listing, in the test log
     assert {"train_modular", "extract_norms", "fit_modular", "science", "figures_modular",
-            "image_train", "image_norms", "image_figures", "image_experiment_summary"} <= set(sets)
+            "image_train", "image_figures", "image_experiment_summary"} <= set(sets)
     assert len(ANALYSIS) > 10
     for training in ("train_modular", "image_train", "make_modular_data", "image_fetch", "image_shortcut"):
         assert not ANALYSIS & set(sets[training]), (training, ANALYSIS & set(sets[training]))
@@ -63,8 +63,8 @@ def test_each_stage_code_set_and_training_never_imports_analysis():
     for rule, mods in sets.items():                     # image stages never run modular domain code
         if rule.startswith("image_"):
             assert not {m for m in mods if m.startswith("nht.domains.modular")}, rule
-    # one event rule and one science path for both domains
-    assert "nht.core.events" in sets["extract_norms"] and "nht.core.events" in sets["image_norms"]
+    # one per-cell events rule and one science path for both domains
+    assert "nht.core.events" in sets["extract_norms"] and "image_norms" not in sets
     assert "nht.science.analyse" in sets["science"]
 
 

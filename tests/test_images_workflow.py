@@ -39,7 +39,7 @@ def test_tiny_image_experiment_through_snakemake(tmp_path, batch_over):
         check_history(pd.read_csv(h), str(h))
     for f in summary["figures"]:
         assert (tmp_path / f).stat().st_size > 1000
-    for rule in ("image_fetch", "image_shortcut", "image_train", "image_norms", "science", "image_figures",
+    for rule in ("image_fetch", "image_shortcut", "image_train", "extract_norms", "science", "image_figures",
                  "image_experiment_summary"):
         assert list((tmp_path / "logs" / rule).rglob("*.log")), rule
         assert list((tmp_path / "benchmarks" / "rules" / rule).rglob("*.tsv")), rule

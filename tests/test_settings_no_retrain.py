@@ -167,7 +167,7 @@ def test_snakemake_plans_no_training_for_scheduling_event_rule_or_path_spelling_
     assert not set(plan) & TRAINING, plan
     assert plan.get("extract_norms") == 1, plan           # the event rule re-extracts the one cell
     plan = plan_with(done, lambda c: c["experiments"]["i"].update(train_threshold=0.5))
-    assert not set(plan) & TRAINING and plan.get("image_norms") == 1, plan
+    assert not set(plan) & TRAINING and plan.get("extract_norms") == 1, plan   # one per-cell rule, every domain
     for spelling in ("results/", "./results"):
         assert plan_with(done, lambda c: c.update(results_dir=spelling, data_dir="./data/")) == {}, spelling
     # a result setting does retrain (the check above can fail)

@@ -6,8 +6,8 @@
 #   image_shortcut            raw -> {D}/image/<experiment>/<rho,border,seed>-<hash>.npz  (borders + 4 test sets)
 #   image_train               one job of cells (batch_over, max_cells_per_job; stacked in one process)
 #                               -> {R}/<experiment>/jobs/<job>/{history.csv,meta.json}
-#   image_norms               one cell's rows of its job's history -> {R}/<experiment>/cells/<cell>/{history.csv,
-#                               norms.json} (python -m nht norms, the per-cell stage of every domain)
+#   (extract_norms, workflow/rules/science.smk: one cell's rows of its job's history ->
+#    {R}/<experiment>/cells/<cell>/{history.csv,norms.json}, the per-cell stage of every domain)
 #   image_figures             all cells -> {R}/<experiment>/figures/*.png
 #   (science, workflow/rules/science.smk: all cells -> {R}/<experiment>/science.json, as for modular)
 #   image_experiment_summary  all cells' norms.json + figures + science -> {R}/<experiment>/experiment_summary.json, cells.csv
@@ -104,36 +104,6 @@ rule image_train:
 # The per-cell stage of every domain (python -m nht norms, as extract_norms in modular.smk): the
 # cell's rows of its job's history and its event record. A rule of its own because the modular
 # rule is constrained to modular experiments and reads the modular job table (JOB_OF).
-rule image_norms:
-    input:
-        unpack(RC.inputs("image_norms",
-                         history=lambda w: f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/history.csv",
-                         meta=lambda w: f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/meta.json")),
-    output:
-        history=f"{R}/{{experiment}}/cells/{{cell}}/history.csv",
-        norms=f"{R}/{{experiment}}/cells/{{cell}}/norms.json",
-    params:
-        settings=lambda w: _img_json.dumps(_img_settings(CELLS[w.cell], "norms"), sort_keys=True, default=str),
-        nht=RC.tag,
-    wildcard_constraints:
-        experiment=_IMG_EXP_RE,
-        cell=_IMG_CELL_RE,
-    conda:
-        "../envs/nht.yaml"
-    log:
-        "logs/image_norms/{experiment}/{cell}.log",
-    benchmark:
-        "benchmarks/rules/image_norms/{experiment}/{cell}.tsv"
-    threads: 1
-    resources:
-        mem_mb=500,
-        runtime=5,
-    shell:
-        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht norms --job-history {input.history:q}"
-        " --meta {input.meta:q} --kind image --cell {wildcards.cell:q} --settings {params.settings:q}"
-        " --out-history {output.history:q} --out-norms {output.norms:q}"
-
-
 rule image_figures:
     input:
         unpack(RC.inputs("image_figures",

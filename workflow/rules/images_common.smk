@@ -39,19 +39,14 @@ _IMG_CELL_RE = "|".join(_img_re.escape(c.id) for cs in IMAGE_CELLS.values() for 
 _IMG_JOB_RE = "|".join(_img_re.escape(j) for j in IMAGE_JOBS) or "NO_IMAGE_JOB"
 
 
-# Image jobs and cells have rules of their own; the modular rules match the same paths, so image
-# rules win (they are constrained to image experiments, so other kinds' files are unaffected).
+# Image jobs have a training rule of their own; the modular one matches the same paths, so the image
+# rule wins (it is constrained to image experiments, so other kinds' files are unaffected).
 def _img_has_rule(name):
     try:
         getattr(rules, name)
         return True
     except Exception:
         return False
-
-
-if _img_has_rule("extract_norms"):
-
-    ruleorder: image_norms > extract_norms
 
 
 if _img_has_rule("train_modular"):

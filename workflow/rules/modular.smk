@@ -65,35 +65,6 @@ rule train_modular:
         " --precision {params.precision:q} --scheduling {params.scheduling:q}"
 
 
-rule extract_norms:
-    input:
-        unpack(RC.inputs("extract_norms",
-                         history=lambda w: f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/history.csv",
-                         meta=lambda w: f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/meta.json")),
-    wildcard_constraints:
-        experiment=experiment_pattern("modular"),
-    output:
-        history=f"{R}/{{experiment}}/cells/{{cell}}/history.csv",
-        norms=f"{R}/{{experiment}}/cells/{{cell}}/norms.json",
-    params:
-        settings=lambda w: json.dumps(CELLS[w.cell].run_settings),
-        nht=RC.tag,
-    conda:
-        "../envs/nht.yaml"
-    log:
-        "logs/extract_norms/{experiment}/{cell}.log",
-    benchmark:
-        "benchmarks/rules/extract_norms/{experiment}/{cell}.tsv"
-    threads: 1
-    resources:
-        mem_mb=500,
-        runtime=5,
-    shell:
-        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht norms --job-history {input.history:q} --meta {input.meta:q}"
-        " --kind modular --cell {wildcards.cell:q} --settings {params.settings:q} --out-history {output.history:q}"
-        " --out-norms {output.norms:q}"
-
-
 rule fit_modular:
     input:
         unpack(RC.inputs("fit_modular", norms=lambda w: cell_files(w.experiment, "norms.json"))),

@@ -1,7 +1,38 @@
-# The science layer of every experiment, whatever its domain: it reads only the cells' histories
-# (nht.core.history) and event records (nht.core.events, norms.json).
+# The per-cell events and the science layer of every experiment, whatever its domain: they read
+# only the training jobs' histories (nht.core.history) and the cells' event records (nht.core.events).
 #
-#   science   all cells' norms.json + history.csv -> {R}/<experiment>/science.json + science figures
+#   extract_norms  one cell's rows of its job's history + meta -> {R}/<experiment>/cells/<cell>/{history.csv,norms.json}
+#   science        all cells' norms.json + history.csv -> {R}/<experiment>/science.json + science figures
+
+
+rule extract_norms:
+    input:
+        unpack(RC.inputs("extract_norms",
+                         history=lambda w: f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/history.csv",
+                         meta=lambda w: f"{R}/{w.experiment}/jobs/{JOB_OF[w.cell]}/meta.json")),
+    wildcard_constraints:
+        experiment=experiment_pattern(),
+    output:
+        history=f"{R}/{{experiment}}/cells/{{cell}}/history.csv",
+        norms=f"{R}/{{experiment}}/cells/{{cell}}/norms.json",
+    params:
+        kind=lambda w: CELLS[w.cell].kind,
+        settings=lambda w: json.dumps(CELLS[w.cell].run_settings),
+        nht=RC.tag,
+    conda:
+        "../envs/nht.yaml"
+    log:
+        "logs/extract_norms/{experiment}/{cell}.log",
+    benchmark:
+        "benchmarks/rules/extract_norms/{experiment}/{cell}.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    shell:
+        "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht norms --job-history {input.history:q} --meta {input.meta:q}"
+        " --kind {params.kind:q} --cell {wildcards.cell:q} --settings {params.settings:q} --out-history {output.history:q}"
+        " --out-norms {output.norms:q}"
 
 
 rule science:
