@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO))
 
 from nht.config import expand_cells, validate_config  # noqa: E402
 from nht.core.io import stable_hash  # noqa: E402
-from nht.core.events import REGIMES, extract_events  # noqa: E402
+from nht.core.events import extract_events  # noqa: E402
 from nht.core.history import read_history  # noqa: E402
 from nht.core.io import write_json  # noqa: E402
 from nht.domains.images.data import load_dataset, load_npz, save_npz  # noqa: E402
@@ -68,8 +68,6 @@ from nht.domains.images.train import train_cell  # noqa: E402
 # The search's exploratory transition rule (see the module docstring and shortcut_phases).
 PHASE_RULE = {"fit_train": 0.9, "fit_reliance": 0.7, "sustain_reliance": 0.5, "sustain_min": 5,
               "sustain_frac": 0.05, "rise": 0.20, "fall": 0.30}
-# the one regime vocabulary (nht.core.events.REGIMES; a search cell never diverges into a phase)
-PHASE_REGIMES = tuple(r for r in REGIMES if r != "diverged")
 
 FIT_TRAIN, FIT_REL = PHASE_RULE["fit_train"], PHASE_RULE["fit_reliance"]
 SUSTAIN_REL, SUSTAIN_MIN, SUSTAIN_FRAC = (PHASE_RULE[k] for k in ("sustain_reliance", "sustain_min", "sustain_frac"))
@@ -175,11 +173,9 @@ def shortcut_phases(epochs, train_acc, test_acc, phi, V=None, decay_budget=None,
     3. switch at ``t_switch``: first epoch >= t_fit + K with clean accuracy >= clean(t_fit) + rise and
        reliance <= reliance(t_fit) - fall.
 
-    ``phase_regime``, in the one regime vocabulary of :mod:`nht.core.events` (:data:`PHASE_REGIMES`)
-    but by this search's own rule: ``strong`` (train accuracy never reached fit_train: learning
-    suppressed), ``immediate`` (fitted but never with reliance >= fit_reliance, or fit on the cue and
-    reliance gone within K epochs), ``weak`` (sustained, no switch: the shortcut persists),
-    ``intermediate`` (sustained, then the switch: a transition).
+    These are behavioural measurements (``transition``, ``sustained``, the phase times), not a
+    regime: a cell's regime is the one event rule's (:func:`nht.core.events.extract_events`, the
+    search's ``regime`` column).
     ``score`` = max over epochs >= t_fit + K of min(1, rise_e / rise, fall_e / fall), clipped at 0
     (rise/fall relative to t_fit; from epoch 1 when there is no fit); ``late_rise``: clean accuracy rose
     by >= rise after a sustained fit (or, with no fit, after epoch 1).
@@ -191,7 +187,7 @@ def shortcut_phases(epochs, train_acc, test_acc, phi, V=None, decay_budget=None,
     tr, cl, rel = (np.asarray(a, dtype=float)[keep] for a in (train_acc, test_acc, phi))
     V = np.asarray(V, dtype=float)[keep] if V is not None else np.full(len(ep), np.nan)
     lam = np.asarray(decay_budget, dtype=float)[keep] if decay_budget is not None else np.full(len(ep), np.nan)
-    out = {"phase_regime": "strong", "transition": False, "t_fit": None, "t_switch": None, "Lambda_fit": None,
+    out = {"transition": False, "t_fit": None, "t_switch": None, "Lambda_fit": None,
            "Lambda_switch": None, "V_fit": None, "V_switch": None, "sustained": False, "sustain_epochs": None,
            "score": 0.0, "late_rise": False, "max_rise": None, "max_fall": None}
     if len(ep) == 0:
@@ -210,11 +206,8 @@ def shortcut_phases(epochs, train_acc, test_acc, phi, V=None, decay_budget=None,
         below = np.flatnonzero(rel[i:] < r["sustain_reliance"])
         out["sustain_epochs"] = int(ep[i + below[0]] - ep[i]) if len(below) else int(ep[-1] - ep[i] + 1)
         start = i + k
-        out["phase_regime"] = "weak" if out["sustained"] else "immediate"
     else:
         i, start = 0, 1
-        if (tr >= r["fit_train"]).any():
-            out["phase_regime"] = "immediate"
     if start < len(ep):
         rise, fall = cl[start:] - cl[i], rel[i] - rel[start:]
         out["max_rise"], out["max_fall"] = float(np.nanmax(rise)), float(np.nanmax(fall))
@@ -225,8 +218,7 @@ def shortcut_phases(epochs, train_acc, test_acc, phi, V=None, decay_budget=None,
             sw = np.flatnonzero((rise >= r["rise"]) & (fall >= r["fall"]))
             if len(sw):
                 j = start + int(sw[0])
-                out.update(transition=True, t_switch=int(ep[j]), Lambda_switch=num(lam[j]), V_switch=num(V[j]),
-                           phase_regime="intermediate")
+                out.update(transition=True, t_switch=int(ep[j]), Lambda_switch=num(lam[j]), V_switch=num(V[j]))
     return out
 
 
@@ -282,7 +274,7 @@ def run_protocol(proto: dict, work: Path, limit_s: float, log) -> list[dict]:
         if trained:
             log(f"{proto['name']} {cell.id}: {res['status']} {res.get('wall_s', 0):.0f}s "
                 f"epochs {res['epochs_done']} clean {float(last['test_acc']):.3f} "
-                f"reliance {float(last['phi']):.3f} regime {ev['regime']} phase {oc['phase_regime']}")
+                f"reliance {float(last['phi']):.3f} regime {ev['regime']} switch {oc['transition']}")
         rows.append({
             "protocol": proto["name"], "cell": cell.id, "weight_decay": s["weight_decay"], "seed": s["seed"],
             "rho": s["rho"], "lr": s["lr"], "lr_schedule": s["lr_schedule"], "batch_size": s["batch_size"],
@@ -297,7 +289,7 @@ def run_protocol(proto: dict, work: Path, limit_s: float, log) -> list[dict]:
             "regime": ev["regime"], "epoch_fit_events": ev["epoch_fit"],
             "epoch_transition_events": ev["epoch_transition"],
             "norm_grew": ev["norm_grew"], "decay_pct": ev["decay_pct"],
-            "transition_conf": occ["transition"], "phase_regime_conf": occ["phase_regime"],
+            "transition_conf": occ["transition"],
             "t_switch_conf": occ["t_switch"], "Lambda_switch_conf": occ["Lambda_switch"],
             "score_conf": occ["score"], "conflicting_end": float(last["conflicting_acc"]),
             "wall_s": res.get("wall_s"), "note": proto["note"],
@@ -368,8 +360,8 @@ def write_reports(rows: list[dict], docs: Path, wall_total: float, skipped: list
                          f"{int(g['transition_conf'].sum())} | {g['wall_s'].sum():.0f} |")
         lines += ["", "## Cells", "", "| protocol | lambda | seed | status | epochs | t_fit | Lambda_fit | "
                   "V_fit | sustain | t_switch | Lambda_switch | V_switch | dLambda / law | V_init | V_end | clean end | "
-                  "reliance end | conflicting end | score | phase regime | phase regime (conflicting) | regime |",
-                  "|" + "---|" * 22]
+                  "reliance end | conflicting end | score | switch (conflicting acc) | regime |",
+                  "|" + "---|" * 21]
         for _, r in df.iterrows():
             dl = (f"{fmt(r['delta_Lambda'])} / {fmt(r['delta_Lambda_law'])}" if r["transition"] else "-")
             lines.append(
@@ -377,8 +369,8 @@ def write_reports(rows: list[dict], docs: Path, wall_total: float, skipped: list
                 f"{r['epochs_done']}/{r['epochs_planned']} | {fmt(r['t_fit'])} | {fmt(r['Lambda_fit'])} | "
                 f"{fmt(r['V_fit'])} | {fmt(r['sustain_epochs'])} | {fmt(r['t_switch'])} | {fmt(r['Lambda_switch'])} | {fmt(r['V_switch'])} | "
                 f"{dl} | {fmt(r['V_init'])} | {fmt(r['V_end'])} | {r['clean_end']:.3f} | "
-                f"{r['reliance_end']:.3f} | {r['conflicting_end']:.3f} | {r['score']:.2f} | {r['phase_regime']} | "
-                f"{r['phase_regime_conf']} (t {fmt(r['t_switch_conf'])}) | {r['regime']} |")
+                f"{r['reliance_end']:.3f} | {r['conflicting_end']:.3f} | {r['score']:.2f} | "
+                f"{r['transition_conf']} (t {fmt(r['t_switch_conf'])}) | {r['regime']} |")
         best = df.sort_values(["transition", "sustained", "score", "max_rise"], ascending=False).iloc[0]
         lines += ["", "## Best or closest case", "",
                   f"{best['protocol']} lambda {fmt(best['weight_decay'])} seed {best['seed']}: t_fit "

@@ -14,20 +14,16 @@ measured shift is at least ``stop_step - T_transition(control)`` (``measured_low
 with the control censored it is at most ``T_transition(intervened) - stop_step(control)``
 (``measured_upper_bound``). Both censored, or no control: no measurement (``why`` says so).
 
-:func:`intervention_readout` works on cell records (``norms.json``) and settings;
-:func:`readout_from_results` gathers them for a config from nht's results layout
-(:mod:`nht.paths`); ``python -m nht.science.intervention --config CONFIG`` prints it as JSON.
+:func:`intervention_readout` works on cell records (``norms.json``); the ``summary`` stage puts it
+into ``results/summary.json`` under ``intervention`` (the workflow passes it the cell records).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-from pathlib import Path
 from statistics import median
 
-from nht.core.io import read_json
 from nht.science.stats import finite_or_none as num
 
 #: cell-record fields compared when no full settings are given (record keys of nht.stages.norms)
@@ -149,38 +145,3 @@ def intervention_readout(records: list[dict], settings: dict[str, dict] | None =
         "sign_agreement": (sum(math.copysign(1, r["measured_shift_steps"]) == math.copysign(1, r["predicted_shift_steps"])
                                and r["measured_shift_steps"] != 0 for r in signs) / len(signs) if signs else None),
     }
-
-
-def readout_from_results(config: dict) -> dict:
-    """:func:`intervention_readout` over every modular cell of a validated ``config`` whose
-    ``norms.json`` exists (nht's results layout, :mod:`nht.paths`), with the job metas."""
-    from nht import paths
-    from nht.config import cell_index
-
-    cells, jobs, job_of = cell_index(config)
-    records, settings, metas = [], {}, []
-    for cid, cell in cells.items():
-        if cell.kind != "modular":
-            continue
-        path = Path(paths.fill(paths.CELL_NORMS, config, experiment=cell.experiment, cell=cid))
-        if path.exists():
-            records.append(read_json(path))
-            settings[cid] = cell.result_settings
-    for jid, job in jobs.items():
-        path = Path(paths.fill(paths.JOB_META, config, experiment=job.experiment, job=jid))
-        if job.cells[0].kind == "modular" and path.exists():
-            metas.append(read_json(path))
-    return intervention_readout(records, settings, metas)
-
-
-def main(argv: list[str] | None = None) -> None:
-    from nht.config import load_config
-
-    ap = argparse.ArgumentParser(prog="python -m nht.science.intervention", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", default="config.yaml", help="the config (its results_dir is read)")
-    a = ap.parse_args(argv)
-    print(json.dumps(readout_from_results(load_config(a.config)), indent=1))
-
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,6 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from nht import paths as P
 from nht.config import ConfigError, cell_index, dataset_id, job_scheduling, train_job_spec, validate_config
 from nht.costs import modular_job_work, priority
 from nht.recompute.decide import Recompute
@@ -28,7 +27,7 @@ os.environ["PATH"] = os.path.dirname(PY) + os.pathsep + os.environ.get("PATH", "
 R = config["results_dir"]
 D = config["data_dir"]
 CELLS, JOBS, JOB_OF = cell_index(config)
-SUMMARY = P.fill(P.SUMMARY, config)
+SUMMARY = f"{R}/summary.json"
 
 # Content-based recompute (nht.recompute.decide; docs/dvc.md). A rule declares its input, output
 # and params as usual; its inputs go through `unpack(RC.inputs("<rule>", name=...))`, which adds

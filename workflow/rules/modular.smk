@@ -40,7 +40,7 @@ rule train_modular:
         meta=f"{R}/{{experiment}}/jobs/{{job}}/meta.json",
     params:
         job=lambda w: json.dumps(job_spec(w.job)),
-        checkpoint=lambda w: P.fill(P.JOB_CHECKPOINT, config, experiment=w.experiment, job=w.job),
+        checkpoint=lambda w: f"{R}/{w.experiment}/jobs/{w.job}/checkpoint.pt",
         device=config["device"],
         deterministic="--deterministic" if config["deterministic"] else "--nondeterministic",
         precision=config["precision"],
