@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -84,3 +85,25 @@ def moto_server(tmp_path):
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+_RULE_START = re.compile(r"^(?:rule|checkpoint)\s+(\w+)\s*:", re.M)
+
+
+def rule_sources(paths) -> dict[str, str]:
+    """Normalised source block of every rule in the given Snakemake files (name -> text): the tests
+    read the rules' shell commands as written (nht itself asks Snakemake, nht.recompute.decide)."""
+    blocks: dict[str, str] = {}
+    for path in paths:
+        text = Path(path).read_text()
+        starts = list(_RULE_START.finditer(text))
+        for m in starts:
+            body = []
+            for line in text[m.end():].splitlines()[1:]:
+                if line.strip() and not line[0].isspace() and not line.lstrip().startswith("#"):
+                    break                                   # next top-level statement
+                code = re.sub(r"(^|\s)#.*$", "", line).strip()   # comments (not inside f-strings' {})
+                if code:
+                    body.append(" ".join(code.split()))
+            blocks[m.group(1)] = "\n".join(body)
+    return blocks

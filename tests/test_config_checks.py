@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from nht.config import ConfigError, validate_config
-from nht.core.fingerprint import rule_sources
+
+from conftest import rule_sources
 
 REPO = Path(__file__).resolve().parent.parent
 

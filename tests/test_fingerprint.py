@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from nht.core.fingerprint import code_fingerprint, code_set, rule_fingerprint, rule_sources
+from nht.core.fingerprint import code_fingerprint, code_set
 from nht.recompute.decide import rule_code_set
+
+from conftest import rule_sources
 
 REPO = Path(__file__).resolve().parent.parent
 # analysis: every module of the science layer, the event extraction and the figure modules
@@ -75,14 +77,3 @@ def test_training_import_closure_at_run_time(stage):
                                             + ")"], capture_output=True, text=True, check=True, cwd=REPO).stdout))
     assert loaded and not ANALYSIS & loaded, ANALYSIS & loaded
     assert set(code_set(stage)) >= loaded - {"nht.__main__"}
-
-
-def test_rule_fingerprint_ignores_comments_and_whitespace(tmp_path):
-    a = tmp_path / "a.smk"
-    a.write_text('rule x:\n    input: "a"\n    shell: "cat {input:q}"\n\n\nrule y:\n    shell: "true"\n')
-    b = tmp_path / "b.smk"
-    b.write_text('rule x:\n    # comment\n    input:   "a"\n\n    shell: "cat {input:q}"  # c\nrule y:\n    shell: "true"\n')
-    c = tmp_path / "c.smk"
-    c.write_text('rule x:\n    input: "a"\n    shell: "cat -n {input:q}"\n')
-    fa, fb, fc = (rule_fingerprint("x", rule_sources([p])) for p in (a, b, c))
-    assert fa == fb != fc

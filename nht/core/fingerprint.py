@@ -6,11 +6,9 @@ A fingerprint changes when the code *does* something different, not when it is r
   and of every ``nht`` module it imports, at any depth and from anywhere in the file (function-local
   imports included), with docstrings removed. Comments, blank lines, formatting and docstrings do
   not change it; any change to what the code executes does.
-* :func:`rule_fingerprint` hashes a Snakemake rule's source block (``rule NAME:`` up to the next
-  top-level statement) with comments and whitespace normalised away.
-
-Both are pure functions of the files on disk (no imports are executed), cheap enough to run for
-every stage at DAG time.
+It is a pure function of the files on disk (no imports are executed), cheap enough to run for
+every stage at DAG time. (A rule's own definition comes from Snakemake's view of the rule,
+:mod:`nht.recompute.decide`.)
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import re
 from pathlib import Path
 
 PACKAGE = "nht"
@@ -113,29 +110,3 @@ def module_hashes(mods: list[str], root: Path = ROOT) -> dict[str, str]:
 def entry_fingerprint(mods: list[str], root: Path = ROOT) -> str:
     """Hex digest of an explicit, already closed code set (see :func:`code_set`)."""
     return _digest(sorted(mods), root)
-
-
-_RULE_START = re.compile(r"^(?:rule|checkpoint)\s+(\w+)\s*:", re.M)
-
-
-def rule_sources(paths) -> dict[str, str]:
-    """Normalised source block of every rule in the given Snakemake files (name -> text)."""
-    blocks: dict[str, str] = {}
-    for path in paths:
-        text = Path(path).read_text()
-        starts = list(_RULE_START.finditer(text))
-        for m in starts:
-            body = []
-            for line in text[m.end():].splitlines()[1:]:
-                if line.strip() and not line[0].isspace() and not line.lstrip().startswith("#"):
-                    break                                   # next top-level statement
-                code = re.sub(r"(^|\s)#.*$", "", line).strip()   # comments (not inside f-strings' {})
-                if code:
-                    body.append(" ".join(code.split()))
-            blocks[m.group(1)] = "\n".join(body)
-    return blocks
-
-
-def rule_fingerprint(name: str, sources: dict[str, str]) -> str:
-    """Hex digest of one rule's normalised source (KeyError when the rule is unknown)."""
-    return hashlib.sha256(sources[name].encode()).hexdigest()[:16]
