@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,13 @@ experiments:
     figure_cells_max: 48
     batch_over: []
 """
+
+
+def sigint_as_in_a_terminal() -> None:
+    """``preexec_fn`` of a process a test interrupts with SIGINT: the signal's default action, as
+    in a terminal. A script that starts the tests in the background (``cmd &``) leaves SIGINT
+    ignored, children inherit that, and the Ctrl-C would never arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def env(**extra) -> dict:

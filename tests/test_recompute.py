@@ -21,7 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dvc_helpers import (SNAKEMAKE, commit_record, dvc, env, git, make_repo, planned,  # noqa: E402
-                         snakemake, tree_digest)
+                         sigint_as_in_a_terminal, snakemake, tree_digest)
 
 pytestmark = pytest.mark.slow
 
@@ -269,8 +269,8 @@ def test_interrupted_run_keeps_finished_jobs(origin, tmp_path):
     edit(p / "config.yaml", "max_steps: 100", "max_steps: 40000")
     edit(p / "config.yaml", "stop_margin: 20", "stop_margin: 40000")
     t0 = time.time()
-    proc = subprocess.Popen([SNAKEMAKE, "--cores", "1"], cwd=p, env=env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([SNAKEMAKE, "--cores", "1"], cwd=p, env=env(), text=True, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=sigint_as_in_a_terminal)
     records = p / "results" / ".records"
     deadline = time.time() + 900
     while time.time() < deadline and not any(f.stat().st_mtime >= t0 for f in records.glob("train_modular@*.json")):

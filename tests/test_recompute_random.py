@@ -49,7 +49,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dvc_helpers import (SNAKEMAKE, TINY_CONFIG, commit_record, dvc, env, git, make_repo,  # noqa: E402
-                         planned, snakemake)
+                         planned, sigint_as_in_a_terminal, snakemake)
 
 pytestmark = pytest.mark.slow
 
@@ -276,7 +276,7 @@ def op_interrupt(ws: Workspace) -> None:
     delay = ws.rng.uniform(0.5, 5.0)
     ws.note(f"real figures edit, run interrupted by {signal.Signals(sig).name} after {delay:.1f} s")
     proc = subprocess.Popen([SNAKEMAKE, "--cores", "2"], cwd=ws.path, env=env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=sigint_as_in_a_terminal)
     time.sleep(delay)
     try:
         os.killpg(proc.pid, sig)
