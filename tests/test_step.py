@@ -90,14 +90,15 @@ def test_stretches_of_any_length_and_a_resume_inside_one_give_the_same_history(t
     assert res.history == ref.history and res.status == ref.status
 
 
-def test_masked_stopped_cells_give_the_same_history_as_removed_ones():
+@pytest.mark.parametrize("kernel", ["eager", "compiled"])
+def test_masked_stopped_cells_give_the_same_history_as_removed_ones(kernel):
     # 16 cells: 4 diverge at once (masked: 12 of 16 slots still active), then 6 stop together (6 of
     # 16 active: the tensors are compacted), the rest at later evaluations
     cells = cells_for(lr=[0.003, 0.01, 0.03, 1e30], weight_decay=[0.3, 3.0], seed=[0, 1], init_scale=1,
                       batch_size=16, max_steps=200, eval_every=10, stop_margin=20, test_threshold=0.04)
     data = data_for(cells[0])
-    removed = run(Trainer(cells, data, CPU, stopped="remove"))
-    masked = run(Trainer(cells, data, CPU, stopped="mask"))
+    removed = run(Trainer(cells, data, CPU, stopped="remove", optimizer_kernel=kernel))
+    masked = run(Trainer(cells, data, CPU, stopped="mask", optimizer_kernel=kernel))
     stops = sorted(st["stop_step"] for st in removed.status.values())
     statuses = {st["status"] for st in removed.status.values()}
     # the test means something: cells end at several different steps, some diverge, some generalise
@@ -169,15 +170,18 @@ def _torch_optimizer(model, cell):
                            momentum=opt["momentum"], foreach=False)
 
 
+@pytest.mark.parametrize("kernel", ["eager", "compiled"])
 @pytest.mark.parametrize("optimizer, lrs", [({"name": "adamw", "betas": [0.9, 0.999]}, [0.01, 0.003]),
                                             ({"name": "sgd", "momentum": 0.9}, [0.05, 0.01])])
-def test_each_cell_of_a_job_follows_torch_s_optimizer(optimizer, lrs):
-    """Cells with different lr and weight decay in one job: each follows torch.optim.AdamW / SGD."""
+def test_each_cell_of_a_job_follows_torch_s_optimizer(optimizer, lrs, kernel):
+    """Cells with different lr and weight decay in one job: each follows torch.optim.AdamW / SGD,
+    with the update run eagerly or compiled (nht.core.stacked_optim)."""
     from nht.domains.modular.models import build_model
 
     cells = cells_for(weight_decay=[0.1, 1.0], lr=lrs, init_scale=1, seed=[0, 1], optimizer=optimizer)
     data = data_for(cells[0])
-    trainer = Trainer(cells, data, CPU)
+    trainer = Trainer(cells, data, CPU, optimizer_kernel=kernel)
+    assert trainer.optimizer_kernel == kernel
     x, y = torch.as_tensor(data["x_train"]), torch.as_tensor(data["y_train"])
     refs = []
     for cell in cells:
@@ -206,3 +210,5 @@ def test_bad_trainer_options_are_refused():
         Trainer(cells, data, CPU, graph="on")               # a CUDA graph needs a CUDA device
     with pytest.raises(ValueError, match="chunk_indices"):
         Trainer(cells, data, CPU, chunk_indices=0)
+    with pytest.raises(ValueError, match="optimizer kernel"):
+        Trainer(cells, data, CPU, optimizer_kernel="fast")

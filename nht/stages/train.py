@@ -8,6 +8,7 @@ import json
 from nht.domains.modular import data
 from nht.config import Cell
 from nht.core import device as devmod
+from nht.core.stacked_optim import KERNELS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="deterministic algorithms (the default)")
     ap.add_argument("--precision", choices=devmod.PRECISIONS, default="auto",
                     help="nht.core.device.resolve_precision: auto = fp32 (CPU and CUDA)")
+    ap.add_argument("--optimizer-kernel", choices=KERNELS, default="auto",
+                    help="nht.core.stacked_optim.resolve_kernel: auto = compiled on the CPU for large jobs")
     ap.add_argument("--scheduling", type=json.loads, default={},
                     help="JSON: settings added to every cell's that change only speed, memory or "
                          "resumption (nht.config.SCHEDULING_KEYS: threads, eval_batch_size, checkpoint_seconds)")
@@ -35,4 +38,4 @@ def main(argv: list[str] | None = None) -> None:
              for c in a.job["cells"]]
     train_job(cells, data.load_dataset(a.dataset), a.history, a.meta, a.checkpoint, device=a.device,
               threads=a.threads, deterministic=not a.nondeterministic, precision=a.precision,
-              job_id=a.job["job"])
+              job_id=a.job["job"], optimizer_kernel=a.optimizer_kernel)

@@ -44,6 +44,7 @@ rule train_modular:
         device=config["device"],
         deterministic="--deterministic" if config["deterministic"] else "--nondeterministic",
         precision=config["precision"],
+        kernel=config["optimizer_kernel"],
         scheduling=lambda w: job_scheduling_arg(w.job),
         nht=RC.tag,
     conda:
@@ -62,7 +63,7 @@ rule train_modular:
         "python -m nht.recompute {params.nht:q} {log:q} {input:q} -- python -m nht train --job {params.job:q} --dataset {input.dataset:q}"
         " --history {output.history:q} --meta {output.meta:q} --checkpoint {params.checkpoint:q}"
         " --device {params.device:q} --threads {threads} {params.deterministic}"
-        " --precision {params.precision:q} --scheduling {params.scheduling:q}"
+        " --precision {params.precision:q} --optimizer-kernel {params.kernel:q} --scheduling {params.scheduling:q}"
 
 
 rule fit_modular:

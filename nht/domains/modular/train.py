@@ -78,7 +78,7 @@ from nht.core import loop
 from nht.core.history import ordered_columns
 from nht.core.io import write_atomic, write_json
 from nht.core.norms import norm_layer_tensors, scale_init, stacked_squared_norms
-from nht.core.stacked_optim import StackedOptimizer
+from nht.core.stacked_optim import StackedOptimizer, resolve_kernel
 from nht.domains.modular.intervention import Hook as InterventionHook
 from nht.domains.modular.models import build_model, stacked_forward
 from nht.domains.modular.samplers import MinibatchSampler, ReplacementSampler
@@ -108,7 +108,8 @@ class Trainer:
     check_every = None                # the loop reads divergence back at evaluations only
 
     def __init__(self, cells: list[Cell], data: dict, device: torch.device, precision: str = "fp32",
-                 stopped: str = "auto", graph: str = "auto", chunk_indices: int = CHUNK_INDICES):
+                 stopped: str = "auto", graph: str = "auto", chunk_indices: int = CHUNK_INDICES,
+                 optimizer_kernel: str = "eager"):
         if stopped not in STOPPED:
             raise ValueError(f"stopped must be one of {STOPPED}, got {stopped!r}")
         if graph not in GRAPH:
@@ -151,7 +152,8 @@ class Trainer:
         self.forward = stacked_forward(s["model"])   # (params (C, ...), x (B, 2) | (C, B, 2)) -> (C, B, p)
         self._batch_size = self.n_train if self.full_batch else min(int(s["batch_size"]), self.n_train)
         self._batch = torch.tensor(float(self._batch_size), dtype=flat.dtype, device=device)
-        self.optim = StackedOptimizer(self.opt, self.max_steps, device, flat.dtype)
+        self.optimizer_kernel = resolve_kernel(optimizer_kernel, device, flat.numel() * self.max_steps)
+        self.optim = StackedOptimizer(self.opt, self.max_steps, device, flat.dtype, kernel=self.optimizer_kernel)
         self.optim.fresh(flat)
         self._set_state(flat, *self.optim.state())
         if self.full_batch:
@@ -417,7 +419,8 @@ class Trainer:
 def train_job(cells: list[Cell], data: dict, history_path: str | Path, meta_path: str | Path,
               checkpoint_path: str | Path | None = None, device: str = "auto", threads: int | None = None,
               deterministic: bool = True, precision: str = "auto", job_id: str = "job",
-              progress_every_s: float = 20.0, stop_after_steps: int | None = None) -> dict:
+              progress_every_s: float = 20.0, stop_after_steps: int | None = None,
+              optimizer_kernel: str = "auto") -> dict:
     """Train ``cells`` (one job) and write ``history.csv`` (long: cell, then the history columns)
     and ``meta.json``; returns the meta dict.
 
@@ -429,11 +432,12 @@ def train_job(cells: list[Cell], data: dict, history_path: str | Path, meta_path
     precision = devmod.resolve_precision(precision, dev, cuda_default="fp32")
     devmod.configure(threads, deterministic=deterministic, precision=precision)
     s = cells[0].settings
-    trainer = Trainer(cells, data, dev, precision)
+    trainer = Trainer(cells, data, dev, precision, optimizer_kernel=optimizer_kernel)
     res = loop.run(trainer, code_module=__name__, name=job_id, checkpoint=checkpoint_path,
                    checkpoint_every_s=float(s.get("checkpoint_seconds", 60)), progress_every_s=progress_every_s,
                    stop_after_steps=stop_after_steps,
-                   provenance_extra={"precision": precision, "deterministic": deterministic})
+                   provenance_extra={"precision": precision, "deterministic": deterministic,
+                                     "optimizer_kernel": trainer.optimizer_kernel})
     if res is None:
         return {"aborted_at": trainer.step}
 
