@@ -9,6 +9,10 @@ so both paths do identical work), then prints:
 * their ratio (goal in issue 6: >= 10x on the default grid, CPU);
 * FLOP/s of the batched trainer (FLOPs counted with torch's FlopCounterMode on one cell's
   forward+backward) as a share of this machine's measured fp32 matmul FLOP/s;
+* the optimizer kernel of the batched job (``--optimizer-kernel``; by default the one the
+  experiment's own job would use) and the seconds spent compiling it before the timing;
+* minor page faults per step of the batched job (memory the step gets fresh from the system;
+  ``nht.core.device.keep_freed_memory``);
 * the same share on this process's CPU time (``time.process_time``) instead of wall time, for
   both the training and the matmul (``*_cpu``): on a machine shared with other work, waiting for a
   core inflates wall time but not CPU time, so this figure is the steadier one there (with
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -40,6 +45,7 @@ sys.path.insert(0, str(REPO))
 from nht.config import expand_cells, load_config  # noqa: E402
 from nht.domains.modular.data import make_modular_dataset, save_dataset  # noqa: E402
 from nht.domains.modular.models import build_model  # noqa: E402
+from nht.core.stacked_optim import compiler_works, resolve_kernel  # noqa: E402
 from nht.domains.modular.train import train_job  # noqa: E402
 
 
@@ -73,6 +79,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--per-cell-sample", type=int, default=6,
                     help="time this many cells one-process-each and extrapolate the rate")
+    ap.add_argument("--optimizer-kernel", choices=["auto", "eager", "compiled"], default="auto",
+                    help="the batched job's optimizer kernel (nht.core.stacked_optim); auto: what the "
+                         "experiment's own job resolves to at its configured max_steps. A compiled "
+                         "kernel is compiled before the timing starts (a real job amortises it over "
+                         "its thousands of steps) and the compile time is printed")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny run for the test suite: 2 cells, 5 steps, 1 per-process cell, 256x256 matmul")
@@ -82,19 +93,27 @@ def main() -> None:
 
     config = load_config(args.config)
     exp = config["experiments"][args.experiment]
+    configured_steps = int(expand_cells(config, args.experiment)[0]["max_steps"])
     exp.update(max_steps=args.steps, stop_margin=10 ** 9, checkpoint_seconds=10 ** 9)
     cells = expand_cells(config, args.experiment)
     if args.smoke:
         cells = cells[:2]
     s = cells[0].settings
     data = make_modular_dataset(s["op"], s["p"], s["train_frac"], s["split_seed"])
+    n_params = sum(p.numel() for p in build_model(s["model"], s["p"]).parameters())
+    t = time.perf_counter()                        # auto tries a compile (once per process)
+    kernel = resolve_kernel(args.optimizer_kernel, torch.device("cpu"), len(cells) * n_params * configured_steps)
+    if kernel == "compiled" and compiler_works():
+        raise SystemExit(f"--optimizer-kernel compiled: {compiler_works()}")
+    compile_s = time.perf_counter() - t
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        t, c = time.perf_counter(), time.process_time()
+        t, c, faults = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         train_job(cells, data, tmp / "h.csv", tmp / "m.json", None, device="cpu", threads=args.threads,
-                  progress_every_s=1e9)
+                  progress_every_s=1e9, optimizer_kernel=kernel)
         batched_s, batched_cpu_s = time.perf_counter() - t, time.process_time() - c
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
         batched_rate = len(cells) * args.steps / batched_s
         batched_cpu_rate = len(cells) * args.steps / batched_cpu_s
 
@@ -116,7 +135,8 @@ def main() -> None:
     achieved = flops * batched_rate
     result = {
         "experiment": args.experiment, "cells": len(cells), "steps_per_cell": args.steps,
-        "threads": args.threads, "torch": torch.__version__,
+        "threads": args.threads, "torch": torch.__version__, "optimizer_kernel": kernel,
+        "compile_seconds": compile_s, "page_faults_per_step": faults / args.steps,
         "batched_seconds": batched_s, "batched_cell_steps_per_s": batched_rate,
         "per_process_cells_timed": len(sample), "per_process_seconds": per_cell_s,
         "per_process_cell_steps_per_s": per_cell_rate,

@@ -17,6 +17,11 @@ Evaluations are not counted (they happen once per ``eval_every`` steps). ``cell_
 timed without the profiler over ``--timed-steps`` steps (seconds of wall time, this process,
 ``--threads`` threads).
 
+``--optimizer-kernel`` (default ``auto``: the kernel the preset's own jobs run; on the CPU,
+``compiled``) chooses how the optimizer update runs (:mod:`nht.core.stacked_optim`); a compiled
+kernel is compiled before the counts, and its one fused call counts as the few ``aten::`` calls
+its wrapper makes.
+
 Goals (issue 20): ``per_step`` at 80 cells <= 1.25 x at 8 cells, and <= 600 at every cell count.
 
 Usage: .venv/bin/python benchmarks/step_ops.py [--cells 8,80,320] [--steps 5] [--timed-steps 3]
@@ -88,9 +93,9 @@ def count_ops(fn, steps: int) -> tuple[float, Counter]:
     return sum(names.values()) / steps, names
 
 
-def measure(n_cells: int, data: dict, steps: int, timed_steps: int) -> dict:
+def measure(n_cells: int, data: dict, steps: int, timed_steps: int, kernel: str = "eager") -> dict:
     cells = job_cells(n_cells)
-    trainer = Trainer(cells, data, torch.device("cpu"))
+    trainer = Trainer(cells, data, torch.device("cpu"), optimizer_kernel=kernel)
     step = Step(trainer)
     first, _ = count_ops(step, 1)
     steady, names = count_ops(step, steps)
@@ -100,7 +105,8 @@ def measure(n_cells: int, data: dict, steps: int, timed_steps: int) -> dict:
     for _ in range(timed_steps):
         step()
     wall = time.perf_counter() - t
-    return {"cells": n_cells, "first": first, "steady": steady, "stretch": stretch, "per_step": per_step,
+    return {"cells": n_cells, "optimizer_kernel": trainer.optimizer_kernel, "first": first, "steady": steady,
+            "stretch": stretch, "per_step": per_step,
             "top_ops": dict(names.most_common(8)), "timed_steps": timed_steps, "seconds": wall,
             "seconds_per_step": wall / timed_steps, "cell_steps_per_s": n_cells * timed_steps / wall}
 
@@ -111,6 +117,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="steps profiled for the steady count")
     ap.add_argument("--timed-steps", type=int, default=3, help="steps timed without the profiler")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--optimizer-kernel", choices=["auto", "eager", "compiled"], default="auto",
+                    help="nht.core.stacked_optim.resolve_kernel; auto: what the preset's own jobs run")
     ap.add_argument("--out", help="write the results as JSON here (default: none; --smoke: a temp dir)")
     ap.add_argument("--smoke", action="store_true", help="2 and 8 cells, 2 steps: a quick check that the "
                     "benchmark runs")
@@ -126,10 +134,12 @@ def main() -> None:
     s = job_cells(len(WEIGHT_DECAYS))[0].settings
     data = make_modular_dataset(s["op"], s["p"], s["train_frac"], s["split_seed"])
 
+    # a compiled kernel compiles at its first call, for any cell count: do that outside the counts
+    Step(Trainer(job_cells(2), data, torch.device("cpu"), optimizer_kernel=args.optimizer_kernel))()
     rows = []
     print(f"{'cells':>6} {'first':>8} {'steady':>8} {'stretch':>8} {'per_step':>9} {'s/step':>8} {'cell-steps/s':>13}")
     for n in counts:
-        r = measure(n, data, args.steps, args.timed_steps)
+        r = measure(n, data, args.steps, args.timed_steps, args.optimizer_kernel)
         rows.append(r)
         print(f"{n:>6} {r['first']:>8.0f} {r['steady']:>8.0f} {r['stretch']:>8} {r['per_step']:>9.1f} "
               f"{r['seconds_per_step']:>8.3f} {r['cell_steps_per_s']:>13.1f}", flush=True)
