@@ -148,11 +148,12 @@ class SyncLog(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.parametrize("kernel", ["eager", "compiled"])
 @pytest.mark.parametrize("optimizer", [{"name": "adamw"}, {"name": "sgd", "momentum": 0.9}])
-def test_the_step_loop_reads_nothing_back_between_evaluations(optimizer):
+def test_the_step_loop_reads_nothing_back_between_evaluations(optimizer, kernel):
     cells = cells_for(lr=[0.01, 1e30], weight_decay=0.5, init_scale=1, batch_size=16, max_steps=60,
                       eval_every=20, stop_margin=10 ** 6, optimizer=optimizer)
-    trainer = Trainer(cells, data_for(cells[0]), CPU)
+    trainer = Trainer(cells, data_for(cells[0]), CPU, optimizer_kernel=kernel)
     with SyncLog(trainer) as log:
         res = run(trainer)
     assert sorted({st["status"] for st in res.status.values()}) == ["diverged", "finished"]
