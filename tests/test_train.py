@@ -92,7 +92,7 @@ def test_history_follows_the_schema(tmp_path):
     assert list(hist.columns) == ["cell"] + ordered_columns(hist.columns[1:])
     assert list(hist.columns[1:len(REQUIRED) + 1]) == list(REQUIRED) and "test_loss" in hist.columns
     assert [c for c in hist.columns if c.startswith("V:")] == ["V:" + k for k in Trainer(
-        cells, data_for(cells[0]), torch.device("cpu")).names]
+        cells, data_for(cells[0]), torch.device("cpu")).layout.names]
     lr = hist["cell"].map({c.id: c["lr"] for c in cells})
     assert (hist["Lambda"] - lr * 0.5 * hist["step"]).abs().max() < 1e-9      # eta * lambda * step
     assert (hist["phi"] - (1 - hist["test_acc"])).abs().max() < 1e-9

@@ -76,7 +76,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, stack_module_state
+from torch.func import functional_call
 
 from nht.config import STACKED_IMAGE_MODELS
 from nht.core import device as devmod
@@ -84,6 +84,7 @@ from nht.core import loop
 from nht.core.history import FLOAT_FORMAT, history_csv, ordered_columns, tensor_column
 from nht.core.io import write_atomic, write_json
 from nht.core.norms import norm_layer_tensors, stacked_squared_norms
+from nht.core.stacked import StackedLayout, gradients_into
 from nht.core.stacked_optim import StackedOptimizer
 from nht.domains.images.data import load_npz
 from nht.domains.images.models import build_model, n_params
@@ -184,12 +185,8 @@ class ImageJob:
         self.n_params = n_params(self.base)
         self.norm_layer_tensors = norm_layer_tensors(self.base)
         self.norm_cols = [tensor_column(k) for k in self.norm_layer_tensors]
-        params, _ = stack_module_state(models)
-        self.names = list(params)
-        self.shapes = [tuple(v.shape[1:]) for v in params.values()]
-        self.sizes = [math.prod(sh) for sh in self.shapes]
-        C = len(cells)
-        flat = torch.cat([v.detach().reshape(C, -1) for v in params.values()], dim=1).to(device, devmod.DTYPE)
+        self.layout = StackedLayout(models)
+        flat = self.layout.initial_flat(device, devmod.DTYPE)
         schedule = None
         if sched == "cosine":
             schedule = torch.tensor([1.0] + factors + [0.0], dtype=torch.float64)[:total + 2]
@@ -227,8 +224,7 @@ class ImageJob:
         self.optim.set_hparams([self.hp[c]["lr"] for c in self.slots], [self.hp[c]["weight_decay"] for c in self.slots])
         C = self.flat.shape[0]
         self.grad = torch.zeros_like(self.flat)
-        self._leaves = {k: part.view(C, *sh).requires_grad_(True)
-                        for k, part, sh in zip(self.names, self.flat.split(self.sizes, dim=1), self.shapes)}
+        self._leaves = self.layout.leaves(self.flat)
         self._data = torch.tensor([self.hp[c]["data"] for c in self.slots], dtype=torch.long, device=self.device)
         self.loss_sum = torch.zeros(C, dtype=torch.float64, device=self.device)
         self.correct = torch.zeros(C, dtype=torch.float64, device=self.device)
@@ -306,7 +302,7 @@ class ImageJob:
         C, B, K = logits.shape
         loss_sum = F.cross_entropy(logits.reshape(C * B, K), y.reshape(C * B), reduction="none").view(C, B).sum(1)
         grads = torch.autograd.grad(loss_sum, list(leaves.values()), grad_outputs=torch.full_like(loss_sum, 1.0 / B))
-        torch.cat([g.reshape(C, -1) for g in grads], dim=1, out=grad)
+        gradients_into(grads, grad)
         return loss_sum.detach(), (logits.detach().argmax(-1) == y).sum(1)
 
     # ------------------------------------------------------------------ evaluation and stop rule

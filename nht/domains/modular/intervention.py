@@ -232,7 +232,7 @@ class Hook:
 
     @classmethod
     def for_trainer(cls, trainer) -> "Hook":
-        return cls(Spec.from_settings(trainer.s), trainer.s, trainer.names, trainer.shapes)
+        return cls(Spec.from_settings(trainer.s), trainer.s, trainer.layout.names, trainer.layout.shapes)
 
     @torch.no_grad()
     def after_evaluate(self, trainer, rows: list[dict], log_name: str = "train") -> None:

@@ -64,13 +64,11 @@ stream on the CPU).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.func import stack_module_state
 
 from nht.config import Cell
 from nht.core import device as devmod
@@ -78,6 +76,7 @@ from nht.core import loop
 from nht.core.history import ordered_columns
 from nht.core.io import write_atomic, write_json
 from nht.core.norms import norm_layer_tensors, scale_init, stacked_squared_norms
+from nht.core.stacked import StackedLayout, gradients_into
 from nht.core.stacked_optim import StackedOptimizer, resolve_kernel
 from nht.domains.modular.intervention import Hook as InterventionHook
 from nht.domains.modular.models import build_model, stacked_forward
@@ -142,13 +141,9 @@ class Trainer:
             devmod.seed_everything(self.hp[c]["seed"])
             models.append(scale_init(build_model(s["model"], self.p), self.hp[c]["init_scale"]))
             rng_states.append(torch.get_rng_state())
-        params, _ = stack_module_state(models)
+        self.layout = StackedLayout(models)
         self.norm_layer_tensors = norm_layer_tensors(models[0])
-        self.names = list(params)
-        self.shapes = [tuple(v.shape[1:]) for v in params.values()]
-        self.sizes = [math.prod(sh) for sh in self.shapes]
-        C = len(self.cells)
-        flat = torch.cat([v.detach().reshape(C, -1) for v in params.values()], dim=1).to(device, devmod.DTYPE)
+        flat = self.layout.initial_flat(device, devmod.DTYPE)
         self.forward = stacked_forward(s["model"])   # (params (C, ...), x (B, 2) | (C, B, 2)) -> (C, B, p)
         self._batch_size = self.n_train if self.full_batch else min(int(s["batch_size"]), self.n_train)
         self._batch = torch.tensor(float(self._batch_size), dtype=flat.dtype, device=device)
@@ -189,11 +184,6 @@ class Trainer:
         """The stacked model tensors ``{name: (slots, ...)}``: views of ``flat`` (no gradient)."""
         return {k: v.detach() for k, v in self._leaves.items()}
 
-    def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        C = flat.shape[0]
-        return {k: part.view(C, *shape) for k, part, shape in zip(self.names, flat.split(self.sizes, dim=1),
-                                                                 self.shapes)}
-
     def _set_state(self, flat, m, v, t, alive) -> None:
         """Install the stacked state: ``flat`` (slots, parameters), the optimizer's moments ``m``,
         ``v`` of the same shape, per-slot step counts ``t`` and update mask ``alive``
@@ -204,7 +194,7 @@ class Trainer:
         self.flat = flat.detach()
         self.grad = torch.zeros_like(self.flat)
         self.optim.install(m, v, t, alive)
-        self._leaves = {k: view.requires_grad_(True) for k, view in self._views(self.flat).items()}
+        self._leaves = self.layout.leaves(self.flat)
         C = self.flat.shape[0]
         self._inv_batch = torch.full((C,), 1.0 / self._batch_size, dtype=self.flat.dtype, device=self.device)
         self._graph = None
@@ -308,8 +298,7 @@ class Trainer:
         loss_sum = self._per_cell_ce(logits, y).sum(dim=1)       # (slots,): summed over the minibatch
         # the gradient of the per-cell mean loss: 1/batch as the backward's starting gradient
         grads = torch.autograd.grad(loss_sum, list(self._leaves.values()), grad_outputs=self._inv_batch)
-        C = self.grad.shape[0]
-        torch.cat([g.view(C, -1) if g.is_contiguous() else g.reshape(C, -1) for g in grads], dim=1, out=self.grad)
+        gradients_into(grads, self.grad)
         loss = loss_sum.detach().div_(self._batch)              # the per-cell mean loss
         self.optim.step(self.flat, self.grad, loss)              # a non-finite cell: masked from now on
         return loss
