@@ -100,7 +100,8 @@ class StackedOptimizer:
         self._coef64 = torch.empty(C, 3, dtype=torch.float64, device=self.device)
         self._coef = torch.empty(C, 3, dtype=self.dtype, device=self.device)
         self._c0, self._c1, self._c2 = (self._coef[:, i:i + 1] for i in range(3))   # (slots, 1) views
-        self._den = torch.empty_like(m) if self.name == "adamw" else None         # AdamW's denominator
+        # eager AdamW's denominator (the compiled kernel keeps it in registers)
+        self._den = torch.empty_like(m) if self.name == "adamw" and self.kernel == "eager" else None
 
     def fresh(self, like: torch.Tensor) -> None:
         """Install the state of slots that have not updated yet (``like``: the stacked parameters)."""
@@ -154,8 +155,7 @@ class StackedOptimizer:
 
     def _adamw(self, p: torch.Tensor, g: torch.Tensor) -> None:
         b1, b2 = (float(b) for b in self.spec["betas"])
-        den = self._den if self.kernel == "eager" else None
-        self._update(p, g, self.m, self.v, self._c0, self._c1, self._c2, self._b2, 1.0 - b1, 1.0 - b2, den)
+        self._update(p, g, self.m, self.v, self._c0, self._c1, self._c2, self._b2, 1.0 - b1, 1.0 - b2, self._den)
 
     def _sgd(self, p: torch.Tensor, g: torch.Tensor) -> None:
         self._update(p, g, self.m, self._c0, self._c1, self._mu, bool(self.spec.get("momentum", 0.0)))
