@@ -13,7 +13,9 @@ cell) in milliseconds, so the real workflow runs end to end without training. Th
 
     python benchmarks/recompute_overhead.py [--cells 1000] [--repeat 3]
 
-Prints one line per measurement and writes benchmarks/out/recompute_overhead.json.
+Prints one line per measurement and writes benchmarks/out/recompute_overhead.json. Where Slurm's
+client is installed but its controller does not answer, every snakemake command waits ~9 s at start
+(the Slurm executor plugin's ``scontrol show config``); the script measures that call and says so.
 ``--smoke`` (the test suite): 10 cells (one job), one no-op repeat; prints the JSON, writes no file.
 """
 
@@ -151,6 +153,19 @@ def measure(cells: int, repeat: int, work: Path) -> dict:
             "noop_all_s": noop, "dvc_push_s": push, "dvc_pull_s": pull, "clone_noop_s": clone_noop}
 
 
+def slurm_plugin_wait() -> float | None:
+    """Seconds ``scontrol show config`` takes (None without scontrol): Snakemake's Slurm executor
+    plugin runs it (timeout 10 s) when it is imported, i.e. at the start of every snakemake command."""
+    if shutil.which("scontrol") is None:
+        return None
+    t0 = time.perf_counter()
+    try:
+        subprocess.run(["scontrol", "show", "config"], capture_output=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", type=int, nargs="+", default=[1000])
@@ -159,6 +174,11 @@ def main() -> None:
     a = ap.parse_args()
     if a.smoke:
         a.cells, a.repeat = [10], 1
+    wait = slurm_plugin_wait()
+    if wait is not None and wait > 1:
+        print(f"note: `scontrol show config` takes {wait:.1f} s here (Slurm's controller does not answer); "
+              "the Slurm executor plugin makes that call when any snakemake command starts, so every "
+              "time below includes it (README, 'Running on a SLURM cluster')", flush=True)
     results = []
     for n in a.cells:
         with tempfile.TemporaryDirectory(prefix="nht-recompute-bench-") as tmp:
@@ -167,7 +187,8 @@ def main() -> None:
               f"dvc push {r['dvc_push_s']:.1f} s, dvc pull {r['dvc_pull_s']:.1f} s, "
               f"clone's first no-op {r['clone_noop_s']:.2f} s", flush=True)
         results.append(r)
-    doc = json.dumps({"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    doc = json.dumps({"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                  "scontrol_show_config_s": wait},
                       "results": results}, indent=1)
     if a.smoke:
         print(doc)
