@@ -77,9 +77,9 @@ def keep_freed_memory() -> bool:
     and faulting fresh pages in at every step. A transformer step of 8 cells allocates ~12 MB of
     large temporaries: ~1,000-5,000 page faults per step without this, none with it; a step 3-9 %
     faster at 8 cells, 14 % at 80 (2 Xeon cores, 1 thread; ``benchmarks/batched_training.py``
-    prints the faults per step). The process keeps its
-    peak memory until it exits (what a training job needs anyway). Called by :func:`configure`;
-    a no-op returning False where the C library is not glibc."""
+    prints the faults per step). The process keeps its peak memory until it exits (what a
+    training job needs anyway). Called by :func:`configure`; a no-op returning False where the C
+    library is not glibc (tests/test_cpu_step.py)."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name)

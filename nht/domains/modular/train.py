@@ -29,7 +29,8 @@ The cost of a step does not grow with the number of cells: its tensor operations
 between evaluations:
 
 * optimizer: :class:`nht.core.stacked_optim.StackedOptimizer` (AdamW or SGD), a handful of
-  elementwise operations on ``flat`` and its moments, whatever the number of cells or parameter tensors;
+  elementwise operations on ``flat`` and its moments, whatever the number of cells or parameter
+  tensors, or one compiled kernel on the CPU (``optimizer_kernel``);
 * minibatches: each cell's sampler draws the indices of a stretch of steps at once (up to one
   evaluation interval, at most ``CHUNK_INDICES`` indices per job), stacked and moved to the device
   once per stretch (pinned, non-blocking on CUDA);
