@@ -80,23 +80,31 @@ ISA_SCRIPT = textwrap.dedent("""
 """)
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_script(tmp_path, text: str, *args: str, env: dict | None = None) -> dict:
+    """Run ``text`` as a script in a new process (argv: the repository, then ``args``); its last
+    line of output, parsed as JSON."""
+    script = tmp_path / "script.py"
+    script.write_text(text)
+    out = subprocess.run([sys.executable, str(script), REPO, *args], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def test_a_compiled_kernel_is_cached_per_cpu_instruction_set(tmp_path):
     """The native ISA first (it fills the cache), then the others, sharing one cache directory."""
     native = torch.backends.cpu.get_cpu_capability()
     isas = [None, "default"] + (["avx2"] if native.startswith("AVX512") else [])
-    script = tmp_path / "isa.py"
-    script.write_text(ISA_SCRIPT)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     seen = []
     for isa in isas:
         env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
         env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor")
         if isa:
             env["ATEN_CPU_CAPABILITY"] = isa
-        out = subprocess.run([sys.executable, str(script), repo], env=env, capture_output=True, text=True,
-                             timeout=600)
-        assert out.returncode == 0, out.stderr[-3000:]
-        res = json.loads(out.stdout.strip().splitlines()[-1])
+        res = _run_script(tmp_path, ISA_SCRIPT, env=env)
         assert res["diff"] < 1e-4, (isa, res)
         seen.append(res["isa"])
     assert sorted(p.name for p in (tmp_path / "inductor").iterdir()) == sorted(f"nht-isa-{i}" for i in set(seen))
@@ -156,12 +164,7 @@ FAULTS_SCRIPT = textwrap.dedent("""
 def test_memory_a_step_frees_is_kept_for_the_next_one(tmp_path):
     """Two companion-sized transformer cells: without keep_freed_memory glibc hands the step's
     large temporaries back to the system and faults them in again at every step."""
-    script = tmp_path / "faults.py"
-    script.write_text(FAULTS_SCRIPT)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    res = {mode: json.loads(subprocess.run([sys.executable, str(script), repo, mode], capture_output=True,
-                                           text=True, check=True).stdout.strip().splitlines()[-1])
-           for mode in ("default", "keep")}
+    res = {mode: _run_script(tmp_path, FAULTS_SCRIPT, mode) for mode in ("default", "keep")}
     assert res["keep"]["kept"] is True
     # measured: ~900 per step (single steps 0 to 2,800) against ~15 (a step now and then grows the heap)
     assert res["default"]["faults_per_step"] > 100, res

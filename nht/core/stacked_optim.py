@@ -86,6 +86,7 @@ class StackedOptimizer:
             self._bias = torch.stack([torch.ones_like(t), (1.0 - b1 ** t) / (1.0 - b2 ** t).sqrt(),
                                       1.0 - b1 ** t], 1).to(device)
             self._b2 = torch.tensor(b2, dtype=dtype, device=device)
+            self._one_minus_b = (1.0 - b1, 1.0 - b2)            # the moments' lerp weights
         else:
             self._mu = torch.tensor(float(spec.get("momentum", 0.0)), dtype=dtype, device=device)
 
@@ -154,8 +155,7 @@ class StackedOptimizer:
             self._sgd(flat, grad)
 
     def _adamw(self, p: torch.Tensor, g: torch.Tensor) -> None:
-        b1, b2 = (float(b) for b in self.spec["betas"])
-        self._update(p, g, self.m, self.v, self._c0, self._c1, self._c2, self._b2, 1.0 - b1, 1.0 - b2, self._den)
+        self._update(p, g, self.m, self.v, self._c0, self._c1, self._c2, self._b2, *self._one_minus_b, self._den)
 
     def _sgd(self, p: torch.Tensor, g: torch.Tensor) -> None:
         self._update(p, g, self.m, self._c0, self._c1, self._mu, bool(self.spec.get("momentum", 0.0)))
